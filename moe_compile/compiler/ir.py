@@ -1,0 +1,77 @@
+"""The MoE IR: what moe-compile knows about a model's MoE layers, independent of its architecture.
+
+An adapter (compiler/adapters) turns a model folder into a `MoEModel`: one `MoELayerSpec` per
+MoE layer, whose expert weights stay on disk until `load_weights()` is called. Weights are in
+GroupedMoE layout: `gate_up [E, 2I, H]` (gate rows, then up rows) and `down [E, H, I]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+
+
+@dataclass(frozen=True)
+class SharedExpertSpec:
+    """A dense expert every token goes through, beside the routed ones."""
+
+    intermediate: int
+    gated: bool  # scaled by sigmoid(x @ w_gate) per token (Qwen2-MoE)
+
+
+@dataclass(eq=False)
+class ExpertWeights:
+    """One MoE layer's routed-expert and router tensors, in GroupedMoE layout."""
+
+    router_weight: torch.Tensor  # [E, H]
+    gate_up: torch.Tensor  # [E, 2I, H]
+    down: torch.Tensor  # [E, H, I]
+    router_bias: torch.Tensor | None = None  # [E]
+    gate_up_bias: torch.Tensor | None = None  # [E, 2I]
+    down_bias: torch.Tensor | None = None  # [E, H]
+    score_bias: torch.Tensor | None = None  # [E], DeepSeek-V3's score-correction bias
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (getattr(self, f.name) for f in fields(self))
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+@dataclass(frozen=True)
+class MoELayerSpec:
+    index: int  # decoder layer index
+    module_path: str  # where the MoE block sits in the torch model, e.g. "model.layers.3.mlp"
+    hidden: int
+    intermediate: int
+    num_experts: int
+    attributes: GroupedMoEAttributes  # top_k is the model's own (base) top-k
+    shared_expert: SharedExpertSpec | None
+    parameter_bytes: int  # router + routed experts + shared expert, as stored
+    load_weights: Callable[[], ExpertWeights] = field(repr=False, compare=False)
+
+    @property
+    def base_top_k(self) -> int:
+        return self.attributes.top_k
+
+
+@dataclass(frozen=True)
+class MoEModel:
+    model_type: str
+    path: Path
+    config: Any  # the transformers PretrainedConfig
+    num_hidden_layers: int
+    layers: list[MoELayerSpec]
+    fingerprint: dict
+    adapter: Any = field(repr=False, compare=False)  # the MoEAdapter that read it
+
+    def layer(self, index: int) -> MoELayerSpec:
+        for spec in self.layers:
+            if spec.index == index:
+                return spec
+        raise KeyError(index)

@@ -1,0 +1,35 @@
+"""Errors that end a command with one line on stderr instead of a traceback.
+
+Every error a user can cause (a bad model folder, a bad plan, a value out of range, a
+backend that is not installed) is raised as one of these; the CLI prints its message on one
+line and exits with `exit_code`. Anything else is a bug in moe-compile and keeps its traceback.
+"""
+
+
+class MoeCompileError(Exception):
+    """Base class; the message must say what is wrong and, where it helps, what to do."""
+
+    exit_code = 2
+
+
+class InvalidInput(MoeCompileError):
+    """The model, a file or a command-line value is malformed or out of range."""
+
+
+class BackendUnavailable(MoeCompileError):
+    """A backend (TensorRT, a GPU, ONNX Runtime) the command needs is not installed."""
+
+
+class NotBuiltYet(MoeCompileError):
+    """A documented command whose implementation has not landed yet."""
+
+
+class CheckFailed(MoeCompileError):
+    """A check ran and failed (validate found a mismatch)."""
+
+    exit_code = 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message folded onto one line (for wrapping third-party errors)."""
+    return " ".join(str(exc).split()) or exc.__class__.__name__

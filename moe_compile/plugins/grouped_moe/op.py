@@ -1,0 +1,70 @@
+"""`moe_compile::grouped_moe`, registered with torch.library.
+
+The op is opaque to torch.export / torch.compile (they see only its fake kernel), which is
+what lets the ONNX exporter emit one GroupedMoE node per MoE layer. The reference kernel
+serves every device; faster device kernels register themselves on the same op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attributes import GroupedMoEAttributes
+from .reference import grouped_moe_reference
+
+OP_NAME = "moe_compile::grouped_moe"
+
+
+@torch.library.custom_op(OP_NAME, mutates_args=())
+def grouped_moe(
+    hidden: torch.Tensor,
+    router_logits: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    b_gate_up: torch.Tensor | None,
+    b_down: torch.Tensor | None,
+    score_bias: torch.Tensor | None,
+    top_k: int,
+    scoring: str,
+    normalize_topk: bool,
+    routed_scaling: float,
+    activation: str,
+    swiglu_alpha: float,
+    swiglu_limit: float,
+    n_group: int,
+    topk_group: int,
+    group_scoring: str,
+) -> torch.Tensor:
+    attrs = GroupedMoEAttributes(
+        top_k=top_k, scoring=scoring, normalize_topk=normalize_topk, routed_scaling=routed_scaling,
+        activation=activation, swiglu_alpha=swiglu_alpha, swiglu_limit=swiglu_limit,
+        n_group=n_group, topk_group=topk_group, group_scoring=group_scoring,
+    )
+    return grouped_moe_reference(hidden, router_logits, w_gate_up, w_down, attrs, b_gate_up, b_down, score_bias)
+
+
+@grouped_moe.register_fake
+def _grouped_moe_fake(hidden, router_logits, w_gate_up, w_down, *args, **kwargs):
+    torch._check(hidden.dim() == 2 and router_logits.dim() == 2, lambda: "hidden and router_logits must be 2-D")
+    torch._check(router_logits.shape[0] == hidden.shape[0], lambda: "one router row per token")
+    torch._check(w_gate_up.shape[2] == hidden.shape[1], lambda: "w_gate_up must be [E, 2I, H]")
+    return hidden.new_empty(hidden.shape)
+
+
+def call_grouped_moe(
+    hidden: torch.Tensor,
+    router_logits: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    attrs: GroupedMoEAttributes,
+    b_gate_up: torch.Tensor | None = None,
+    b_down: torch.Tensor | None = None,
+    score_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Call the registered op with attributes taken from `attrs` (in the schema's order)."""
+    return torch.ops.moe_compile.grouped_moe(
+        hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias,
+        attrs.top_k, attrs.scoring, attrs.normalize_topk, float(attrs.routed_scaling), attrs.activation,
+        float(attrs.swiglu_alpha), float(attrs.swiglu_limit), attrs.n_group, attrs.topk_group,
+        attrs.group_scoring,
+    )
