@@ -99,13 +99,14 @@ def rewrite_model(model: nn.Module, moe_model: MoEModel, top_k: Mapping[int, int
     if unknown:
         raise InvalidInput(f"layer {unknown[0]} is not an MoE layer of this model "
                            f"(MoE layers: {', '.join(str(spec.index) for spec in moe_model.layers)})")
-    for spec in moe_model.layers:
-        k = top_k.get(spec.index, spec.base_top_k)
+    per_layer = {spec.index: top_k.get(spec.index, spec.base_top_k) for spec in moe_model.layers}
+    for spec in moe_model.layers:  # check every layer before touching any: no half-rewritten model
         try:
-            spec.attributes.with_top_k(k).validate(spec.num_experts)
+            spec.attributes.with_top_k(per_layer[spec.index]).validate(spec.num_experts)
         except InvalidInput as exc:
             raise InvalidInput(f"layer {spec.index}: {exc}") from None
+    for spec in moe_model.layers:
         parent_path, _, name = spec.module_path.rpartition(".")
         parent = model.get_submodule(parent_path)
-        setattr(parent, name, static_block(moe_model.adapter, getattr(parent, name), k))
+        setattr(parent, name, static_block(moe_model.adapter, getattr(parent, name), per_layer[spec.index]))
     return model

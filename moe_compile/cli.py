@@ -1,0 +1,190 @@
+"""The `moe-compile` command line (its contract is ../shared/DESIGN.md).
+
+`moe-compile MODEL --out FILE` runs the whole pipeline (the `compile` command); the other
+commands run one stage. Every user error ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from moe_compile import __version__
+from moe_compile.errors import InvalidInput, MoeCompileError, NotBuiltYet, one_line
+
+DEFAULT_MODEL = "demo"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as InvalidInput (one line, exit 2)."""
+
+    def error(self, message: str):
+        command = self.prog.split(" ", 1)[1:]  # "moe-compile plan" -> ["plan"]
+        raise InvalidInput(f"{command[0] + ': ' if command else ''}{message} (see --help)")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from moe_compile.compiler.loader import load_moe_model
+    from moe_compile.compiler.summary import model_summary
+
+    summary = model_summary(load_moe_model(args.model))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    _print_layer_table(summary)
+    return 0
+
+
+def _print_layer_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['model_type']}: {len(summary['layers'])} MoE layers of "
+                        f"{summary['num_hidden_layers']} ({summary['model']})")
+    columns = {"index": "layer", "experts": "experts", "top_k": "top-k", "hidden": "hidden",
+               "intermediate": "interm.", "shared_intermediate": "shared", "parameter_bytes": "bytes",
+               "scoring": "scoring"}
+    for header in columns.values():
+        table.add_column(header, justify="left" if header == "scoring" else "right")
+    for layer in summary["layers"]:
+        table.add_row(*(_human_bytes(layer[c]) if c == "parameter_bytes" else str(layer[c]) for c in columns))
+    Console().print(table)
+
+
+def _human_bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError
+
+
+def _not_built(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        raise NotBuiltYet(f"{args.command}: {what} is not built yet (issue #{issue}); `moe-compile inspect` works now")
+
+    return handler
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+
+def _model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help="a local Hugging Face model folder, or 'demo' (the default) for the built-in model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="moe-compile", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"moe-compile {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    p = command("compile", "the whole pipeline: plan, rewrite, export, build, check (default command)",
+                _not_built("the whole pipeline (plan + rewrite + export + build)", 7))
+    _model_arg(p)
+    p.add_argument("--out", required=True, help="engine.plan (TensorRT) or model.onnx (stop after export)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--plan", help="a plan.json from `moe-compile plan`")
+    budget.add_argument("--budget", type=_fraction, help="fraction of the base active experts to keep")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
+
+    p = command("inspect", "list the MoE layers of a model", _inspect)
+    _model_arg(p)
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+
+    p = command("profile", "LExI stage 1: data-free sensitivity of every MoE layer to its top-k",
+                _not_built("LExI profiling", 4))
+    _model_arg(p)
+    p.add_argument("--out", required=True)
+
+    p = command("plan", "LExI stage 2: choose a per-layer top-k under a budget", _not_built("LExI planning", 4))
+    _model_arg(p)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--budget", type=_fraction, help="fraction of the base total of active experts")
+    target.add_argument("--sum-k", type=_positive_int, help="total active experts over all MoE layers")
+    p.add_argument("--objective", choices=("sum-k", "latency"), default="sum-k")
+    p.add_argument("--solver", choices=("dp", "ga"), default="dp")
+    p.add_argument("--profile", help="a profile.json from `moe-compile profile`")
+    p.add_argument("--out", required=True)
+
+    p = command("export", "export to ONNX with one GroupedMoE node per MoE layer", _not_built("ONNX export", 5))
+    _model_arg(p)
+    p.add_argument("--plan")
+    p.add_argument("--target", choices=("tensorrt", "onnxruntime", "onnx"), default="onnx")
+    p.add_argument("--out", required=True)
+
+    p = command("build", "build a TensorRT engine from an exported ONNX model", _not_built("the TensorRT build", 7))
+    p.add_argument("onnx")
+    p.add_argument("--out", required=True)
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
+
+    for name, help, issue in (("validate", "numeric parity with the PyTorch reference", 5),
+                              ("bench", "throughput and latency of every available backend", 10)):
+        p = command(name, help, _not_built(help, issue))
+        _model_arg(p)
+        p.add_argument("--plan")
+        p.add_argument("--onnx")
+        p.add_argument("--engine")
+
+    p = command("deploy", "write a Triton Inference Server model repository", _not_built("deployment", 8))
+    p.add_argument("artifact", help="engine.plan or model.onnx")
+    p.add_argument("--repo", required=True)
+    p.add_argument("--name", required=True)
+
+    p = command("eval", "held-out perplexity, optionally under a plan", _not_built("evaluation", 9))
+    _model_arg(p)
+    p.add_argument("--plan")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _with_default_command(argv: list[str], commands: set[str]) -> list[str]:
+    """`moe-compile MODEL --out X` and `moe-compile --out X` mean `moe-compile compile ...`."""
+    if argv and (argv[0] in commands or argv[0] in ("-h", "--help", "--version")):
+        return argv
+    return ["compile", *argv]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    commands = set(parser._subparsers._group_actions[0].choices)
+    try:
+        args = parser.parse_args(_with_default_command(argv, commands))
+        return args.handler(args)
+    except MoeCompileError as exc:
+        print(f"moe-compile: error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("moe-compile: interrupted", file=sys.stderr)
+        return 130
