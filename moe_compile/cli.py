@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -177,6 +178,8 @@ def _with_default_command(argv: list[str], commands: set[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Our messages are the interface: keep transformers' warnings off stderr unless asked for.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)
     try:

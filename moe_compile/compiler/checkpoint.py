@@ -39,17 +39,24 @@ class TensorInfo:
 
 
 class ReadMeter:
-    """Bytes read from disk, and the bytes of tracked objects still alive (now and at peak)."""
+    """Bytes read from disk, and the bytes of tracked tensors still alive (now and at peak)."""
 
     def __init__(self) -> None:
         self.bytes_read = 0
         self.live_bytes = 0
         self.peak_live_bytes = 0
+        # Keyed by id: tensors compare element-wise, so they cannot sit in a WeakSet.
+        self._tracked: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
 
-    def track(self, obj: object, nbytes: int) -> None:
+    def track(self, tensor: torch.Tensor) -> None:
+        """Count `tensor` as live until it is garbage; a tensor already tracked counts once."""
+        if self._tracked.get(id(tensor)) is tensor:
+            return
+        nbytes = tensor.numel() * tensor.element_size()
+        self._tracked[id(tensor)] = tensor
         self.live_bytes += nbytes
         self.peak_live_bytes = max(self.peak_live_bytes, self.live_bytes)
-        weakref.finalize(obj, self._release, nbytes)
+        weakref.finalize(tensor, self._release, nbytes)
 
     def _release(self, nbytes: int) -> None:
         self.live_bytes -= nbytes
@@ -118,7 +125,7 @@ class SafetensorsCheckpoint:
         except (SafetensorError, OSError) as exc:
             raise InvalidInput(f"{info.file}: cannot read tensor '{name}' ({one_line(exc)})") from None
         self.meter.bytes_read += info.nbytes
-        self.meter.track(tensor, info.nbytes)
+        self.meter.track(tensor)
         return tensor
 
     def signature(self) -> list[tuple[str, str, tuple[int, ...]]]:

@@ -37,10 +37,12 @@ class ExpertWeights:
     down_bias: torch.Tensor | None = None  # [E, H]
     score_bias: torch.Tensor | None = None  # [E], DeepSeek-V3's score-correction bias
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [tensor for tensor in (getattr(self, f.name) for f in fields(self)) if tensor is not None]
+
     @property
     def nbytes(self) -> int:
-        tensors = (getattr(self, f.name) for f in fields(self))
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def read_config_dict(folder: Path) -> dict:
     return config
 
 
-def build_config(config_dict: dict) -> Any:
+def build_config(config_dict: dict, path: Path) -> Any:
     """The transformers config object (for its defaults), without any remote code."""
     from transformers import AutoConfig
 
@@ -58,7 +58,7 @@ def build_config(config_dict: dict) -> Any:
     try:
         return AutoConfig.for_model(config_dict["model_type"], **fields)
     except Exception as exc:  # transformers raises many kinds for bad values
-        raise InvalidInput(f"config.json is not a valid {config_dict['model_type']} config ({one_line(exc)})") from None
+        raise InvalidInput(f"{path} is not a valid {config_dict['model_type']} config ({one_line(exc)})") from None
 
 
 def fingerprint(model_type: str, config_dict: dict, checkpoint: SafetensorsCheckpoint, layers: list[MoELayerSpec],
@@ -78,7 +78,8 @@ def fingerprint(model_type: str, config_dict: dict, checkpoint: SafetensorsCheck
 
 def _load_layer(adapter: MoEAdapter, checkpoint: SafetensorsCheckpoint, index: int) -> ExpertWeights:
     weights = adapter.read_weights(checkpoint, index)
-    checkpoint.meter.track(weights, weights.nbytes)
+    for tensor in weights.tensors():
+        checkpoint.meter.track(tensor)
     return weights
 
 
@@ -108,7 +109,7 @@ def load_moe_model(model: str | Path, meter: ReadMeter | None = None) -> MoEMode
     folder = resolve_model_folder(model)
     config_dict = read_config_dict(folder)
     model_type = config_dict["model_type"]
-    adapter = adapter_class(model_type)(build_config(config_dict))
+    adapter = adapter_class(model_type)(build_config(config_dict, folder / "config.json"))
     num_hidden_layers = adapter.config_int("num_hidden_layers")
     moe_indices = [index for index in range(num_hidden_layers) if adapter.is_moe_layer(index)]
     if not moe_indices:

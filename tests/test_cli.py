@@ -1,0 +1,89 @@
+"""`moe-compile inspect` and the command-line surface."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from moe_compile.cli import main
+from moe_compile.compiler.adapters import supported_model_types
+from moe_compile.compiler.demo import DEMO_CONFIG
+from tiny_models import TINY_CONFIGS, tiny_config
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_inspect_demo_json(capsys):
+    code, out, err = run(capsys, "inspect", "--json")
+    assert code == 0 and err == ""
+    summary = json.loads(out)
+    assert summary["model_type"] == "qwen2_moe"
+    layers = summary["layers"]
+    assert [layer["index"] for layer in layers] == list(range(DEMO_CONFIG["num_hidden_layers"]))
+    hidden, inter, shared, experts = (DEMO_CONFIG[k] for k in (
+        "hidden_size", "moe_intermediate_size", "shared_expert_intermediate_size", "num_experts"))
+    for layer in layers:
+        assert (layer["experts"], layer["top_k"], layer["hidden"], layer["intermediate"],
+                layer["shared_intermediate"]) == (experts, DEMO_CONFIG["num_experts_per_tok"], hidden, inter, shared)
+        # router + routed experts (gate, up, down) + shared expert (gate, up, down) + its gate, fp32
+        assert layer["parameter_bytes"] == 4 * (experts * hidden + experts * 3 * hidden * inter
+                                                + 3 * hidden * shared + hidden)
+
+
+def test_inspect_demo_table(capsys):
+    code, out, _ = run(capsys, "inspect", "demo")
+    assert code == 0
+    assert "qwen2_moe: 8 MoE layers of 8" in out
+    rows = [line for line in out.splitlines() if "softmax" in line]
+    assert len(rows) == 8 and "1.7 MiB" in rows[0]
+
+
+@pytest.mark.parametrize("model_type", supported_model_types())
+def test_inspect_every_tiny_model(model_type, tiny_model_dirs, capsys):
+    code, out, err = run(capsys, "inspect", str(tiny_model_dirs[model_type]), "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    config = tiny_config(model_type)
+    assert summary["model_type"] == model_type
+    assert summary["num_hidden_layers"] == config.num_hidden_layers
+    for layer in summary["layers"]:
+        assert layer["top_k"] == TINY_CONFIGS[model_type]["num_experts_per_tok"]
+        assert (layer["experts"], layer["hidden"], layer["intermediate"]) == (8, 32, 16)
+        assert layer["parameter_bytes"] > 4 * 8 * 3 * 32 * 16  # at least the routed experts in fp32
+
+
+@pytest.mark.parametrize("command", ["profile", "plan --budget 0.5", "export", "eval", "validate", "bench",
+                                     "build model.onnx", "deploy model.onnx --repo r --name n"])
+def test_commands_of_later_issues_say_so_in_one_line(command, capsys, tmp_path):
+    argv = command.split()
+    if command.split()[0] in ("profile", "plan", "export", "build"):
+        argv += ["--out", str(tmp_path / "out")]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "not built yet (issue #" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_and_out_alone_mean_compile(capsys, tmp_path):
+    code, _, err = run(capsys, "demo", "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and err.startswith("moe-compile: error: compile:")
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "moe_compile", "inspect", str(tmp_path / "missing")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"moe-compile: error: model folder '{tmp_path / 'missing'}' does not exist "
+        "(give a local Hugging Face model folder, or 'demo')"]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("moe-compile ")
