@@ -7,8 +7,8 @@ commands run one stage. Every user error ends with one line on stderr and exit c
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -36,6 +36,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -50,39 +60,21 @@ def _positive_int(text: str) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from moe_compile.compiler.loader import load_moe_model
-    from moe_compile.compiler.summary import model_summary
+    from moe_compile.commands.inspect import run_inspect
 
-    summary = model_summary(load_moe_model(args.model))
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    _print_layer_table(summary)
-    return 0
+    return run_inspect(args)
 
 
-def _print_layer_table(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _profile(args: argparse.Namespace) -> int:
+    from moe_compile.commands.lexi import run_profile
 
-    table = Table(title=f"{summary['model_type']}: {len(summary['layers'])} MoE layers of "
-                        f"{summary['num_hidden_layers']} ({summary['model']})")
-    columns = {"index": "layer", "experts": "experts", "top_k": "top-k", "hidden": "hidden",
-               "intermediate": "interm.", "shared_intermediate": "shared", "parameter_bytes": "bytes",
-               "scoring": "scoring"}
-    for header in columns.values():
-        table.add_column(header, justify="left" if header == "scoring" else "right")
-    for layer in summary["layers"]:
-        table.add_row(*(_human_bytes(layer[c]) if c == "parameter_bytes" else str(layer[c]) for c in columns))
-    Console().print(table)
+    return run_profile(args)
 
 
-def _human_bytes(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError
+def _plan(args: argparse.Namespace) -> int:
+    from moe_compile.commands.lexi import run_plan
+
+    return run_plan(args)
 
 
 def _not_built(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
@@ -93,6 +85,19 @@ def _not_built(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
 
 
 # --- the parser -------------------------------------------------------------------------------
+
+
+def _profile_args(parser: argparse.ArgumentParser) -> None:
+    from moe_compile.compiler.lexi.profile import ProfileOptions
+
+    defaults = ProfileOptions()
+    group = parser.add_argument_group("LExI profile (stage 1)")
+    group.add_argument("--batch", type=_positive_int, default=defaults.batch, help="B of each draw X [B, L, H]")
+    group.add_argument("--seq-len", type=_positive_int, default=defaults.seq_len, help="L of each draw")
+    group.add_argument("--draws", type=_positive_int, default=defaults.draws, help="N draws averaged")
+    group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the draws (and of the GA)")
+    group.add_argument("--scale", type=_positive_float, default=defaults.scale, help="standard deviation of X")
+    group.add_argument("--k-min", type=_positive_int, default=defaults.k_min, help="smallest top-k considered")
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
@@ -121,22 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("inspect", "list the MoE layers of a model", _inspect)
     _model_arg(p)
+    p.add_argument("--plan", help="also show the top-k a plan.json gives each layer")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
 
-    p = command("profile", "LExI stage 1: data-free sensitivity of every MoE layer to its top-k",
-                _not_built("LExI profiling", 4))
+    p = command("profile", "LExI stage 1: data-free sensitivity of every MoE layer to its top-k", _profile)
     _model_arg(p)
-    p.add_argument("--out", required=True)
+    _profile_args(p)
+    p.add_argument("--out", required=True, help="profile.json (a heatmap is written beside it as .png)")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON instead of a table")
 
-    p = command("plan", "LExI stage 2: choose a per-layer top-k under a budget", _not_built("LExI planning", 4))
+    p = command("plan", "LExI stage 2: choose a per-layer top-k under a budget", _plan)
     _model_arg(p)
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--budget", type=_fraction, help="fraction of the base total of active experts")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--budget", type=_fraction,
+                        help="fraction of the cost at the base top-k (sum-k: Σk <= round(F * Σ base k))")
     target.add_argument("--sum-k", type=_positive_int, help="total active experts over all MoE layers")
+    target.add_argument("--target-ms", type=_positive_float, help="latency objective: time for all MoE layers")
     p.add_argument("--objective", choices=("sum-k", "latency"), default="sum-k")
-    p.add_argument("--solver", choices=("dp", "ga"), default="dp")
-    p.add_argument("--profile", help="a profile.json from `moe-compile profile`")
-    p.add_argument("--out", required=True)
+    p.add_argument("--solver", choices=("dp", "ga"), default="dp", help="exact DP (default) or genetic algorithm")
+    p.add_argument("--cost-model", choices=("measured", "roofline-h100", "roofline-h200"), default="measured",
+                   help="latency objective: time the op here, or predict it for a GPU")
+    p.add_argument("--tokens", type=_positive_int, default=1, help="latency objective: tokens per call")
+    p.add_argument("--profile", help="reuse a profile.json from `moe-compile profile`")
+    _profile_args(p)
+    p.add_argument("--out", required=True, help="plan.json (a plot is written beside it as .png)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
 
     p = command("export", "export to ONNX with one GroupedMoE node per MoE layer", _not_built("ONNX export", 5))
     _model_arg(p)
@@ -184,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = set(parser._subparsers._group_actions[0].choices)
     try:
         args = parser.parse_args(_with_default_command(argv, commands))
+        args.command_line = shlex.join(["moe-compile", *argv])  # recorded in the files a command writes
         return args.handler(args)
     except MoeCompileError as exc:
         print(f"moe-compile: error: {one_line(exc)}", file=sys.stderr)

@@ -118,7 +118,7 @@ def test_invalid_transformers_config_value(model_copy, capsys):
     (["plan", "--budget", "half", "--out", "p.json"], "'half' is not a number"),
     (["plan", "--sum-k", "-3", "--out", "p.json"], "--sum-k: -3 must be at least 1"),
     (["plan", "--budget", "0.5", "--sum-k", "4", "--out", "p.json"], "not allowed with argument"),
-    (["plan", "--out", "p.json"], "one of the arguments --budget --sum-k is required"),
+    (["plan", "--budget", "0.5", "--target-ms", "2", "--out", "p.json"], "not allowed with argument"),
     (["export", "--target", "tflite", "--out", "m.onnx"], "invalid choice: 'tflite'"),
     (["inspect", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["profile"], "the following arguments are required: --out"),
@@ -129,3 +129,87 @@ def test_bad_command_line(argv, message, capsys, tmp_path, monkeypatch):
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def demo_plan(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plan") / "plan.json"
+    assert main(["plan", "demo", "--budget", "0.75", "--batch", "1", "--seq-len", "8", "--draws", "1",
+                 "--out", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def _plan_edit(**changes):
+    def edit(plan):
+        plan.update(changes)
+        return plan
+    return edit
+
+
+def _layer_edit(index, **changes):
+    def edit(plan):
+        plan["layers"][index].update(changes)
+        return plan
+    return edit
+
+
+BROKEN_PLANS = {
+    "not json": (lambda plan: "{", "is not valid JSON"),
+    "not an object": (lambda plan: [1], "must hold a JSON object"),
+    "wrong schema": (_plan_edit(schema="something/else"), "is not a moe-compile plan"),
+    "no fingerprint": (_plan_edit(model=None), "has no model fingerprint"),
+    "another model": (_plan_edit(model={"model_type": "olmoe", "sha256": "0" * 64}),
+                      "was made for another model (olmoe, sha256 000000000000), not"),
+    "no layers": (_plan_edit(layers="all"), "malformed layers"),
+    "missing a layer": (lambda plan: {**plan, "layers": plan["layers"][:-1]}, "but the model's MoE layers are"),
+    "top-k zero": (_layer_edit(3, top_k=0), "layer 3: top_k=0 is outside 1..16"),
+    "top-k above E": (_layer_edit(5, top_k=17), "layer 5: top_k=17 is outside 1..16"),
+    "top-k not a number": (_layer_edit(1, top_k="4"), "layer 1 has top_k '4', not a whole number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_PLANS))
+def test_broken_plan_file(case, demo_plan, tmp_path, capsys):
+    edit, message = BROKEN_PLANS[case]
+    broken = edit(json.loads(json.dumps(demo_plan)))
+    path = tmp_path / "plan.json"
+    path.write_text(broken if isinstance(broken, str) else json.dumps(broken))
+    assert main(["inspect", "demo", "--plan", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_missing_plan_file(capsys, tmp_path):
+    assert main(["inspect", "--plan", str(tmp_path / "nope.json")]) == 2
+    assert "plan '" in capsys.readouterr().err
+
+
+FAST_PROFILE = ["--batch", "1", "--seq-len", "8", "--draws", "1"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sum-k", "7"], "the budget (7 experts) is below the least possible cost (8 experts, every layer at k=1)"),
+    (["--sum-k", "33"], "the budget (33 experts) is above the cost at the base top-k (32 experts)"),
+    (["--budget", "0.2", "--k-min", "2"], "the budget (6 experts) is below the least possible cost (16 experts"),
+    (["--budget", "0.5", "--k-min", "5"], "--k-min 5 is above the smallest base top-k (4)"),
+    (["--target-ms", "3"], "--target-ms goes with --objective latency"),
+    (["--sum-k", "9", "--objective", "latency"], "--sum-k goes with --objective sum-k"),
+    ([], "give --budget FRACTION, --sum-k N or (with --objective latency) --target-ms MS"),
+    (["--budget", "0.5", "--scale", "0"], "--scale: 0 must be positive"),
+])
+def test_bad_plan_request(argv, message, tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "demo", *argv, *FAST_PROFILE, "--out", str(out)]) == 2
+    stdout, err = capsys.readouterr()
+    assert stdout == "" and len(err.strip().splitlines()) == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []  # no plan, no plot
+
+
+def test_profile_of_another_model_is_refused(tiny_model_dirs, tmp_path, capsys):
+    profile = tmp_path / "profile.json"
+    assert main(["profile", str(tiny_model_dirs["olmoe"]), *FAST_PROFILE, "--out", str(profile)]) == 0
+    capsys.readouterr()
+    assert main(["plan", "demo", "--budget", "0.5", "--profile", str(profile), "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "was made for another model (olmoe" in err
+    assert not (tmp_path / "p.json").exists()

@@ -39,7 +39,7 @@ def test_inspect_demo_table(capsys):
     code, out, _ = run(capsys, "inspect", "demo")
     assert code == 0
     assert "qwen2_moe: 8 MoE layers of 8" in out
-    rows = [line for line in out.splitlines() if "softmax" in line]
+    rows = [line for line in out.splitlines() if "MiB" in line]
     assert len(rows) == 8 and "1.7 MiB" in rows[0]
 
 
@@ -57,11 +57,11 @@ def test_inspect_every_tiny_model(model_type, tiny_model_dirs, capsys):
         assert layer["parameter_bytes"] > 4 * 8 * 3 * 32 * 16  # at least the routed experts in fp32
 
 
-@pytest.mark.parametrize("command", ["profile", "plan --budget 0.5", "export", "eval", "validate", "bench",
+@pytest.mark.parametrize("command", ["export", "eval", "validate", "bench",
                                      "build model.onnx", "deploy model.onnx --repo r --name n"])
 def test_commands_of_later_issues_say_so_in_one_line(command, capsys, tmp_path):
     argv = command.split()
-    if command.split()[0] in ("profile", "plan", "export", "build"):
+    if command.split()[0] in ("export", "build"):
         argv += ["--out", str(tmp_path / "out")]
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""

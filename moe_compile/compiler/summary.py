@@ -5,8 +5,9 @@ from __future__ import annotations
 from .ir import MoEModel
 
 
-def model_summary(moe_model: MoEModel) -> dict:
-    return {
+def model_summary(moe_model: MoEModel, planned_top_k: dict[int, int] | None = None) -> dict:
+    """DESIGN.md's inspect keys; with a plan, each layer also gets its `planned_top_k`."""
+    summary = {
         "model": str(moe_model.path),
         "model_type": moe_model.model_type,
         "num_hidden_layers": moe_model.num_hidden_layers,
@@ -30,3 +31,7 @@ def model_summary(moe_model: MoEModel) -> dict:
             for spec in moe_model.layers
         ],
     }
+    if planned_top_k is not None:
+        for layer in summary["layers"]:
+            layer["planned_top_k"] = planned_top_k[layer["index"]]
+    return summary

@@ -16,6 +16,8 @@ order, in fp32, so the result is deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -47,22 +49,41 @@ def _group_limited(choice: torch.Tensor, attrs: GroupedMoEAttributes) -> torch.T
     return choice.masked_fill(~expert_mask, float("-inf"))
 
 
-def route(
+def choose_experts(
     router_logits: torch.Tensor,
     attrs: GroupedMoEAttributes,
     score_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose experts per token. Returns (weights [T, k] fp32, expert indices [T, k] int64)."""
+    """(scores of the chosen experts [T, k] fp32, their indices [T, k]), best first.
+
+    The order matters: the top-k' for any k' < k is the first k' columns, which is what lets
+    LExI derive every smaller k from one routing pass.
+    """
     logits = router_logits.float()
     scores = logits.softmax(dim=-1) if attrs.scoring == "softmax" else logits.sigmoid()  # [T, E]
     choice = scores if score_bias is None else scores + score_bias.float()
     if attrs.group_limited:
         choice = _group_limited(choice, attrs)
     experts = _descending(choice, attrs.top_k)  # [T, k]
-    weights = scores.gather(1, experts)  # [T, k]
+    return scores.gather(1, experts), experts
+
+
+def routing_weights(chosen_scores: torch.Tensor, attrs: GroupedMoEAttributes) -> torch.Tensor:
+    """Scores of the chosen experts [T, k] -> their combine weights [T, k]."""
+    weights = chosen_scores
     if attrs.normalize_topk:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + _NORMALISER_EPS)
-    return weights * attrs.routed_scaling, experts
+    return weights * attrs.routed_scaling
+
+
+def route(
+    router_logits: torch.Tensor,
+    attrs: GroupedMoEAttributes,
+    score_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose experts per token. Returns (weights [T, k] fp32, expert indices [T, k] int64)."""
+    chosen_scores, experts = choose_experts(router_logits, attrs, score_bias)
+    return routing_weights(chosen_scores, attrs), experts
 
 
 def activate(gate_up: torch.Tensor, attrs: GroupedMoEAttributes) -> torch.Tensor:
@@ -88,9 +109,24 @@ def expert_forward(
     b_down: torch.Tensor | None,
     attrs: GroupedMoEAttributes,
 ) -> torch.Tensor:
-    """One expert's output for the rows of x: [n, H] -> [n, H]."""
-    gate_up = F.linear(x, w_gate_up[expert], None if b_gate_up is None else b_gate_up[expert])  # [n, 2I]
-    return F.linear(activate(gate_up, attrs), w_down[expert], None if b_down is None else b_down[expert])
+    """One expert's output for the rows of x: [n, H] -> [n, H], computed in x's dtype."""
+    def of(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor[expert].to(x.dtype)
+
+    gate_up = F.linear(x, of(w_gate_up), of(b_gate_up))  # [n, 2I]
+    return F.linear(activate(gate_up, attrs), of(w_down), of(b_down))
+
+
+def slots_by_expert(experts: torch.Tensor, num_experts: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """For experts [T, k], yield (expert, its slots in the flattened [T*k]) in ascending expert
+    order, skipping experts no token chose. Slot s belongs to token s // k."""
+    flat = experts.reshape(-1)
+    slots = torch.argsort(flat, stable=True)  # slots grouped by expert, ascending
+    start = 0
+    for expert, count in enumerate(torch.bincount(flat, minlength=num_experts).tolist()):
+        if count:
+            yield expert, slots[start : start + count]
+            start += count
 
 
 def grouped_moe_reference(
@@ -104,20 +140,33 @@ def grouped_moe_reference(
     score_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """hidden [T, H], router_logits [T, E], w_gate_up [E, 2I, H], w_down [E, H, I] -> [T, H]."""
-    tokens, k = hidden.shape[0], attrs.top_k
+    k = attrs.top_k
     weights, experts = route(router_logits, attrs, score_bias)  # [T, k], [T, k]
-    flat_experts = experts.reshape(-1)  # [T*k], slot s belongs to token s // k
-    slots = torch.argsort(flat_experts, stable=True)  # slots grouped by expert, ascending
-    counts = torch.bincount(flat_experts, minlength=w_gate_up.shape[0]).tolist()
     flat_weights = weights.reshape(-1)
-    out = torch.zeros(tokens, hidden.shape[1], dtype=torch.float32, device=hidden.device)
-    start = 0
-    for expert, count in enumerate(counts):
-        if count == 0:
-            continue
-        expert_slots = slots[start : start + count]
-        start += count
-        token_rows = expert_slots // k
-        y = expert_forward(hidden[token_rows], expert, w_gate_up, w_down, b_gate_up, b_down, attrs)
-        out.index_add_(0, token_rows, y.float() * flat_weights[expert_slots, None])
+    out = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+    for expert, slots in slots_by_expert(experts, w_gate_up.shape[0]):
+        rows = slots // k
+        y = expert_forward(hidden[rows], expert, w_gate_up, w_down, b_gate_up, b_down, attrs)
+        out.index_add_(0, rows, y.float() * flat_weights[slots, None])
     return out.to(hidden.dtype)
+
+
+def expert_outputs_per_slot(
+    hidden: torch.Tensor,
+    experts: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    attrs: GroupedMoEAttributes,
+    b_gate_up: torch.Tensor | None = None,
+    b_down: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Unweighted output of each chosen expert: hidden [T, H], experts [T, k] -> [T, k, H].
+
+    Computed in hidden's dtype; weights are cast one expert at a time, so fp32 outputs from
+    bf16 weights cost one expert's copy, not the layer's.
+    """
+    tokens, k = experts.shape
+    out = hidden.new_empty(tokens * k, hidden.shape[1])
+    for expert, slots in slots_by_expert(experts, w_gate_up.shape[0]):
+        out[slots] = expert_forward(hidden[slots // k], expert, w_gate_up, w_down, b_gate_up, b_down, attrs)
+    return out.view(tokens, k, hidden.shape[1])

@@ -1,0 +1,1 @@
+"""What each CLI command does; `cli.py` declares the command line and dispatches here."""
