@@ -1,0 +1,178 @@
+"""LExI profile + plan at Qwen1.5-MoE-A2.7B's real layer shape, streamed from sharded safetensors.
+
+Writes a random-weight model with 24 MoE layers of Qwen1.5-MoE-A2.7B's shape (60 experts,
+hidden 2048, expert intermediate 1408, top-4, shared expert 5632; bf16, about 25 GB on disk,
+one shard per layer), then times `moe-compile plan MODEL --budget 0.75` in a child process
+and reads its peak RSS. Also times, on one layer, the one-pass profile against re-running
+the layer once per k. Prints one JSON document and saves it under benchmarks/results/.
+
+    python benchmarks/lexi_scale.py [--folder DIR] [--layers 24] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from moe_compile.compiler.lexi.profile import ProfileOptions, layer_deltas
+from moe_compile.compiler.loader import load_moe_model
+from moe_compile.plugins.grouped_moe import grouped_moe_reference
+
+QWEN15_MOE_A27B = {
+    "model_type": "qwen2_moe", "hidden_size": 2048, "moe_intermediate_size": 1408, "num_experts": 60,
+    "num_experts_per_tok": 4, "shared_expert_intermediate_size": 5632, "intermediate_size": 5632,
+    "num_attention_heads": 16, "num_key_value_heads": 16, "norm_topk_prob": False, "decoder_sparse_step": 1,
+    "mlp_only_layers": [], "rms_norm_eps": 1e-6, "max_position_embeddings": 8192, "tie_word_embeddings": False,
+    "vocab_size": 1024,  # the real 151936 only adds embedding bytes, which LExI never reads
+    "torch_dtype": "bfloat16",
+}
+
+
+class RandomPool:
+    """Random bf16 weights without drawing 12 billion normals: each tensor is a window of one
+    pool of N(0, 1) values at a random offset, scaled by 1/sqrt(fan_in)."""
+
+    def __init__(self, size: int = 1 << 27, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.pool = torch.randn(size, generator=self.generator).to(torch.bfloat16)
+
+    def tensor(self, *shape: int) -> torch.Tensor:
+        count = 1
+        for dim in shape:
+            count *= dim
+        start = int(torch.randint(0, self.pool.numel() - count, (1,), generator=self.generator))
+        return (self.pool[start : start + count].view(*shape) * shape[-1] ** -0.5).clone()
+
+
+def write_model(folder: Path, layers: int) -> float:
+    started = time.perf_counter()
+    config = {**QWEN15_MOE_A27B, "num_hidden_layers": layers, "architectures": ["Qwen2MoeForCausalLM"]}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    pool = RandomPool()
+    hidden, inter, shared, experts = (config[k] for k in (
+        "hidden_size", "moe_intermediate_size", "shared_expert_intermediate_size", "num_experts"))
+    weight_map = {}
+    shards = layers + 1
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}."
+        tensors = {f"{prefix}input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+                   f"{prefix}post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16)}
+        for proj in ("q", "k", "v", "o"):
+            tensors[f"{prefix}self_attn.{proj}_proj.weight"] = pool.tensor(hidden, hidden)
+            if proj != "o":
+                tensors[f"{prefix}self_attn.{proj}_proj.bias"] = pool.tensor(hidden)
+        mlp = f"{prefix}mlp."
+        tensors[f"{mlp}gate.weight"] = pool.tensor(experts, hidden)
+        tensors[f"{mlp}shared_expert_gate.weight"] = pool.tensor(1, hidden)
+        for name, shape in (("gate_proj", (shared, hidden)), ("up_proj", (shared, hidden)), ("down_proj", (hidden, shared))):
+            tensors[f"{mlp}shared_expert.{name}.weight"] = pool.tensor(*shape)
+        for e in range(experts):
+            for name, shape in (("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)), ("down_proj", (hidden, inter))):
+                tensors[f"{mlp}experts.{e}.{name}.weight"] = pool.tensor(*shape)
+        shard = f"model-{layer + 1:05d}-of-{shards:05d}.safetensors"
+        save_file(tensors, folder / shard, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, shard))
+        print(f"wrote layer {layer + 1}/{layers}", file=sys.stderr, flush=True)
+    rest = {"model.embed_tokens.weight": pool.tensor(config["vocab_size"], hidden),
+            "lm_head.weight": pool.tensor(config["vocab_size"], hidden),
+            "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16)}
+    shard = f"model-{shards:05d}-of-{shards:05d}.safetensors"
+    save_file(rest, folder / shard, metadata={"format": "pt"})
+    weight_map.update(dict.fromkeys(rest, shard))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return time.perf_counter() - started
+
+
+def one_pass_speedup(folder: Path, options: ProfileOptions) -> dict:
+    """Δ(k) for every k of layer 0: one routing pass versus running the layer once per k."""
+    spec = load_moe_model(folder).layers[0]
+    weights = spec.load_weights()
+    started = time.perf_counter()
+    fast = layer_deltas(spec, weights, options)
+    one_pass = time.perf_counter() - started
+
+    generator = torch.Generator().manual_seed(options.seed * 1_000_003 + spec.index)
+    started = time.perf_counter()
+    slow = dict.fromkeys(fast, 0.0)
+    gate_up, down = weights.gate_up.float(), weights.down.float()  # fp32 once, as the profile computes
+    with torch.no_grad():
+        for _ in range(options.draws):
+            x = torch.randn(options.tokens, spec.hidden, generator=generator) * options.scale
+            logits = F.linear(x, weights.router_weight.float())
+
+            def run(k):
+                return grouped_moe_reference(x, logits, gate_up, down, spec.attributes.with_top_k(k))
+
+            y_base = run(spec.base_top_k)
+            for k in slow:
+                slow[k] += torch.linalg.matrix_norm(run(k) - y_base).item() / options.draws
+    rerun = time.perf_counter() - started
+    return {"layer": spec.index, "one_pass_s": one_pass, "rerun_per_k_s": rerun, "speedup": rerun / one_pass,
+            "max_relative_difference": max(abs(fast[k] - slow[k]) / max(slow[k], 1e-12) for k in fast if slow[k])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folder", type=Path, help="where to write the model (default: a temporary folder)")
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--keep", action="store_true", help="keep the model folder afterwards")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lexi_scale.json")
+    args = parser.parse_args()
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="qwen15-moe-shape-", dir="/var/tmp"))
+    try:
+        write_s = write_model(folder, args.layers)
+        layer_bytes = load_moe_model(folder).layers[0].parameter_bytes
+        routed_bytes = load_moe_model(folder).layers[0].load_weights().nbytes
+        plan_path = folder.parent / f"{folder.name}-plan.json"
+        command = [sys.executable, "-m", "moe_compile", "plan", str(folder), "--budget", "0.75", "--out", str(plan_path)]
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        plan_s = time.perf_counter() - started
+        peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        plan = json.loads(plan_path.read_text())
+        plan_path.unlink()
+        plan_path.with_suffix(".png").unlink()
+        speedup = one_pass_speedup(folder, ProfileOptions())
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    result = {
+        "benchmark": "lexi_scale",
+        "device": f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "shape": {key: QWEN15_MOE_A27B[key] for key in (
+            "num_experts", "hidden_size", "moe_intermediate_size", "num_experts_per_tok",
+            "shared_expert_intermediate_size")} | {"moe_layers": args.layers, "dtype": "bfloat16"},
+        "profile_options": ProfileOptions().__dict__,
+        "write_model_s": write_s,
+        "command": " ".join(["moe-compile", *command[3:]]),
+        "profile_and_plan_s": plan_s,
+        "peak_rss_bytes": peak_rss,
+        "layer_bytes_on_disk": layer_bytes,
+        "routed_expert_bytes_per_layer": routed_bytes,
+        "rss_limit_bytes": 2 * layer_bytes + (1 << 30),
+        "within_targets": plan_s <= 600 and peak_rss <= 2 * layer_bytes + (1 << 30),
+        "plan_sum_k": plan["predicted"]["sum_k"], "base_sum_k": plan["predicted"]["base_sum_k"],
+        "one_pass_vs_rerun": speedup,
+    }
+    text = json.dumps(result, indent=2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
