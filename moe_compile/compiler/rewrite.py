@@ -60,16 +60,20 @@ class StaticTopKMoE(nn.Module):
         experts, _, hidden = self.w_gate_up.shape
         return f"experts={experts}, hidden={hidden}, top_k={self.top_k}, scoring={self.attributes.scoring}"
 
-    def forward(self, hidden_states: torch.Tensor):
-        shape = hidden_states.shape
-        x = hidden_states.reshape(-1, shape[-1])  # [T, H]
+    def routed_experts(self, x: torch.Tensor) -> torch.Tensor:
+        """Router matmul + the GroupedMoE op: x [T, H] -> [T, H] (no shared expert)."""
         if self.router_in_fp32:
             logits = F.linear(x.float(), self.router_weight.float(),
                               None if self.router_bias is None else self.router_bias.float())  # [T, E]
         else:
             logits = F.linear(x, self.router_weight, self.router_bias)  # [T, E]
-        out = call_grouped_moe(x, logits, self.w_gate_up, self.w_down, self.attributes,
-                               self.b_gate_up, self.b_down, self.score_bias)  # [T, H]
+        return call_grouped_moe(x, logits, self.w_gate_up, self.w_down, self.attributes,
+                                self.b_gate_up, self.b_down, self.score_bias)
+
+    def forward(self, hidden_states: torch.Tensor):
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])  # [T, H]
+        out = self.routed_experts(x)  # [T, H]
         if self.shared_expert is not None:
             shared = self.shared_expert(x)
             if self.shared_expert_gate is not None:

@@ -1,0 +1,156 @@
+"""MODEL (+ plan) -> model.onnx, as a chain of small steps:
+
+    load the model -> apply the plan (rewrite) -> wrap with its KV cache -> torch.onnx (dynamo),
+    translating each GroupedMoE call for the target -> strip trace metadata -> check -> save
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from moe_compile.compiler.ir import MoEModel
+from moe_compile.compiler.lexi.plan import load_plan
+from moe_compile.compiler.loader import load_causal_lm
+from moe_compile.compiler.rewrite import rewrite_model
+from moe_compile.errors import InvalidInput, one_line
+
+from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
+from .lowering import TARGETS, LoweringReport, moe_output_name, translation
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+OPSET = 18
+EXTERNAL_DATA_THRESHOLD = 2 << 30  # protobuf's limit: beyond it, weights go to model.onnx.data
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    report: LoweringReport
+    top_k: dict[int, int]
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"onnx": str(self.path), "target": self.report.target, "dtype": self.dtype,
+                "top_k": {str(k): v for k, v in self.top_k.items()}, "moe_layers": self.report.layers}
+
+
+def compiled_model(moe_model: MoEModel, plan: str | Path | None, dtype: str = "fp32",
+                   top_k: dict[int, int] | None = None) -> tuple[torch.nn.Module, dict]:
+    """The torch model the ONNX file is made from: loaded, rewritten to the plan's top-k."""
+    if top_k is None:
+        top_k = load_plan(plan, moe_model) if plan else {spec.index: spec.base_top_k for spec in moe_model.layers}
+    model = rewrite_model(load_causal_lm(moe_model), moe_model, top_k)
+    return model.to(DTYPES[dtype]).eval(), top_k
+
+
+def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
+    """Rename each MoE layer's GroupedMoE output value to `moe_output.{layer}`.
+
+    The nodes a translation emitted carry the FX node they came from (`%grouped_moe`,
+    `%grouped_moe_1`, ... in call order, which is layer order); the group's output is the
+    value its nodes produce for a node outside the group.
+    """
+    groups: dict[str, list] = {}
+    for node in onnx_model.graph.node:
+        fx_node = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.fx_node"), "")
+        if "torch.ops.moe_compile.grouped_moe" in fx_node:
+            groups.setdefault(fx_node.split(" ", 1)[0], []).append(node)
+    if len(groups) != len(layers):
+        raise RuntimeError(f"found {len(groups)} GroupedMoE translations for {len(layers)} MoE layers")
+    renames = {}
+    for layer, nodes in zip(layers, groups.values()):
+        inside = {id(node) for node in nodes}
+        produced = {out for node in nodes for out in node.output}
+        consumed_outside = {name for node in onnx_model.graph.node if id(node) not in inside for name in node.input}
+        (output,) = produced & consumed_outside
+        renames[output] = moe_output_name(layer)
+    for node in onnx_model.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+
+
+def _strip_trace_metadata(onnx_model) -> None:
+    """Drop the exporter's per-node stack traces and class paths: they hold local paths and
+    would make the file depend on where it was built."""
+    for node in onnx_model.graph.node:
+        del node.metadata_props[:]
+
+
+def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan: str | Path | None = None,
+                dtype: str = "fp32", top_k: dict[int, int] | None = None) -> ExportResult:
+    """Export MODEL, rewritten to `plan` (or to `top_k`, or at its base top-k), to `out`."""
+    if target not in TARGETS:
+        raise InvalidInput(f"target '{target}' is not one of {', '.join(TARGETS)}")
+    if dtype not in DTYPES:
+        raise InvalidInput(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    out = Path(out)
+    if out.is_dir():
+        raise InvalidInput(f"--out {out} is a folder; give a file name such as model.onnx")
+    model, top_k = compiled_model(moe_model, plan, dtype, top_k)
+    report = LoweringReport(target)
+    layers = [spec.index for spec in moe_model.layers]
+    onnx_model = _trace(model, DTYPES[dtype], report, layers)
+    _name_moe_outputs(onnx_model, layers)
+    _strip_trace_metadata(onnx_model)
+    metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
+                "moe_compile.model_sha256": moe_model.fingerprint["sha256"],
+                "moe_compile.top_k": json.dumps({str(k): v for k, v in sorted(top_k.items())})}
+    for key, value in metadata.items():
+        onnx_model.metadata_props.add(key=key, value=value)
+    _save(onnx_model, out)
+    return ExportResult(out, report, top_k, dtype)
+
+
+def _trace(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, layers: list[int]):
+    import onnx
+
+    num_layers = model.config.num_hidden_layers
+    wrapper = CausalLMWithCache(model).eval()
+    inputs = example_inputs(model, dtype)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper, inputs.as_args(), dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes(num_layers),
+            input_names=["input_ids", "attention_mask", "position_ids", *past_names(num_layers)],
+            output_names=["logits", *present_names(num_layers)],
+            custom_translation_table={torch.ops.moe_compile.grouped_moe.default: translation(report.target, report, layers)},
+            verbose=False)
+    return program.model_proto if hasattr(program, "model_proto") else onnx.load_from_string(program.model.SerializeToString())
+
+
+def _save(onnx_model, out: Path) -> None:
+    """Check, then write beside `out` and rename: no half-written model.onnx on failure."""
+    import onnx
+
+    external = onnx_model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_protobuf(onnx_model) else True
+    if not external:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise InvalidInput(f"cannot write --out {out} ({one_line(exc)})") from None
+    try:
+        staged = staging / out.name
+        onnx.save_model(onnx_model, staged, save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=f"{out.name}.data", size_threshold=1024)
+        if external:
+            onnx.checker.check_model(str(staged), full_check=True)
+            (staging / f"{out.name}.data").replace(out.parent / f"{out.name}.data")
+        staged.replace(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fits_protobuf(onnx_model) -> bool:
+    try:
+        onnx_model.ByteSize()
+        return True
+    except ValueError:
+        return False
+

@@ -1,0 +1,46 @@
+"""The GroupedMoE node's ONNX schema, so onnx.checker and shape inference accept it.
+
+Attribute names and types come from `GroupedMoEAttributes`, the one place they are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+
+DOMAIN = "moe_compile"
+OP_TYPE = "GroupedMoE"
+VERSION = 1
+INPUTS = ("hidden", "router_logits", "w_gate_up", "w_down", "b_gate_up", "b_down", "score_bias")
+OPTIONAL_INPUTS = ("b_gate_up", "b_down", "score_bias")
+PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")  # set by the tensorrt target
+FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
+
+
+def attribute_values(attrs: GroupedMoEAttributes) -> dict:
+    """Attributes as ONNX stores them (booleans as 0/1 ints)."""
+    return {name: int(value) if isinstance(value, bool) else value for name, value in attrs.as_dict().items()}
+
+
+@functools.cache
+def register_schema() -> None:
+    from onnx.defs import OpSchema, register_schema as register
+
+    types = {int: OpSchema.AttrType.INT, bool: OpSchema.AttrType.INT, float: OpSchema.AttrType.FLOAT,
+             str: OpSchema.AttrType.STRING}
+    hints = {"int": int, "bool": bool, "float": float, "str": str}
+    attributes = [OpSchema.Attribute(f.name, types[hints[f.type]], f"see GroupedMoEAttributes.{f.name}")
+                  for f in dataclasses.fields(GroupedMoEAttributes)]
+    attributes += [OpSchema.Attribute(name, OpSchema.AttrType.STRING, f"TensorRT plugin lookup: {name}", required=False)
+                   for name in PLUGIN_ATTRIBUTES]
+    optional = OpSchema.FormalParameterOption.Optional
+    inputs = [OpSchema.FormalParameter(name, "T", param_option=optional) if name in OPTIONAL_INPUTS
+              else OpSchema.FormalParameter(name, "T") for name in INPUTS]
+    register(OpSchema(
+        OP_TYPE, DOMAIN, VERSION,
+        doc="moe-compile's grouped MoE: routing + the chosen experts' gated MLPs + weighted combine "
+            "(moe_compile/plugins/grouped_moe/reference.py defines it).",
+        inputs=inputs, outputs=[OpSchema.FormalParameter("output", "T")],
+        type_constraints=[("T", list(FLOAT_TYPES), "float tensors")], attributes=attributes))

@@ -1,0 +1,151 @@
+"""`moe-compile validate`: the ONNX model against the PyTorch reference, end to end.
+
+    prefill (empty past) -> decode one step -> greedy generation of N tokens
+    each compared with the dtype's tolerance; on a mismatch, a debug export with every MoE
+    block's output exposed names the first layer that diverges.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moe_compile.compiler.ir import MoEModel
+from moe_compile.compiler.lexi.plan import load_plan
+from moe_compile.errors import InvalidInput, one_line
+from moe_compile.export.decoder import decoder_inputs, empty_past
+from moe_compile.export.exporter import compiled_model
+from moe_compile.export.lowering import moe_output_name
+
+from .compare import OutputDiff, compare_outputs
+from .generation import greedy_generate
+from .runners import OnnxRuntimeRunner, TorchRunner
+from .tolerances import TOLERANCES
+
+
+@dataclass
+class ParityReport:
+    onnx: str
+    target: str
+    dtype: str
+    tolerance: dict
+    prefill: list[OutputDiff]
+    decode: list[OutputDiff]
+    generated_tokens: int
+    generation_identical: bool
+    first_generation_difference: int | None
+    first_diverging_layer: int | None = None
+    layer_diffs: list[OutputDiff] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(d.passed for d in self.prefill + self.decode) and self.generation_identical
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    if not path.is_file():
+        raise InvalidInput(f"ONNX file '{path}' does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InvalidInput(f"{path} is not an ONNX model ({one_line(exc)})") from None
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    if "moe_compile.model_sha256" not in metadata:
+        raise InvalidInput(f"{path} was not exported by moe-compile (no moe_compile metadata)")
+    return metadata
+
+
+def _check_onnx_matches(metadata: dict, moe_model: MoEModel, plan, path: Path) -> dict[int, int]:
+    if metadata["moe_compile.model_sha256"] != moe_model.fingerprint["sha256"]:
+        raise InvalidInput(f"{path} was exported from another model, not {moe_model.path}")
+    top_k = {int(k): v for k, v in json.loads(metadata["moe_compile.top_k"]).items()}
+    if plan and load_plan(plan, moe_model) != top_k:
+        raise InvalidInput(f"{path} was exported with other per-layer top-k than {plan}")
+    return top_k
+
+
+def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path | None = None,
+                  new_tokens: int = 32, seed: int = 0) -> ParityReport:
+    path = Path(onnx_path)
+    metadata = onnx_metadata(path)
+    top_k = _check_onnx_matches(metadata, moe_model, plan, path)
+    dtype, target = metadata["moe_compile.dtype"], metadata["moe_compile.target"]
+    if target == "tensorrt":
+        raise InvalidInput(f"{path} is a tensorrt-target export (plugin nodes): validate it as an engine, "
+                           "or export --target onnxruntime|onnx to check it in ONNX Runtime")
+    if dtype == "bf16":
+        raise InvalidInput("ONNX Runtime on the CPU does not run bf16 models: validate an fp32 or fp16 export")
+    tolerance = TOLERANCES[dtype]
+    model, _ = compiled_model(moe_model, None, dtype, top_k)
+    reference, candidate = TorchRunner(model), OnnxRuntimeRunner(path)
+
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 7), generator=generator)
+    nothing = empty_past(model, 2, model.dtype)
+    prefill_feed = decoder_inputs(model, prompt, nothing).as_feed(reference.num_layers)
+    expected = reference.infer(prefill_feed)
+    prefill = compare_outputs(expected, candidate.infer(prefill_feed), tolerance, reference.output_names)
+
+    present = tuple(torch.from_numpy(expected[name]) for name in reference.output_names[1:])
+    next_ids = torch.from_numpy(expected["logits"][:, -1].argmax(-1))[:, None]
+    decode_feed = decoder_inputs(model, next_ids, present).as_feed(reference.num_layers)
+    decode = compare_outputs(reference.infer(decode_feed), candidate.infer(decode_feed), tolerance,
+                             reference.output_names)
+
+    empty = [t.float().numpy() for t in nothing]
+    tokens_ref = greedy_generate(reference, prompt.numpy(), new_tokens, empty)
+    tokens_onnx = greedy_generate(candidate, prompt.numpy(), new_tokens, empty)
+    differs = np.flatnonzero((tokens_ref != tokens_onnx).any(axis=0))
+    report = ParityReport(
+        onnx=str(path), target=target, dtype=dtype, tolerance=asdict(tolerance), prefill=prefill, decode=decode,
+        generated_tokens=new_tokens, generation_identical=not differs.size,
+        first_generation_difference=int(differs[0]) if differs.size else None)
+    if not report.passed:
+        report.layer_diffs = _layer_diffs(moe_model, model, path, prefill_feed, tolerance)
+        report.first_diverging_layer = next(
+            (int(d.name.split(".")[1]) for d in report.layer_diffs if not d.passed), None)
+    return report
+
+
+def _layer_diffs(moe_model: MoEModel, model: torch.nn.Module, onnx_path: Path, feed: dict,
+                 tolerance) -> list[OutputDiff]:
+    """Every MoE layer's GroupedMoE output, PyTorch against the ONNX file itself: the file's
+    `moe_output.{layer}` values are exposed as extra outputs of a temporary copy."""
+    import onnx
+
+    names = [moe_output_name(spec.index) for spec in moe_model.layers]
+    graph_model = onnx.load(str(onnx_path))
+    elem_type = graph_model.graph.output[0].type.tensor_type.elem_type
+    graph_model.graph.output.extend(onnx.helper.make_tensor_value_info(name, elem_type, None) for name in names)
+    with tempfile.TemporaryDirectory() as folder:
+        debug_path = Path(folder) / "debug.onnx"
+        onnx.save_model(graph_model, debug_path, save_as_external_data=True, location="debug.onnx.data")
+        got = OnnxRuntimeRunner(debug_path).infer(feed)
+    expected = {}
+    handles = [model.get_submodule(spec.module_path).register_forward_hook(_record_routed(expected, name))
+               for spec, name in zip(moe_model.layers, names)]
+    try:
+        TorchRunner(model).infer(feed)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return compare_outputs(expected, got, tolerance, names)
+
+
+def _record_routed(into: dict, name: str):
+    def hook(module, args, output):
+        hidden = args[0]
+        with torch.no_grad():
+            into[name] = module.routed_experts(hidden.reshape(-1, hidden.shape[-1])).float().numpy()
+
+    return hook

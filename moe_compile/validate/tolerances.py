@@ -1,0 +1,24 @@
+"""Parity tolerances, per dtype: the one table every comparison reads.
+
+fp32: the ONNX graph and PyTorch sum the same products in different orders (e.g. the k
+experts of a token), so they differ by round-off, a few ulp of the logits' size.
+fp16/bf16: both round every op's output to the storage type, at different places.
+A tolerance is never widened without a reason written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+
+
+TOLERANCES = {
+    "fp32": Tolerance(rtol=1e-4, atol=1e-4),
+    "fp16": Tolerance(rtol=2e-2, atol=2e-2),
+    "bf16": Tolerance(rtol=5e-2, atol=5e-2),
+}
