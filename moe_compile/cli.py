@@ -77,6 +77,24 @@ def _plan(args: argparse.Namespace) -> int:
     return run_plan(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from moe_compile.commands.export import run_export
+
+    return run_export(args)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from moe_compile.commands.export import run_validate
+
+    return run_validate(args)
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from moe_compile.commands.export import run_compile
+
+    return run_compile(args)
+
+
 def _not_built(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         raise NotBuiltYet(f"{args.command}: {what} is not built yet (issue #{issue}); `moe-compile inspect` works now")
@@ -115,14 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    p = command("compile", "the whole pipeline: plan, rewrite, export, build, check (default command)",
-                _not_built("the whole pipeline (plan + rewrite + export + build)", 7))
+    p = command("compile", "the whole pipeline: plan, rewrite, export, check (default command)", _compile)
     _model_arg(p)
-    p.add_argument("--out", required=True, help="engine.plan (TensorRT) or model.onnx (stop after export)")
+    p.add_argument("--out", required=True, help="model.onnx (export + parity check) or engine.plan (TensorRT)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--plan", help="a plan.json from `moe-compile plan`")
-    budget.add_argument("--budget", type=_fraction, help="fraction of the base active experts to keep")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
+    budget.add_argument("--budget", type=_fraction, help="fraction of the base active experts to keep (LExI)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--target", choices=("onnxruntime", "onnx", "tensorrt"), default="onnxruntime",
+                   help="how GroupedMoE nodes are lowered in model.onnx")
 
     p = command("inspect", "list the MoE layers of a model", _inspect)
     _model_arg(p)
@@ -152,24 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="plan.json (a plot is written beside it as .png)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
 
-    p = command("export", "export to ONNX with one GroupedMoE node per MoE layer", _not_built("ONNX export", 5))
+    p = command("export", "export to ONNX with one GroupedMoE node per MoE layer", _export)
     _model_arg(p)
-    p.add_argument("--plan")
-    p.add_argument("--target", choices=("tensorrt", "onnxruntime", "onnx"), default="onnx")
+    p.add_argument("--plan", help="a plan.json: export at its per-layer top-k")
+    p.add_argument("--target", choices=("tensorrt", "onnxruntime", "onnx"), default="onnxruntime",
+                   help="tensorrt: plugin nodes; onnxruntime: com.microsoft.MoE; onnx: standard ops only")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
 
     p = command("build", "build a TensorRT engine from an exported ONNX model", _not_built("the TensorRT build", 7))
     p.add_argument("onnx")
     p.add_argument("--out", required=True)
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
 
-    for name, help, issue in (("validate", "numeric parity with the PyTorch reference", 5),
-                              ("bench", "throughput and latency of every available backend", 10)):
-        p = command(name, help, _not_built(help, issue))
-        _model_arg(p)
-        p.add_argument("--plan")
-        p.add_argument("--onnx")
-        p.add_argument("--engine")
+    p = command("validate", "numeric parity of an exported model with the PyTorch reference", _validate)
+    _model_arg(p)
+    p.add_argument("--plan", help="the plan the model was exported with (checked against the file)")
+    p.add_argument("--onnx", help="model.onnx from `moe-compile export`")
+    p.add_argument("--engine", help="engine.plan (issue #7)")
+    p.add_argument("--json", action="store_true")
+
+    p = command("bench", "throughput and latency of every available backend",
+                _not_built("throughput and latency of every available backend", 10))
+    _model_arg(p)
+    p.add_argument("--plan")
+    p.add_argument("--onnx")
+    p.add_argument("--engine")
 
     p = command("deploy", "write a Triton Inference Server model repository", _not_built("deployment", 8))
     p.add_argument("artifact", help="engine.plan or model.onnx")
@@ -190,10 +218,21 @@ def _with_default_command(argv: list[str], commands: set[str]) -> list[str]:
     return ["compile", *argv]
 
 
+def _quiet_libraries() -> None:
+    """Our messages are the interface: keep transformers' warnings off stderr unless asked for,
+    and its progress bars too when stderr is not a terminal (logs, CI, pipes)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Our messages are the interface: keep transformers' warnings off stderr unless asked for.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _quiet_libraries()
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)
     try:

@@ -6,9 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_causal_lm
 from moe_compile.compiler.rewrite import rewrite_model
-from moe_compile.errors import InvalidInput, one_line
+from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
 from .lowering import TARGETS, LoweringReport, moe_output_name, translation
@@ -47,6 +50,18 @@ def compiled_model(moe_model: MoEModel, plan: str | Path | None, dtype: str = "f
         top_k = load_plan(plan, moe_model) if plan else {spec.index: spec.base_top_k for spec in moe_model.layers}
     model = rewrite_model(load_causal_lm(moe_model), moe_model, top_k)
     return model.to(DTYPES[dtype]).eval(), top_k
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before minutes of export, not after."""
+    if out.is_dir():
+        raise InvalidInput(f"--out {out} is a folder; give a file name such as model.onnx")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}."):
+            pass
+    except OSError as exc:
+        raise InvalidInput(f"cannot write --out {out} ({one_line(exc)})") from None
 
 
 def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
@@ -90,13 +105,16 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     if dtype not in DTYPES:
         raise InvalidInput(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
     out = Path(out)
-    if out.is_dir():
-        raise InvalidInput(f"--out {out} is a folder; give a file name such as model.onnx")
+    _check_writable(out)
     model, top_k = compiled_model(moe_model, plan, dtype, top_k)
     report = LoweringReport(target)
     layers = [spec.index for spec in moe_model.layers]
     onnx_model = _trace(model, DTYPES[dtype], report, layers)
     _name_moe_outputs(onnx_model, layers)
+    if target == "onnxruntime":
+        from .lowering.onnxruntime import interleave_gate_up
+
+        interleave_gate_up(onnx_model)
     _strip_trace_metadata(onnx_model)
     metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
                 "moe_compile.model_sha256": moe_model.fingerprint["sha256"],
@@ -107,20 +125,54 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     return ExportResult(out, report, top_k, dtype)
 
 
-def _trace(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, layers: list[int]):
-    import onnx
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx warns about things that do not concern our graphs (torchvision ops, axis
+    renames, deprecated pytree specs): keep them off the user's terminal."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
+
+def _export_failure(exc: Exception, model: torch.nn.Module) -> InvalidInput:
+    """torch.onnx's multi-page error -> one line that says what cannot be exported."""
+    text = str(exc)
+    if "complex" in text:
+        return InvalidInput(f"{model.config.model_type}: transformers' attention for this architecture uses "
+                            "complex-valued rotary embeddings, which ONNX cannot express")
+    summary = text.split("## Exception summary", 1)[-1].strip().splitlines()
+    return InvalidInput(f"torch.onnx could not export this {model.config.model_type} model ({one_line(Exception(summary[0] if summary else text))})")
+
+
+def _trace(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, layers: list[int]):
     num_layers = model.config.num_hidden_layers
     wrapper = CausalLMWithCache(model).eval()
     inputs = example_inputs(model, dtype)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            wrapper, inputs.as_args(), dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes(num_layers),
-            input_names=["input_ids", "attention_mask", "position_ids", *past_names(num_layers)],
-            output_names=["logits", *present_names(num_layers)],
-            custom_translation_table={torch.ops.moe_compile.grouped_moe.default: translation(report.target, report, layers)},
-            verbose=False)
-    return program.model_proto if hasattr(program, "model_proto") else onnx.load_from_string(program.model.SerializeToString())
+    with torch.no_grad(), _quiet_exporter():
+        try:
+            program = _torch_onnx_export(wrapper, inputs, num_layers, report, layers)
+        except MoeCompileError:
+            raise
+        except Exception as exc:  # torch.export / torch.onnx raise many kinds
+            raise _export_failure(exc, model) from None
+    return program.model_proto
+
+
+def _torch_onnx_export(wrapper, inputs, num_layers: int, report: LoweringReport, layers: list[int]):
+    return torch.onnx.export(
+        wrapper, inputs.as_args(), dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes(num_layers),
+        input_names=["input_ids", "attention_mask", "position_ids", *past_names(num_layers)],
+        output_names=["logits", *present_names(num_layers)],
+        custom_translation_table={torch.ops.moe_compile.grouped_moe.default: translation(report.target, report, layers)},
+        verbose=False)
 
 
 def _save(onnx_model, out: Path) -> None:
@@ -130,11 +182,7 @@ def _save(onnx_model, out: Path) -> None:
     external = onnx_model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_protobuf(onnx_model) else True
     if not external:
         onnx.checker.check_model(onnx_model, full_check=True)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as exc:
-        raise InvalidInput(f"cannot write --out {out} ({one_line(exc)})") from None
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         staged = staging / out.name
         onnx.save_model(onnx_model, staged, save_as_external_data=external, all_tensors_to_one_file=True,

@@ -20,13 +20,13 @@ class OutputDiff:
 def compare_outputs(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], tolerance: Tolerance,
                     names: list[str] | None = None) -> list[OutputDiff]:
     """Per output: polygraphy's elementwise check (|a - b| <= atol + rtol * |b|) and the worst diffs."""
-    from polygraphy.comparator import CompareFunc
+    from polygraphy.comparator.compare import SimpleCompareFunc
     from polygraphy.comparator.struct import IterationResult
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.CRITICAL  # our report says what matters, on one table
     names = names or list(expected)
-    check = CompareFunc.simple(rtol={"": tolerance.rtol}, atol={"": tolerance.atol}, check_shapes=True)
+    check = SimpleCompareFunc(rtol={"": tolerance.rtol}, atol={"": tolerance.atol}, check_shapes=True)
     results = check(IterationResult({n: expected[n] for n in names}, runner_name="expected"),
                     IterationResult({n: got[n] for n in names}, runner_name="got"))
     diffs = []

@@ -1,0 +1,108 @@
+"""`moe-compile export`, `moe-compile validate` and the whole pipeline (`moe-compile MODEL --out`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from moe_compile.compiler.loader import load_moe_model
+from moe_compile.errors import InvalidInput, NotBuiltYet
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from moe_compile.export.exporter import export_onnx
+
+    result = export_onnx(load_moe_model(args.model), args.out, target=args.target, plan=args.plan, dtype=args.dtype)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        Console().print(_lowering_table(result.to_json()))
+    return 0
+
+
+def _lowering_table(report: dict) -> Table:
+    table = Table(title=f"{report['onnx']}: target {report['target']}, {report['dtype']}")
+    for column in ("layer", "top-k", "GroupedMoE lowered to", "why"):
+        table.add_column(column)
+    for layer in report["moe_layers"]:
+        table.add_row(str(layer["layer"]), str(layer["top_k"]), layer["lowered_to"], layer.get("reason", ""))
+    return table
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from moe_compile.validate.parity import validate_onnx
+
+    if args.engine:
+        raise NotBuiltYet("validate --engine: TensorRT engines are not built yet (issue #7)")
+    if not args.onnx:
+        raise InvalidInput("validate: give --onnx model.onnx (from `moe-compile export`)")
+    report = validate_onnx(load_moe_model(args.model), args.onnx, plan=args.plan)
+    _print_parity(report, args.json)
+    return 0 if report.passed else 1
+
+
+def _print_parity(report, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        table = Table(title=f"parity: PyTorch vs ONNX Runtime, {report.onnx} ({report.target}, {report.dtype}, "
+                            f"rtol {report.tolerance['rtol']:g}, atol {report.tolerance['atol']:g})")
+        for column in ("step", "output", "max |diff|", "max rel", "ok"):
+            table.add_column(column)
+        for step, diffs in (("prefill", report.prefill), ("decode", report.decode), ("layer", report.layer_diffs)):
+            for diff in diffs:
+                table.add_row(step, diff.name, f"{diff.max_abs:.3g}", f"{diff.max_rel:.3g}", "yes" if diff.passed else "NO")
+        Console().print(table)
+        print(f"greedy generation of {report.generated_tokens} tokens: "
+              + ("identical" if report.generation_identical else
+                 f"differs from token {report.first_generation_difference}"))
+    if not report.passed:
+        where = (f"; first diverging MoE layer: {report.first_diverging_layer}"
+                 if report.first_diverging_layer is not None else "")
+        print(f"moe-compile: validate: {report.onnx} does not match the PyTorch reference{where}", file=sys.stderr)
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    """plan (with --budget) -> rewrite -> export -> parity check; engines come with issue #7."""
+    out = Path(args.out)
+    if out.suffix == ".plan":
+        raise NotBuiltYet("compile: TensorRT engines (--out *.plan) are not built yet (issue #7); "
+                          "--out model.onnx runs the pipeline up to ONNX and checks parity")
+    if out.suffix != ".onnx":
+        raise InvalidInput(f"--out {out}: give model.onnx (ONNX) or engine.plan (TensorRT)")
+    from moe_compile.export.exporter import export_onnx
+    from moe_compile.validate.parity import validate_onnx
+
+    moe_model = load_moe_model(args.model)
+    plan = args.plan
+    if args.budget is not None:
+        plan = _write_plan(moe_model, args.budget, out, args.command_line)
+    dtype = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}[args.precision]
+    result = export_onnx(moe_model, out, target=args.target, plan=plan, dtype=dtype)
+    Console().print(_lowering_table(result.to_json()))
+    report = validate_onnx(moe_model, out, plan=plan)
+    _print_parity(report, as_json=False)
+    return 0 if report.passed else 1
+
+
+def _write_plan(moe_model, budget: float, out: Path, command: str) -> Path:
+    from moe_compile.atomic import write_text_atomic
+    from moe_compile.compiler.lexi.cost import ActiveExperts
+    from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
+    from moe_compile.compiler.lexi.plots import plot_plan
+    from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
+
+    options = ProfileOptions()
+    doc = make_plan(moe_model, profile_model(moe_model, options), Budget(fraction=budget), ActiveExperts(),
+                    command=command)
+    path = out.with_name(f"{out.stem}.lexi-plan.json")
+    plot_plan(doc, path.with_suffix(".png"))
+    write_text_atomic(path, dumps(doc))
+    print(f"LExI plan: Σk {doc['predicted']['sum_k']} of {doc['predicted']['base_sum_k']}, written to {path}")
+    return path

@@ -1,0 +1,115 @@
+"""ONNX export: every adapter through ONNX Runtime at its base top-k and under a plan, the
+TensorRT target's plugin nodes, byte-identical files, and the failure paths."""
+
+import json
+
+import onnx
+import pytest
+
+from moe_compile.cli import main
+from moe_compile.compiler.lexi.cost import ActiveExperts
+from moe_compile.compiler.lexi.plan import Budget, make_plan
+from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
+from moe_compile.compiler.loader import load_moe_model
+from moe_compile.errors import InvalidInput
+from moe_compile.export.exporter import export_onnx
+from moe_compile.validate.parity import validate_onnx
+
+EXPORTABLE = ["qwen2_moe", "qwen3_moe", "olmoe", "mixtral", "deepseek_v3", "gpt_oss"]
+
+
+def _half_budget_plan(ir, path):
+    profile = profile_model(ir, ProfileOptions(batch=1, seq_len=8, draws=1), show_progress=False)
+    plan = make_plan(ir, profile, Budget(fraction=0.5), ActiveExperts())
+    path.write_text(json.dumps(plan))
+    return path
+
+
+@pytest.mark.parametrize("planned", [False, True], ids=["base_top_k", "half_budget_plan"])
+@pytest.mark.parametrize("target", ["onnx", "onnxruntime"])
+@pytest.mark.parametrize("model_type", EXPORTABLE)
+def test_export_matches_pytorch(model_type, target, planned, tiny_model_dirs, tmp_path):
+    ir = load_moe_model(tiny_model_dirs[model_type])
+    plan = _half_budget_plan(ir, tmp_path / "plan.json") if planned else None
+    result = export_onnx(ir, tmp_path / "model.onnx", target=target, plan=plan)
+    assert [layer["layer"] for layer in result.report.layers] == [spec.index for spec in ir.layers]
+    if planned:
+        assert sum(result.top_k.values()) == round(0.5 * sum(spec.base_top_k for spec in ir.layers))
+    report = validate_onnx(ir, tmp_path / "model.onnx", plan=plan, new_tokens=32)
+    assert report.passed, report.to_json()
+    assert report.generation_identical and report.generated_tokens == 32
+
+
+def test_tensorrt_target_keeps_one_plugin_node_per_layer(tiny_model_dirs, tmp_path):
+    ir = load_moe_model(tiny_model_dirs["deepseek_v3"])
+    plan = _half_budget_plan(ir, tmp_path / "plan.json")
+    export_onnx(ir, tmp_path / "model.onnx", target="tensorrt", plan=plan)
+    model = onnx.load(tmp_path / "model.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    nodes = [n for n in model.graph.node if n.op_type == "GroupedMoE"]
+    assert [n.domain for n in nodes] == ["moe_compile"] * len(ir.layers)
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    planned = {layer["index"]: layer["top_k"] for layer in json.loads(plan.read_text())["layers"]}
+    assert [a["top_k"] for a in attrs] == [planned[spec.index] for spec in ir.layers]
+    for a in attrs:
+        assert (a["plugin_namespace"], a["plugin_version"]) == (b"moe_compile", b"1")
+        assert (a["scoring"], a["n_group"], a["topk_group"], a["group_scoring"]) == (b"sigmoid", 4, 2, b"sum_top2")
+        assert a["normalize_topk"] == 1 and a["routed_scaling"] == pytest.approx(2.5)
+    assert [n.input[6] != "" for n in nodes] == [True] * len(nodes)  # the score-correction bias is wired
+
+
+def test_export_is_byte_identical(tiny_model_dirs, tmp_path):
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    export_onnx(ir, tmp_path / "a.onnx", target="onnx")
+    export_onnx(ir, tmp_path / "b.onnx", target="onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_validate_names_the_first_diverging_layer(tiny_model_dirs, tmp_path, capsys):
+    ir = load_moe_model(tiny_model_dirs["olmoe"])
+    export_onnx(ir, tmp_path / "model.onnx", target="onnx")
+    model = onnx.load(tmp_path / "model.onnx")
+    for init in model.graph.initializer:  # break layer 1's experts in the file
+        if "layers.1." in init.name and "w_down" in init.name:
+            init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 1.5, init.name))
+    onnx.save(model, tmp_path / "broken.onnx")
+    capsys.readouterr()
+    code = main(["validate", str(tiny_model_dirs["olmoe"]), "--onnx", str(tmp_path / "broken.onnx")])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"moe-compile: validate: {tmp_path / 'broken.onnx'} does not match the PyTorch reference; "
+        "first diverging MoE layer: 1"]
+    assert "moe_output.0" in out and "NO" in out
+
+
+def test_deepseek_v2_attention_is_refused_in_one_line(tiny_model_dirs, tmp_path, capsys):
+    code = main(["export", str(tiny_model_dirs["deepseek_v2"]), "--target", "onnx", "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "complex-valued rotary embeddings, which ONNX cannot express" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["folder", "unwritable", "foreign plan", "onnx of another model"])
+def test_bad_export_and_validate_input(case, tiny_model_dirs, tmp_path, capsys):
+    model = str(tiny_model_dirs["mixtral"])
+    if case == "folder":
+        (tmp_path / "m.onnx").mkdir()
+        argv, message = ["export", model, "--out", str(tmp_path / "m.onnx")], "is a folder"
+    elif case == "unwritable":
+        (tmp_path / "file").write_text("x")
+        argv, message = ["export", model, "--out", str(tmp_path / "file" / "m.onnx")], "cannot write --out"
+    elif case == "foreign plan":
+        ir = load_moe_model(tiny_model_dirs["olmoe"])
+        plan = _half_budget_plan(ir, tmp_path / "plan.json")
+        argv, message = ["export", model, "--plan", str(plan), "--out", str(tmp_path / "m.onnx")], "was made for another model"
+    else:
+        export_onnx(load_moe_model(tiny_model_dirs["olmoe"]), tmp_path / "olmoe.onnx", target="onnx")
+        argv, message = ["validate", model, "--onnx", str(tmp_path / "olmoe.onnx")], "was exported from another model"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no model.onnx, no staging folder
