@@ -57,21 +57,21 @@ def test_inspect_every_tiny_model(model_type, tiny_model_dirs, capsys):
         assert layer["parameter_bytes"] > 4 * 8 * 3 * 32 * 16  # at least the routed experts in fp32
 
 
-@pytest.mark.parametrize("command", ["export", "eval", "validate", "bench",
-                                     "build model.onnx", "deploy model.onnx --repo r --name n"])
+@pytest.mark.parametrize("command", ["eval", "bench", "build model.onnx", "deploy model.onnx --repo r --name n",
+                                     "compile demo", "validate --engine e.plan"])
 def test_commands_of_later_issues_say_so_in_one_line(command, capsys, tmp_path):
     argv = command.split()
-    if command.split()[0] in ("export", "build"):
-        argv += ["--out", str(tmp_path / "out")]
+    if command.split()[0] in ("build", "compile"):
+        argv += ["--out", str(tmp_path / "out.plan")]
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "not built yet (issue #" in err
-    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_model_and_out_alone_mean_compile(capsys, tmp_path):
-    code, _, err = run(capsys, "demo", "--out", str(tmp_path / "m.onnx"))
-    assert code == 2 and err.startswith("moe-compile: error: compile:")
+    code, _, err = run(capsys, "demo", "--out", str(tmp_path / "engine.plan"))
+    assert code == 2 and err.startswith("moe-compile: error: compile: TensorRT engines (--out *.plan) are not built yet")
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):

@@ -51,7 +51,7 @@ def demo_model_folder() -> Path:
     return folder
 
 
-def _seeded_init(model: torch.nn.Module, seed: int) -> None:
+def seeded_init(model: torch.nn.Module, seed: int) -> None:
     """Fill every parameter from one generator: norms 1, biases small, weights ~ N(0, 1/fan_in)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -71,6 +71,6 @@ def _write_demo(folder: Path) -> None:
 
     fields = {key: value for key, value in DEMO_CONFIG.items() if key != "model_type"}
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(DEMO_CONFIG["model_type"], **fields))
-    _seeded_init(model, DEMO_SEED)
+    seeded_init(model, DEMO_SEED)
     with atomic_path(folder, directory=True) as tmp:
         model.save_pretrained(tmp)

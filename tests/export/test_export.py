@@ -15,7 +15,7 @@ from moe_compile.errors import InvalidInput
 from moe_compile.export.exporter import export_onnx
 from moe_compile.validate.parity import validate_onnx
 
-EXPORTABLE = ["qwen2_moe", "qwen3_moe", "olmoe", "mixtral", "deepseek_v3", "gpt_oss"]
+EXPORTABLE = ["qwen2_moe", "qwen3_moe", "olmoe", "mixtral", "deepseek_v3", "gpt_oss", "demo"]
 
 
 def _half_budget_plan(ir, path):
@@ -29,7 +29,7 @@ def _half_budget_plan(ir, path):
 @pytest.mark.parametrize("target", ["onnx", "onnxruntime"])
 @pytest.mark.parametrize("model_type", EXPORTABLE)
 def test_export_matches_pytorch(model_type, target, planned, tiny_model_dirs, tmp_path):
-    ir = load_moe_model(tiny_model_dirs[model_type])
+    ir = load_moe_model("demo" if model_type == "demo" else tiny_model_dirs[model_type])
     plan = _half_budget_plan(ir, tmp_path / "plan.json") if planned else None
     result = export_onnx(ir, tmp_path / "model.onnx", target=target, plan=plan)
     assert [layer["layer"] for layer in result.report.layers] == [spec.index for spec in ir.layers]
@@ -113,3 +113,13 @@ def test_bad_export_and_validate_input(case, tiny_model_dirs, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no model.onnx, no staging folder
+
+
+def test_the_readme_pipeline_on_the_demo(tmp_path, capsys):
+    """`moe-compile demo --budget 0.75 --out demo.onnx`: plan, export, parity, in one command."""
+    out = tmp_path / "demo.onnx"
+    assert main(["demo", "--budget", "0.75", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "LExI plan: Σk 24 of 32" in stdout and "com.microsoft.MoE" in stdout
+    assert "greedy generation of 32 tokens: identical" in stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.lexi-plan.json", "demo.lexi-plan.png", "demo.onnx"]
