@@ -7,6 +7,7 @@ commands run one stage. Every user error ends with one line on stderr and exit c
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shlex
 import sys
@@ -59,40 +60,14 @@ def _positive_int(text: str) -> int:
 # --- commands ---------------------------------------------------------------------------------
 
 
-def _inspect(args: argparse.Namespace) -> int:
-    from moe_compile.commands.inspect import run_inspect
+def _run(target: str) -> Callable[[argparse.Namespace], int]:
+    """A handler that imports `module:function` from moe_compile.commands when it runs, so
+    that `--help` and the commands that do not need torch start fast."""
+    def handler(args: argparse.Namespace) -> int:
+        module, function = target.split(":")
+        return getattr(importlib.import_module(f"moe_compile.commands.{module}"), function)(args)
 
-    return run_inspect(args)
-
-
-def _profile(args: argparse.Namespace) -> int:
-    from moe_compile.commands.lexi import run_profile
-
-    return run_profile(args)
-
-
-def _plan(args: argparse.Namespace) -> int:
-    from moe_compile.commands.lexi import run_plan
-
-    return run_plan(args)
-
-
-def _export(args: argparse.Namespace) -> int:
-    from moe_compile.commands.export import run_export
-
-    return run_export(args)
-
-
-def _validate(args: argparse.Namespace) -> int:
-    from moe_compile.commands.export import run_validate
-
-    return run_validate(args)
-
-
-def _compile(args: argparse.Namespace) -> int:
-    from moe_compile.commands.export import run_compile
-
-    return run_compile(args)
+    return handler
 
 
 def _not_built(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
@@ -106,7 +81,7 @@ def _not_built(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
 
 
 def _profile_args(parser: argparse.ArgumentParser) -> None:
-    from moe_compile.compiler.lexi.profile import ProfileOptions
+    from moe_compile.compiler.lexi.options import ProfileOptions
 
     defaults = ProfileOptions()
     group = parser.add_argument_group("LExI profile (stage 1)")
@@ -124,7 +99,10 @@ def _model_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="moe-compile", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="moe-compile", description=(
+        "Compile a Mixture-of-Experts model: a LExI static top-k per MoE layer, ONNX with GroupedMoE "
+        "nodes, TensorRT engines, Triton Inference Server repositories. MODEL is a local Hugging Face "
+        "folder or 'demo'; `moe-compile MODEL --out FILE` runs the whole pipeline."))
     parser.add_argument("--version", action="version", version=f"moe-compile {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -133,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    p = command("compile", "the whole pipeline: plan, rewrite, export, check (default command)", _compile)
+    p = command("compile", "the whole pipeline: plan, rewrite, export, check (default command)",
+                _run("export:run_compile"))
     _model_arg(p)
     p.add_argument("--out", required=True, help="model.onnx (export + parity check) or engine.plan (TensorRT)")
     budget = p.add_mutually_exclusive_group()
@@ -143,18 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("onnxruntime", "onnx", "tensorrt"), default="onnxruntime",
                    help="how GroupedMoE nodes are lowered in model.onnx")
 
-    p = command("inspect", "list the MoE layers of a model", _inspect)
+    p = command("inspect", "list the MoE layers of a model", _run("inspect:run_inspect"))
     _model_arg(p)
     p.add_argument("--plan", help="also show the top-k a plan.json gives each layer")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
 
-    p = command("profile", "LExI stage 1: data-free sensitivity of every MoE layer to its top-k", _profile)
+    p = command("profile", "LExI stage 1: data-free sensitivity of every MoE layer to its top-k",
+                _run("lexi:run_profile"))
     _model_arg(p)
     _profile_args(p)
     p.add_argument("--out", required=True, help="profile.json (a heatmap is written beside it as .png)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON instead of a table")
 
-    p = command("plan", "LExI stage 2: choose a per-layer top-k under a budget", _plan)
+    p = command("plan", "LExI stage 2: choose a per-layer top-k under a budget", _run("lexi:run_plan"))
     _model_arg(p)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--budget", type=_fraction,
@@ -171,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="plan.json (a plot is written beside it as .png)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
 
-    p = command("export", "export to ONNX with one GroupedMoE node per MoE layer", _export)
+    p = command("export", "export to ONNX with one GroupedMoE node per MoE layer", _run("export:run_export"))
     _model_arg(p)
     p.add_argument("--plan", help="a plan.json: export at its per-layer top-k")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime", "onnx"), default="onnxruntime",
@@ -185,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
 
-    p = command("validate", "numeric parity of an exported model with the PyTorch reference", _validate)
+    p = command("validate", "numeric parity of an exported model with the PyTorch reference",
+                _run("export:run_validate"))
     _model_arg(p)
     p.add_argument("--plan", help="the plan the model was exported with (checked against the file)")
     p.add_argument("--onnx", help="model.onnx from `moe-compile export`")

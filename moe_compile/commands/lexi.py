@@ -12,7 +12,8 @@ from rich.table import Table
 from moe_compile.atomic import write_text_atomic
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, RooflineLatency
-from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan, read_json
+from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
+from moe_compile.jsonio import read_json_object
 from moe_compile.compiler.lexi.plots import plot_plan, plot_profile
 from moe_compile.compiler.lexi.profile import Profile, ProfileOptions, profile_from_json, profile_model
 from moe_compile.compiler.loader import load_moe_model
@@ -58,7 +59,7 @@ def _cost_model(args: argparse.Namespace):
 def _profile_for_plan(args: argparse.Namespace, moe_model: MoEModel) -> Profile:
     options = profile_options(args)
     if args.profile:
-        return profile_from_json(read_json(args.profile, "profile"), moe_model, args.profile, options)
+        return profile_from_json(read_json_object(args.profile, "profile"), moe_model, args.profile, options)
     return profile_model(moe_model, options)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_compile.errors import InvalidInput, one_line
+from moe_compile.jsonio import read_json_object
 
 from .adapters import MoEAdapter, adapter_class
 from .checkpoint import ReadMeter, SafetensorsCheckpoint
@@ -39,12 +40,7 @@ def read_config_dict(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise InvalidInput(f"{folder} has no config.json: not a Hugging Face model folder")
-    try:
-        config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{path} is not valid JSON ({one_line(exc)})") from None
-    if not isinstance(config, dict):
-        raise InvalidInput(f"{path} must hold a JSON object, not {type(config).__name__}")
+    config = read_json_object(path, "config")
     if "model_type" not in config:
         raise InvalidInput(f"{path} has no 'model_type'")
     return config

@@ -11,7 +11,6 @@ from moe_compile.compiler.lexi.cost import ActiveExperts
 from moe_compile.compiler.lexi.plan import Budget, make_plan
 from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
 from moe_compile.compiler.loader import load_moe_model
-from moe_compile.errors import InvalidInput
 from moe_compile.export.exporter import export_onnx
 from moe_compile.validate.parity import validate_onnx
 

@@ -15,7 +15,8 @@ from torch import nn
 
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.rewrite import rewrite_model
-from moe_compile.errors import InvalidInput, one_line
+from moe_compile.errors import InvalidInput
+from moe_compile.jsonio import read_json_object
 
 from .profile import Profile
 from .search import LayerChoices, solve_dp, solve_ga, total_cost, total_delta
@@ -102,19 +103,6 @@ def dumps(doc: dict) -> str:
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
 
 
-def read_json(path: str | Path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput(f"{what} '{path}' does not exist")
-    try:
-        doc = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{what} '{path}' is not valid JSON ({one_line(exc)})") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput(f"{what} '{path}' must hold a JSON object")
-    return doc
-
-
 def check_same_model(fingerprint: object, moe_model: MoEModel, source: str) -> None:
     if not isinstance(fingerprint, dict) or "sha256" not in fingerprint:
         raise InvalidInput(f"{source} has no model fingerprint")
@@ -127,7 +115,7 @@ def check_same_model(fingerprint: object, moe_model: MoEModel, source: str) -> N
 
 def load_plan(path: str | Path, moe_model: MoEModel) -> dict[int, int]:
     """Read a plan file for `moe_model` and return {layer index: top_k}; refuse anything else."""
-    doc = read_json(path, "plan")
+    doc = read_json_object(path, "plan")
     if doc.get("schema") != PLAN_SCHEMA:
         raise InvalidInput(f"{path} is not a moe-compile plan (schema {PLAN_SCHEMA!r} expected, "
                            f"found {doc.get('schema')!r})")

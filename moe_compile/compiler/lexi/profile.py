@@ -18,22 +18,10 @@ from moe_compile.compiler.ir import ExpertWeights, MoELayerSpec, MoEModel
 from moe_compile.errors import InvalidInput
 from moe_compile.plugins.grouped_moe import choose_experts, expert_outputs_per_slot, routing_weights
 
+from .options import ProfileOptions
+
 PROFILE_SCHEMA = "moe-compile/profile/v1"
 _SIGNIFICANT_DIGITS = 6  # Δ is stored and searched at this precision, so files are stable
-
-
-@dataclass(frozen=True)
-class ProfileOptions:
-    batch: int = 2
-    seq_len: int = 128
-    draws: int = 4
-    seed: int = 0
-    scale: float = 1.0
-    k_min: int = 1
-
-    @property
-    def tokens(self) -> int:
-        return self.batch * self.seq_len
 
 
 @dataclass(frozen=True)
