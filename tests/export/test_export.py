@@ -122,3 +122,25 @@ def test_the_readme_pipeline_on_the_demo(tmp_path, capsys):
     assert "LExI plan: Σk 24 of 32" in stdout and "com.microsoft.MoE" in stdout
     assert "greedy generation of 32 tokens: identical" in stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.lexi-plan.json", "demo.lexi-plan.png", "demo.onnx"]
+
+
+def test_fp16_export_matches_pytorch_fp16(tiny_model_dirs, tmp_path):
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    export_onnx(ir, tmp_path / "model.onnx", target="onnxruntime", dtype="fp16")
+    model = onnx.load(tmp_path / "model.onnx")
+    assert model.graph.input[3].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16  # past_key_values.0.key
+    report = validate_onnx(ir, tmp_path / "model.onnx")
+    assert report.dtype == "fp16" and report.tolerance == {"rtol": 2e-2, "atol": 2e-2}
+    assert all(d.passed for d in report.prefill + report.decode), report.to_json()
+
+
+def test_weights_beyond_the_protobuf_limit_go_to_external_data(tiny_model_dirs, tmp_path, monkeypatch):
+    """The 2 GB switch, exercised on a tiny model by lowering the threshold."""
+    import moe_compile.export.exporter as exporter
+
+    monkeypatch.setattr(exporter, "EXTERNAL_DATA_THRESHOLD", 1024)
+    ir = load_moe_model(tiny_model_dirs["olmoe"])
+    export_onnx(ir, tmp_path / "model.onnx", target="onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert (tmp_path / "model.onnx").stat().st_size < (tmp_path / "model.onnx.data").stat().st_size
+    assert validate_onnx(ir, tmp_path / "model.onnx").passed
