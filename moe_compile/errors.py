@@ -2,7 +2,8 @@
 
 Every error a user can cause (a bad model folder, a bad plan, a value out of range, a
 backend that is not installed) is raised as one of these; the CLI prints its message on one
-line and exits with `exit_code`. Anything else is a bug in moe-compile and keeps its traceback.
+line and exits with `exit_code` (2). A check that runs and fails (validate) exits 1 itself.
+Anything else is a bug in moe-compile and keeps its traceback.
 """
 
 
@@ -22,12 +23,6 @@ class BackendUnavailable(MoeCompileError):
 
 class NotBuiltYet(MoeCompileError):
     """A documented command whose implementation has not landed yet."""
-
-
-class CheckFailed(MoeCompileError):
-    """A check ran and failed (validate found a mismatch)."""
-
-    exit_code = 1
 
 
 def one_line(exc: BaseException) -> str:

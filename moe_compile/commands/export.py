@@ -82,8 +82,7 @@ def run_compile(args: argparse.Namespace) -> int:
     plan = args.plan
     if args.budget is not None:
         plan = _write_plan(moe_model, args.budget, out, args.command_line)
-    dtype = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}[args.precision]
-    result = export_onnx(moe_model, out, target=args.target, plan=plan, dtype=dtype)
+    result = export_onnx(moe_model, out, target=args.target, plan=plan, dtype=args.precision)
     Console().print(_lowering_table(result.to_json()))
     report = validate_onnx(moe_model, out, plan=plan)
     _print_parity(report, as_json=False)

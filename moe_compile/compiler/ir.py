@@ -71,9 +71,3 @@ class MoEModel:
     layers: list[MoELayerSpec]
     fingerprint: dict
     adapter: Any = field(repr=False, compare=False)  # the MoEAdapter that read it
-
-    def layer(self, index: int) -> MoELayerSpec:
-        for spec in self.layers:
-            if spec.index == index:
-                return spec
-        raise KeyError(index)

@@ -179,7 +179,7 @@ def _save(onnx_model, out: Path) -> None:
     """Check, then write beside `out` and rename: no half-written model.onnx on failure."""
     import onnx
 
-    external = onnx_model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _fits_protobuf(onnx_model) else True
+    external = _needs_external_data(onnx_model)
     if not external:
         onnx.checker.check_model(onnx_model, full_check=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -195,10 +195,8 @@ def _save(onnx_model, out: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _fits_protobuf(onnx_model) -> bool:
+def _needs_external_data(onnx_model) -> bool:
     try:
-        onnx_model.ByteSize()
+        return onnx_model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    except ValueError:  # protobuf cannot even size a message past 2 GB
         return True
-    except ValueError:
-        return False
-
