@@ -27,34 +27,23 @@ class _Parser(argparse.ArgumentParser):
         raise InvalidInput(f"{command[0] + ': ' if command else ''}{message} (see --help)")
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
-    return value
+def _number(parse: Callable[[str], float], accept: Callable[[float], bool], requirement: str):
+    """An argparse type: `parse` the text, then keep it only if `accept` says so."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {'whole number' if parse is int else 'number'}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{text} {requirement}")
+        return value
+
+    return convert
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be positive")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+_fraction = _number(float, lambda value: 0.0 < value <= 1.0, "is outside (0, 1]")
+_positive_float = _number(float, lambda value: value > 0, "must be positive")
+_positive_int = _number(int, lambda value: value >= 1, "must be at least 1")
 
 
 # --- commands ---------------------------------------------------------------------------------
