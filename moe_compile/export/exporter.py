@@ -1,7 +1,9 @@
 """MODEL (+ plan) -> model.onnx, as a chain of small steps:
 
-    load the model -> apply the plan (rewrite) -> wrap with its KV cache -> torch.onnx (dynamo),
-    translating each GroupedMoE call for the target -> strip trace metadata -> check -> save
+    check --out -> load the model -> apply the plan (rewrite) -> wrap with its KV cache
+    -> torch.onnx (dynamo), translating each GroupedMoE call for the target
+    -> name each layer's MoE output -> the target's weight pass (onnxruntime: interleave fc1)
+    -> strip trace metadata -> add moe_compile metadata -> check -> staged save and rename
 """
 
 from __future__ import annotations
