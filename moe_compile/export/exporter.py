@@ -25,7 +25,14 @@ from moe_compile.compiler.loader import load_causal_lm
 from moe_compile.compiler.rewrite import rewrite_model
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 
-from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
+from .complex_views import make_complex_views_exportable
+from .decoder import (
+    CausalLMWithCache,
+    dynamic_shapes,
+    example_inputs,
+    past_names,
+    present_names,
+)
 from .lowering import TARGETS, LoweringReport, moe_output_name, translation
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -147,9 +154,6 @@ def _quiet_exporter():
 def _export_failure(exc: Exception, model: torch.nn.Module) -> InvalidInput:
     """torch.onnx's multi-page error -> one line that says what cannot be exported."""
     text = str(exc)
-    if "complex" in text:
-        return InvalidInput(f"{model.config.model_type}: transformers' attention for this architecture uses "
-                            "complex-valued rotary embeddings, which ONNX cannot express")
     summary = text.split("## Exception summary", 1)[-1].strip().splitlines()
     return InvalidInput(f"torch.onnx could not export this {model.config.model_type} model ({one_line(Exception(summary[0] if summary else text))})")
 
@@ -168,9 +172,27 @@ def _trace(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, l
     return program.model_proto
 
 
+def _capture(wrapper, inputs, num_layers: int) -> torch.export.ExportedProgram:
+    """torch.export as torch.onnx runs it, so that the program can be mended before translation:
+    `torch.onnx.is_in_onnx_export()` is true while tracing (transformers' masks take their export
+    path then), 0/1 axes are size-oblivious (batch and past may be 1 or 0 at run time), and shape
+    conditions a model checks (gpt-oss' sliding window) become run-time asserts, not guards."""
+    from torch.onnx._internal.exporter._flags import set_onnx_exporting_flag
+
+    @set_onnx_exporting_flag
+    def export() -> torch.export.ExportedProgram:
+        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+            return torch.export.export(wrapper, inputs.as_args(), dynamic_shapes=dynamic_shapes(num_layers),
+                                       strict=False, prefer_deferred_runtime_asserts_over_guards=True)
+
+    program = export()
+    make_complex_views_exportable(program)
+    return program
+
+
 def _torch_onnx_export(wrapper, inputs, num_layers: int, report: LoweringReport, layers: list[int]):
     return torch.onnx.export(
-        wrapper, inputs.as_args(), dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes(num_layers),
+        _capture(wrapper, inputs, num_layers), dynamo=True, opset_version=OPSET,
         input_names=["input_ids", "attention_mask", "position_ids", *past_names(num_layers)],
         output_names=["logits", *present_names(num_layers)],
         custom_translation_table={torch.ops.moe_compile.grouped_moe.default: translation(report.target, report, layers)},

@@ -26,7 +26,8 @@ def attribute_values(attrs: GroupedMoEAttributes) -> dict:
 
 @functools.cache
 def register_schema() -> None:
-    from onnx.defs import OpSchema, register_schema as register
+    from onnx.defs import OpSchema
+    from onnx.defs import register_schema as register
 
     types = {int: OpSchema.AttrType.INT, bool: OpSchema.AttrType.INT, float: OpSchema.AttrType.FLOAT,
              str: OpSchema.AttrType.STRING}
