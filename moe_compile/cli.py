@@ -46,6 +46,11 @@ _positive_float = _number(float, lambda value: value > 0, "must be positive")
 _positive_int = _number(int, lambda value: value >= 1, "must be at least 1")
 
 
+def _positive_ints(text: str) -> list[int]:
+    """`1,8,32` -> [1, 8, 32]: an argparse type for lists of sizes."""
+    return [_positive_int(item.strip()) for item in text.split(",")]
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -162,12 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", help="engine.plan (issue #7)")
     p.add_argument("--json", action="store_true")
 
-    p = command("bench", "throughput and latency of every available backend",
-                _not_built("throughput and latency of every available backend", 10))
+    p = command("bench", "throughput and latency of every available backend", _run("bench:run_bench"))
     _model_arg(p)
-    p.add_argument("--plan")
-    p.add_argument("--onnx")
-    p.add_argument("--engine")
+    p.add_argument("--plan", help="also run at this plan's per-layer top-k, side by side with the base top-k")
+    p.add_argument("--onnx", help="an onnxruntime-target model.onnx to run (otherwise exported to a temporary folder)")
+    p.add_argument("--engine", help="engine.plan (issue #7)")
+    p.add_argument("--backends", type=lambda text: [b.strip() for b in text.split(",")],
+                   help="comma-separated subset: transformers, pytorch, onnxruntime-cpu, pytorch-cuda, "
+                        "onnxruntime-cuda, tensorrt (default: every one available here)")
+    p.add_argument("--batch", type=_positive_ints, default=[1, 8], help="batch sizes, e.g. 1,8,32")
+    p.add_argument("--prompt", type=_positive_ints, default=[128], help="prompt lengths, e.g. 128,512")
+    p.add_argument("--new-tokens", type=_positive_int, default=32, help="decode steps timed per run")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per measurement (after a warm-up)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch and ONNX Runtime (default: torch's)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--plot", help="also save the throughput as a PNG plot here")
+    p.add_argument("--out", help="also write the JSON report to this file")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of tables")
 
     p = command("deploy", "write a Triton Inference Server model repository", _not_built("deployment", 8))
     p.add_argument("artifact", help="engine.plan or model.onnx")

@@ -65,7 +65,7 @@ def onnx_metadata(path: Path) -> dict[str, str]:
     return metadata
 
 
-def _check_onnx_matches(metadata: dict, moe_model: MoEModel, plan, path: Path) -> dict[int, int]:
+def check_onnx_matches(metadata: dict, moe_model: MoEModel, plan, path: Path) -> dict[int, int]:
     if metadata["moe_compile.model_sha256"] != moe_model.fingerprint["sha256"]:
         raise InvalidInput(f"{path} was exported from another model, not {moe_model.path}")
     top_k = {int(k): v for k, v in json.loads(metadata["moe_compile.top_k"]).items()}
@@ -78,7 +78,7 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
                   new_tokens: int = 32, seed: int = 0) -> ParityReport:
     path = Path(onnx_path)
     metadata = onnx_metadata(path)
-    top_k = _check_onnx_matches(metadata, moe_model, plan, path)
+    top_k = check_onnx_matches(metadata, moe_model, plan, path)
     dtype, target = metadata["moe_compile.dtype"], metadata["moe_compile.target"]
     if target == "tensorrt":
         raise InvalidInput(f"{path} is a tensorrt-target export (plugin nodes): validate it as an engine, "

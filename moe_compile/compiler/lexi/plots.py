@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moe_compile.atomic import atomic_path
+from moe_compile.plotting import pyplot, save_png
 
 
 def _normalised_heatmap(layers: list[dict]) -> tuple[np.ndarray, list[int]]:
@@ -35,32 +35,18 @@ def _draw_heatmap(axis, layers: list[dict], chosen: list[int] | None = None) -> 
                      facecolors="none", edgecolors="red", label="chosen k")
 
 
-def _save(figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
-
-
 def plot_profile(profile_doc: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = profile_doc["layers"]
     figure, axis = plt.subplots(figsize=(6, 1.5 + 0.3 * len(layers)))
     _draw_heatmap(axis, layers)
     axis.set_title(f"LExI sensitivity, {profile_doc['model']['model_type']}")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_plan(plan_doc: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = plan_doc["layers"]
     chosen = [layer["top_k"] for layer in layers]
@@ -77,4 +63,4 @@ def plot_plan(plan_doc: dict, path: Path) -> None:
     predicted = plan_doc["predicted"]
     bars.set_title(f"Σk {predicted['sum_k']} of {predicted['base_sum_k']} "
                    f"({plan_doc['budget']['objective']}, {plan_doc['solver']['name']})")
-    _save(figure, path)
+    save_png(figure, path)

@@ -1,0 +1,152 @@
+"""`moe-compile bench`: the same workload through every backend here, base top-k and plan side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from moe_compile.compiler.loader import load_moe_model
+from moe_compile.errors import InvalidInput
+
+
+def _settings(ir, plan: str | None) -> list:
+    from moe_compile.compiler.lexi.plan import load_plan
+    from moe_compile.validate.backends import TopKSetting
+
+    settings = [TopKSetting("base", {spec.index: spec.base_top_k for spec in ir.layers})]
+    if plan:
+        settings.append(TopKSetting("plan", load_plan(plan, ir)))
+    return settings
+
+
+def _given_onnx(ir, path: str, settings: list, precision: str) -> dict:
+    """--onnx: the setting it was exported at (checked against the model and the plan)."""
+    from pathlib import Path
+
+    from moe_compile.validate.parity import check_onnx_matches, onnx_metadata
+
+    metadata = onnx_metadata(Path(path))
+    top_k = check_onnx_matches(metadata, ir, None, Path(path))
+    if metadata["moe_compile.target"] == "tensorrt":
+        raise InvalidInput(f"{path} is a tensorrt-target export (plugin nodes): ONNX Runtime cannot run it")
+    if metadata["moe_compile.dtype"] != precision:
+        raise InvalidInput(f"{path} is a {metadata['moe_compile.dtype']} export; run bench with "
+                           f"--precision {metadata['moe_compile.dtype']}")
+    matching = [setting.name for setting in settings if setting.top_k == top_k]
+    if not matching:
+        raise InvalidInput(f"{path} was exported with other per-layer top-k than the model's base top-k"
+                           + (" and the plan" if len(settings) > 1 else ""))
+    return {matching[0]: Path(path)}
+
+
+def _check_workload(ir, args: argparse.Namespace, backends: list) -> None:
+    longest = max(args.prompt) + args.new_tokens
+    limit = getattr(ir.config, "max_position_embeddings", None)
+    if limit and longest > limit:
+        raise InvalidInput(f"--prompt {max(args.prompt)} + --new-tokens {args.new_tokens} = {longest} positions, "
+                           f"more than the model's max_position_embeddings ({limit})")
+    if args.precision == "bf16" and any(b.name == "onnxruntime-cpu" for b in backends):
+        raise InvalidInput("ONNX Runtime's CPU provider does not run bf16: use --precision fp32|fp16, "
+                           "or leave onnxruntime-cpu out of --backends")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from moe_compile.validate.backends import BenchModel, select_backends
+    from moe_compile.validate.bench import (
+        Workload,
+        add_speedups,
+        machine_description,
+        measure,
+    )
+
+    backends = select_backends(args.backends, args.engine)
+    ir = load_moe_model(args.model)
+    _check_workload(ir, args, backends)
+    settings = _settings(ir, args.plan)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    model = BenchModel(ir, args.precision, threads,
+                       _given_onnx(ir, args.onnx, settings, args.precision) if args.onnx else {})
+    workloads = [Workload(b, p, args.new_tokens) for b in sorted(args.batch) for p in sorted(args.prompt)]
+    runs = [(backend, setting) for backend in backends for setting in settings
+            if not (backend.base_only and setting.name != "base")]
+    rows = []
+    console = Console(stderr=True)
+    try:
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task("bench", total=len(runs) * len(workloads))
+            for backend, setting in runs:
+                progress.update(task, description=f"bench: {backend.name} ({setting.name})")
+                rows += measure(backend, setting, model, workloads, args.repeats,
+                                progress=lambda: progress.advance(task))
+    finally:
+        model.close()
+    add_speedups(rows)
+    report = {
+        "model": {"name": str(args.model), "model_type": ir.model_type, "sha256": ir.fingerprint["sha256"]},
+        "machine": machine_description(threads),
+        "precision": args.precision,
+        "settings": {s.name: {"sum_k": s.sum_k, "top_k": {str(k): v for k, v in s.top_k.items()}} for s in settings},
+        "workload": {"batch": sorted(args.batch), "prompt": sorted(args.prompt), "new_tokens": args.new_tokens,
+                     "repeats": args.repeats, "warmup_runs": 1},
+        "rows": rows,
+        "command": args.command_line,
+    }
+    _write_outputs(report, args)
+    return 0
+
+
+def _write_outputs(report: dict, args: argparse.Namespace) -> None:
+    from moe_compile.atomic import write_text_atomic
+    from moe_compile.validate.bench_plot import plot_bench
+
+    text = json.dumps(report, indent=2) + "\n"
+    if args.out:
+        write_text_atomic(args.out, text)
+    if args.plot:
+        plot_bench(report, args.plot)
+    if args.json:
+        sys.stdout.write(text)
+    else:
+        console = Console()
+        if not console.is_terminal:  # a log or a pipe: no wrapping at 80 columns
+            console = Console(width=200)
+        console.print(bench_table(report))
+
+
+def bench_table(report: dict) -> Table:
+    """Medians with the run-to-run range in %, one row per backend x top-k x workload."""
+    machine = report["machine"]
+    table = Table(title=f"{report['model']['name']} ({report['precision']}), {machine['cpu']}, "
+                        f"{machine['threads']} threads" + (f", {machine['gpu']}" if "gpu" in machine else ""),
+                  caption="± : half the min-max range over the runs; speed-ups are prefill / decode")
+    for column in ("backend", "top-k", "batch x prompt", "prefill tok/s", "TTFT ms", "decode tok/s",
+                   "step ms p50/p99", "peak MB", "MoE share", "x transformers", "x base top-k"):
+        table.add_column(column, justify="left" if column in ("backend", "top-k") else "right")
+    for row in report["rows"]:
+        share = row["moe_share"]
+        peak = row["peak_device_mb"] if row["peak_device_mb"] is not None else row["peak_host_mb"]
+        table.add_row(
+            row["backend"], f"{row['setting']} Σk={row['sum_k']}", f"{row['batch']} x {row['prompt']}",
+            _spread(row["prefill_tokens_per_s"], 0), _spread(row["ttft_ms"], 2), _spread(row["decode_tokens_per_s"], 1),
+            f"{row['step_ms']['p50']:.2f} / {row['step_ms']['p99']:.2f}", "-" if peak is None else f"{peak:.0f}",
+            f"{share['prefill']:.0%} / {share['decode']:.0%}" if share else "-",
+            _ratios(row["vs_transformers"]), _ratios(row["vs_base_top_k"]))
+    return table
+
+
+def _spread(spread: dict, digits: int) -> str:
+    half_range = (spread["max"] - spread["min"]) / 2 / spread["median"] if spread["median"] else 0.0
+    return f"{spread['median']:.{digits}f} ±{half_range:.0%}"
+
+
+def _ratios(ratios: dict | None) -> str:
+    return f"{ratios['prefill']:.2f} / {ratios['decode']:.2f}" if ratios else "-"

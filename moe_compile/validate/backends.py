@@ -1,0 +1,167 @@
+"""The backends `bench` can run on this machine, each a way to build a runner for a top-k setting.
+
+    transformers      the unmodified model, eager PyTorch: the baseline (base top-k only)
+    pytorch           the rewritten model with the GroupedMoE op (reference op on the CPU)
+    pytorch-cuda      the same on the GPU (the op's CUDA implementation, where one is registered)
+    onnxruntime-cpu   the onnxruntime-target ONNX in ONNX Runtime, CPU provider
+    onnxruntime-cuda  the same ONNX with ONNX Runtime's CUDA provider
+    tensorrt          the engine (--engine)
+
+Which exist is decided when `bench` runs; asking for one that is not there is one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from moe_compile.compiler.ir import MoEModel
+from moe_compile.errors import BackendUnavailable, InvalidInput, NotBuiltYet
+
+
+@dataclass(frozen=True)
+class TopKSetting:
+    """Per-layer top-k to run at: the model's own (`base`) or a plan's."""
+
+    name: str
+    top_k: dict[int, int]
+
+    @property
+    def sum_k(self) -> int:
+        return sum(self.top_k.values())
+
+
+@dataclass
+class BenchModel:
+    """What every backend builds its runner from: the model, its dtype, and ONNX files per setting
+    (given with --onnx, or exported on first use into a folder removed at the end)."""
+
+    ir: MoEModel
+    dtype: str = "fp32"
+    threads: int | None = None
+    onnx_files: dict[str, Path] = field(default_factory=dict)
+    _exports: tempfile.TemporaryDirectory | None = None
+
+    def onnx_for(self, setting: TopKSetting) -> Path:
+        if setting.name not in self.onnx_files:
+            from moe_compile.export.exporter import export_onnx
+
+            if self._exports is None:
+                self._exports = tempfile.TemporaryDirectory(prefix="moe-compile-bench-")
+            path = Path(self._exports.name) / f"{setting.name}.onnx"
+            export_onnx(self.ir, path, target="onnxruntime", dtype=self.dtype, top_k=setting.top_k)
+            self.onnx_files[setting.name] = path
+        return self.onnx_files[setting.name]
+
+    @functools.cached_property
+    def _past_shapes(self) -> list[tuple[int, ...]]:
+        """[heads, 0, head_dim] of each cache tensor, from one short pass of the unmodified model."""
+        import torch
+
+        from moe_compile.compiler.loader import load_causal_lm
+        from moe_compile.export.decoder import empty_past
+
+        return [tuple(t.shape[1:]) for t in empty_past(load_causal_lm(self.ir), 1, torch.float32)]
+
+    def empty_past(self, batch: int, length: int = 0) -> list[np.ndarray]:
+        """A cache of `length` positions (zeros) for `batch` sequences, as runners take it."""
+        return [np.zeros((batch, heads, length, dim), dtype=np.float32) for heads, _, dim in self._past_shapes]
+
+    def close(self) -> None:
+        if self._exports is not None:
+            self._exports.cleanup()
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    device: str  # "cpu" | "cuda"
+    build: Callable[[BenchModel, TopKSetting], object]
+    base_only: bool = False  # the transformers baseline knows no plan
+    runs_onnx: bool = False  # its ONNX file is exported before the backend is measured
+
+
+def _torch_model(model: BenchModel, setting: TopKSetting):
+    from moe_compile.export.exporter import compiled_model
+
+    return compiled_model(model.ir, None, model.dtype, setting.top_k)[0]
+
+
+def _transformers(model: BenchModel, setting: TopKSetting):
+    from moe_compile.compiler.loader import load_causal_lm
+    from moe_compile.export.exporter import DTYPES
+
+    from .runners import TorchRunner
+
+    return TorchRunner(load_causal_lm(model.ir).to(DTYPES[model.dtype]).eval())
+
+
+def _pytorch(device: str) -> Callable:
+    def build(model: BenchModel, setting: TopKSetting):
+        from .runners import TorchRunner
+
+        return TorchRunner(_torch_model(model, setting), device)
+
+    return build
+
+
+def _onnxruntime(provider: str) -> Callable:
+    def build(model: BenchModel, setting: TopKSetting):
+        from .runners import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(model.onnx_for(setting), providers=[provider], threads=model.threads)
+
+    return build
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _onnxruntime_providers() -> list[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return onnxruntime.get_available_providers()
+
+
+def available_backends() -> dict[str, Backend]:
+    """Every backend this machine can run now, in the order they are reported."""
+    backends = [Backend("transformers", "cpu", _transformers, base_only=True), Backend("pytorch", "cpu", _pytorch("cpu"))]
+    providers = _onnxruntime_providers()
+    if "CPUExecutionProvider" in providers:
+        backends.append(Backend("onnxruntime-cpu", "cpu", _onnxruntime("CPUExecutionProvider"), runs_onnx=True))
+    if _cuda_available():
+        backends.append(Backend("pytorch-cuda", "cuda", _pytorch("cuda")))
+    if "CUDAExecutionProvider" in providers:
+        backends.append(Backend("onnxruntime-cuda", "cuda", _onnxruntime("CUDAExecutionProvider"), runs_onnx=True))
+    return {backend.name: backend for backend in backends}
+
+
+KNOWN_BACKENDS = ("transformers", "pytorch", "onnxruntime-cpu", "pytorch-cuda", "onnxruntime-cuda", "tensorrt")
+_NEEDS = {"onnxruntime-cpu": "onnxruntime (pip install onnxruntime)", "pytorch-cuda": "a CUDA GPU visible to torch",
+          "onnxruntime-cuda": "onnxruntime-gpu and a CUDA GPU"}
+
+
+def select_backends(names: list[str] | None, engine: str | None) -> list[Backend]:
+    """The backends to run: the ones named (each must be available), or all available."""
+    if engine or (names and "tensorrt" in names):
+        raise NotBuiltYet("bench --engine: TensorRT engines are not built yet (issue #7)")
+    available = available_backends()
+    if not names:
+        return list(available.values())
+    unknown = [name for name in names if name not in KNOWN_BACKENDS]
+    if unknown:
+        raise InvalidInput(f"unknown backend '{unknown[0]}' (known: {', '.join(KNOWN_BACKENDS)})")
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise BackendUnavailable(f"backend '{missing[0]}' is not available on this machine: it needs {_NEEDS[missing[0]]}")
+    return [available[name] for name in KNOWN_BACKENDS if name in names]

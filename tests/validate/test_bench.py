@@ -1,0 +1,169 @@
+"""`moe-compile bench`: the timing harness, the report it writes, and its refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from moe_compile.cli import main
+from moe_compile.compiler.lexi.cost import ActiveExperts
+from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
+from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
+from moe_compile.compiler.loader import load_moe_model
+from moe_compile.export.exporter import compiled_model, export_onnx
+from moe_compile.validate.bench import add_speedups, moe_time_share
+from moe_compile.validate.generation import decoder_feed
+from moe_compile.validate.memory import PeakMemory
+from moe_compile.validate.runners import TorchRunner
+from moe_compile.validate.timing import Spread, time_decode, time_prefill
+
+
+class CountingRunner:
+    """A runner that returns fixed logits and records each call's input length."""
+
+    def __init__(self, vocab=5):
+        self.calls, self.vocab = [], vocab
+
+    def infer(self, feed):
+        batch, step = feed["input_ids"].shape
+        self.calls.append(step)
+        past = feed["past_key_values.0.key"]
+        present = np.zeros((batch, 1, past.shape[2] + step, 2), dtype=np.float32)
+        return {"logits": np.zeros((batch, step, self.vocab), dtype=np.float32),
+                "present.0.key": present, "present.0.value": present}
+
+
+def _empty(batch):
+    return [np.zeros((batch, 1, 0, 2), dtype=np.float32)] * 2
+
+
+def test_spread_inverse_turns_seconds_into_rates():
+    seconds = Spread.of([0.5, 1.0, 2.0])
+    rate = seconds.inverse(10.0)
+    assert (rate.median, rate.min, rate.max, rate.runs) == (10.0, 5.0, 20.0, 3)
+    assert seconds.scaled(1e3).median == 1000.0
+
+
+def test_timing_loops_run_what_they_report():
+    runner = CountingRunner()
+    prefill = time_prefill(runner, np.zeros((2, 7), dtype=np.int64), _empty(2), repeats=4)
+    assert runner.calls == [7] * 5 and prefill.tokens == 14 and prefill.seconds.runs == 4
+    runner.calls.clear()
+    decode = time_decode(runner, np.zeros((2, 3), dtype=np.int64), _empty(2), steps=6, repeats=2)
+    assert runner.calls == ([3] + [1] * 6) * 3  # a warm-up run, then two timed ones
+    assert decode.tokens == 12 and len(decode.step_seconds) == 12 and decode.run_seconds.runs == 2
+    assert decode.step_percentile(50) <= decode.step_percentile(99)
+
+
+def test_peak_memory_sees_an_allocation_that_is_freed_before_the_end():
+    with PeakMemory() as peak:
+        block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+        import time
+
+        time.sleep(0.05)
+        del block
+    assert peak.host_bytes is not None and peak.host_bytes >= 48 * 2**20
+
+
+def test_moe_share_is_the_time_inside_the_moe_blocks(tiny_model_dirs):
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    runner = TorchRunner(compiled_model(ir, None)[0])
+    past = [np.zeros((2, t.shape[1], 0, t.shape[3]), dtype=np.float32)
+            for t in (torch.zeros(1, ir.config.num_key_value_heads, 0,
+                                  ir.config.hidden_size // ir.config.num_attention_heads),) * (2 * ir.config.num_hidden_layers)]
+    feed = decoder_feed(np.zeros((2, 5), dtype=np.int64), dict(zip(runner.output_names[1:], past)), 0)
+    feed = {name.replace("present", "past_key_values"): value for name, value in feed.items()}
+    share, seconds = moe_time_share(runner, feed, [spec.module_path for spec in ir.layers])
+    assert 0.0 < share < 1.0 and seconds > 0.0
+    with pytest.raises(AttributeError):  # a path that is not a module is an error, not a silent 0
+        moe_time_share(runner, feed, ["model.layers.0.no_such_block"])
+
+
+def _row(backend, setting, prefill, decode):
+    return {"backend": backend, "setting": setting, "batch": 1, "prompt": 8,
+            "prefill_tokens_per_s": {"median": prefill}, "decode_tokens_per_s": {"median": decode}}
+
+
+def test_speedups_are_against_the_baseline_and_the_base_top_k():
+    rows = [_row("transformers", "base", 100, 10), _row("onnxruntime-cpu", "base", 200, 40),
+            _row("onnxruntime-cpu", "plan", 300, 60)]
+    add_speedups(rows)
+    assert rows[1]["vs_transformers"] == {"prefill": 2.0, "decode": 4.0} and rows[1]["vs_base_top_k"] is None
+    assert rows[2]["vs_transformers"] == {"prefill": 3.0, "decode": 6.0}
+    assert rows[2]["vs_base_top_k"] == {"prefill": 1.5, "decode": 1.5}
+
+
+@pytest.fixture(scope="module")
+def half_plan(tiny_model_dirs, tmp_path_factory):
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    profile = profile_model(ir, ProfileOptions(batch=1, seq_len=8, draws=1), show_progress=False)
+    path = tmp_path_factory.mktemp("plan") / "plan.json"
+    path.write_text(dumps(make_plan(ir, profile, Budget(fraction=0.5), ActiveExperts())))
+    return path
+
+
+def test_bench_reports_every_backend_and_setting(tiny_model_dirs, half_plan, tmp_path, capsys):
+    model = str(tiny_model_dirs["qwen2_moe"])
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    argv = ["bench", model, "--plan", str(half_plan), "--batch", "1,2", "--prompt", "4", "--new-tokens", "2",
+            "--repeats", "1", "--backends", "transformers,pytorch,onnxruntime-cpu", "--json",
+            "--out", str(out), "--plot", str(plot)]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == report
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = [(r["backend"], r["setting"], r["batch"]) for r in report["rows"]]
+    assert runs == [("transformers", "base", 1), ("transformers", "base", 2),
+                    ("pytorch", "base", 1), ("pytorch", "base", 2), ("pytorch", "plan", 1), ("pytorch", "plan", 2),
+                    ("onnxruntime-cpu", "base", 1), ("onnxruntime-cpu", "base", 2),
+                    ("onnxruntime-cpu", "plan", 1), ("onnxruntime-cpu", "plan", 2)]
+    plan_sum_k = sum(layer["top_k"] for layer in json.loads(half_plan.read_text())["layers"])
+    assert report["settings"]["plan"]["sum_k"] == plan_sum_k < report["settings"]["base"]["sum_k"]
+    for row in report["rows"]:
+        assert row["prefill_tokens_per_s"]["median"] > 0 and row["decode_tokens_per_s"]["median"] > 0
+        assert row["ttft_ms"]["runs"] == 1 and 0 < row["step_ms"]["p50"] <= row["step_ms"]["p99"]
+        assert row["vs_transformers"] is not None
+        assert (row["vs_base_top_k"] is None) == (row["setting"] == "base")
+        assert (row["moe_share"] is None) == (row["backend"] == "onnxruntime-cpu")
+    assert report["command"].startswith("moe-compile bench ")
+
+
+def test_bench_runs_a_given_onnx_file_for_its_setting(tiny_model_dirs, half_plan, tmp_path, capsys):
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    export_onnx(ir, tmp_path / "plan.onnx", target="onnxruntime", plan=half_plan)
+    argv = ["bench", str(tiny_model_dirs["qwen2_moe"]), "--plan", str(half_plan), "--onnx", str(tmp_path / "plan.onnx"),
+            "--backends", "onnxruntime-cpu", "--batch", "1", "--prompt", "3", "--new-tokens", "1", "--repeats", "1",
+            "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["backend"], r["setting"]) for r in report["rows"]] == [("onnxruntime-cpu", "base"),
+                                                                      ("onnxruntime-cpu", "plan")]
+
+
+@pytest.mark.parametrize("case", ["unknown backend", "engine", "batch zero", "batch not a number",
+                                  "too long for the model", "bf16 on onnxruntime-cpu", "onnx of another model",
+                                  "onnx at other top-k", "missing plan"])
+def test_bad_bench_input_is_one_line(case, tiny_model_dirs, half_plan, tmp_path, capsys):
+    model = str(tiny_model_dirs["qwen2_moe"])
+    base = ["bench", model, "--backends", "pytorch", "--prompt", "4", "--new-tokens", "2", "--out", str(tmp_path / "bench.json")]
+    if case in ("onnx of another model", "onnx at other top-k"):
+        source = tiny_model_dirs["olmoe"] if case == "onnx of another model" else tiny_model_dirs["qwen2_moe"]
+        ir = load_moe_model(source)
+        export_onnx(ir, tmp_path / "m.onnx", target="onnxruntime", top_k={spec.index: 1 for spec in ir.layers})
+    argv, message = {
+        "unknown backend": (["--backends", "pytorch,tensorflow"], "unknown backend 'tensorflow'"),
+        "engine": (["--engine", str(tmp_path / "e.plan")], "TensorRT engines are not built yet"),
+        "batch zero": (["--batch", "1,0"], "--batch: 0 must be at least 1"),
+        "batch not a number": (["--batch", "one"], "--batch: 'one' is not a whole number"),
+        "too long for the model": (["--prompt", "1000", "--new-tokens", "100"], "more than the model's max_position"),
+        "bf16 on onnxruntime-cpu": (["--precision", "bf16", "--backends", "onnxruntime-cpu"], "does not run bf16"),
+        "onnx of another model": (["--onnx", str(tmp_path / "m.onnx")], "was exported from another model"),
+        "onnx at other top-k": (["--onnx", str(tmp_path / "m.onnx")], "other per-layer top-k than the model's base"),
+        "missing plan": (["--plan", str(tmp_path / "nope.json")], "does not exist"),
+    }[case]
+    capsys.readouterr()
+    assert main(base + argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "bench.json").exists()
