@@ -226,3 +226,29 @@ def test_op_under_torch_compile_and_cuda_graph():
     for _ in range(3):  # the third call replays the captured CUDA graph
         got = compiled()
     torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=TOLERANCE[torch.bfloat16] * want.abs().max().item())
+
+
+def test_tune_writes_a_table_lookup_reads(tmp_path):
+    from moe_compile.plugins.grouped_moe.configs import config_file_name, lookup_config, write_table
+    from moe_compile.plugins.grouped_moe.timing import cuda_graph_us, wall_us
+    from moe_compile.plugins.grouped_moe.tune import Shape, tune
+
+    space = [KernelConfig(16, 16, 16), KernelConfig(32, 16, 32)]
+    seen = []
+    table = tune(Shape(experts=4, hidden=24, inter=20, top_k=2), [1, 16], space,
+                 cuda_graph_us if DEVICE == "cuda" else wall_us, device=DEVICE, dtype=torch.float32,
+                 on_result=lambda tokens, config, us: seen.append((tokens, config, us)))
+    assert table[1] == space[0]  # one row per expert: a 32-row block is not even tried
+    assert table[16] in space and [t for t, *_ in seen] == [1, 16]
+    write_table(tmp_path / config_file_name(4, 20, "dev"), table)
+    assert lookup_config(30, 4, 20, 2, "dev", directory=tmp_path) == table[16]
+
+
+def test_tune_command_needs_a_gpu(capsys):
+    from moe_compile.errors import BackendUnavailable
+    from moe_compile.plugins.grouped_moe.tune import main
+
+    if DEVICE == "cuda":
+        pytest.skip("a GPU is present")
+    with pytest.raises(BackendUnavailable, match="CUDA GPU"):
+        main(["--experts", "8", "--hidden", "64", "--inter", "32", "--top-k", "2"])
