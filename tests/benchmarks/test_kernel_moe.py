@@ -1,0 +1,67 @@
+"""benchmarks/kernel_moe.py without a GPU: its dry run, its arithmetic, and the grouped_mm peer."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "kernel_moe.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("kernel_moe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_writes_the_result_schema_and_a_plot(bench, tmp_path, capsys):
+    bench.main(["--dry-run", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "kernel-dry_run.json").read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert (tmp_path / "kernel-dry_run.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"device", "versions", "command", "peak", "rows"} <= set(report)
+    assert len(report["rows"]) == len(bench.SHAPES) * len(bench.TOKENS) == 24
+    mixtral = [r for r in report["rows"] if r["shape"] == "mixtral-8x7b"]
+    assert [(r["E"], r["H"], r["I"], r["k"]) for r in mixtral] == [(8, 4096, 14336, 2)] * 6
+    assert [r["tokens"] for r in mixtral] == [1, 8, 64, 512, 4096, 16384]
+    for r in report["rows"]:
+        assert {"shape", "E", "H", "I", "k", "tokens", "ours_us", "peers_us", "hbm_fraction", "flops_fraction"} <= set(r)
+    assert report["lexi"]["sum_k"] == 72 and report["lexi"]["base_sum_k"] == 96
+
+
+def test_a_plan_file_gives_item_five_its_top_k(bench, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layers": [{"index": i, "top_k": 3} for i in range(24)]}))
+    bench.main(["--dry-run", "--out", str(tmp_path), "--plan", str(plan), "--shapes", "olmoe-1b-7b", "--tokens", "8"])
+    report = json.loads((tmp_path / "kernel-dry_run.json").read_text())
+    assert report["lexi"]["plan_top_k"] == [3] * 24 and len(report["rows"]) == 1
+
+
+def test_fractions_and_summary(bench):
+    peak = {"copy_tb_s": 3.0, "bf16_tflops": 800.0}
+    r = bench.row("x", 8, 4096, 14336, 2, 1, 2, 300.0, {"a": 600.0, "b": 450.0}, peak)
+    weight_bytes = 2 * 3 * 4096 * 14336 * 2
+    assert r["hbm_fraction"] == pytest.approx((weight_bytes + 2 * 4096 * 2 + 8 * 4) / 300e-6 / 3e12)
+    assert r["flops_fraction"] == pytest.approx(2 * 1 * 2 * 3 * 4096 * 14336 / 300e-6 / 800e12)
+    s = bench.row("x", 8, 4096, 14336, 2, 4096, 8, 1000.0, {"a": 500.0}, peak)
+    summary = bench.summary([r, s])
+    assert summary["geomean_speedup_vs_best_peer"] == pytest.approx(math.sqrt(1.5 * 0.5))
+    assert summary["min_decode_hbm_fraction"] == r["hbm_fraction"]
+    assert summary["min_prefill_flops_fraction"] == s["flops_fraction"]
+
+
+def test_grouped_mm_peer_computes_the_op(bench):
+    from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
+
+    g = torch.Generator().manual_seed(0)
+    x, logits = torch.randn(9, 32, generator=g).bfloat16(), torch.randn(9, 8, generator=g)
+    w_gate_up = (torch.randn(8, 48, 32, generator=g) / 32 ** 0.5).bfloat16()
+    w_down = (torch.randn(8, 32, 24, generator=g) / 24 ** 0.5).bfloat16()
+    got = bench.grouped_mm_moe(x, logits, w_gate_up, w_down, 3)
+    want = grouped_moe_reference(x, logits, w_gate_up, w_down, GroupedMoEAttributes(top_k=3))
+    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=2e-2)
