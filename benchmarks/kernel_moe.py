@@ -111,7 +111,7 @@ def flashinfer_moe(hidden, logits, w_gate_up, w_down, k):
     workspace = torch.empty(128 * 1024 * 1024, dtype=torch.int8, device=hidden.device)
     gemm = flashinfer.gemm.SegmentGEMMWrapper(workspace)
     rows = order // k
-    segments = dict(batch_size=logits.shape[1], weight_column_major=True, seg_indptr=indptr)
+    segments = {"batch_size": logits.shape[1], "weight_column_major": True, "seg_indptr": indptr}
     gate, up = gemm.run(hidden[rows], w_gate_up, **segments).chunk(2, dim=-1)
     y = gemm.run((F.silu(gate) * up).contiguous(), w_down, **segments).float() * weights.flatten()[order, None]
     return torch.zeros(hidden.shape, device=hidden.device).index_add_(0, rows, y).to(hidden.dtype)
@@ -211,8 +211,6 @@ def benchmark_shape(name, tokens, peers, peak, failed, progress) -> list[dict]:
                 failed.setdefault(peer, {})[f"{name}/T={t}"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         rows.append(row(name, E, H, I, k, t, layer.experts_used(k), ours_us, peers_us, peak))
         progress(rows[-1])
-        del layer
-        torch.cuda.empty_cache()
     return rows
 
 
@@ -224,11 +222,10 @@ def lexi_payoff(plan_k: list[int]) -> dict:
     result = {}
     for t in LEXI_TOKENS:
         layer = Layer(E, H, I, t, "cuda")
-        per_k = {k: cuda_graph_us(lambda k=k: layer.call(ours, k)) for k in sorted(set(plan_k) | {base})}
+        per_k = {k: cuda_graph_us(lambda k=k, layer=layer: layer.call(ours, k)) for k in sorted(set(plan_k) | {base})}
         base_us, plan_us = len(plan_k) * per_k[base], sum(per_k[k] for k in plan_k)
         result[str(t)] = {"base_us": base_us, "plan_us": plan_us, "speedup": base_us / plan_us,
                           "per_k_us": {str(k): v for k, v in per_k.items()}}
-        del layer
     return result
 
 

@@ -16,14 +16,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference, route  # noqa: E402
-from moe_compile.plugins.grouped_moe.configs import KernelConfig  # noqa: E402
-from moe_compile.plugins.grouped_moe.launcher import (  # noqa: E402
-    allocate,
-    grouped_moe_triton,
-    launch_plan,
-    route_and_align,
-)
+from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference, route
+from moe_compile.plugins.grouped_moe.configs import KernelConfig
+from moe_compile.plugins.grouped_moe.launcher import allocate, grouped_moe_triton, launch_plan, route_and_align
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = KernelConfig(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # H=40, I=24: partial K and N blocks
@@ -62,9 +57,9 @@ def make_inputs(tokens, experts, top_k=2, hidden=40, inter=24, dtype=torch.float
         logits[:, -1] += 50
     elif routing == "ties":  # every score equal: ties everywhere
         logits.zero_()
-    x = dict(hidden=torch.randn(tokens, hidden, generator=g), router_logits=logits,
-             w_gate_up=torch.randn(experts, 2 * inter, hidden, generator=g) / hidden ** 0.5,
-             w_down=torch.randn(experts, hidden, inter, generator=g) / inter ** 0.5)
+    x = {"hidden": torch.randn(tokens, hidden, generator=g), "router_logits": logits,
+         "w_gate_up": torch.randn(experts, 2 * inter, hidden, generator=g) / hidden ** 0.5,
+         "w_down": torch.randn(experts, hidden, inter, generator=g) / inter ** 0.5}
     if bias:
         x.update(b_gate_up=torch.randn(experts, 2 * inter, generator=g), b_down=torch.randn(experts, hidden, generator=g))
     if score_bias:

@@ -58,7 +58,7 @@ def default_config(tokens: int, experts: int, top_k: int) -> KernelConfig:
     return KernelConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_table(path: Path) -> dict[int, KernelConfig]:
     try:
         return {int(tokens): KernelConfig(**entry) for tokens, entry in json.loads(path.read_text()).items()}
@@ -66,7 +66,7 @@ def _read_table(path: Path) -> dict[int, KernelConfig]:
         raise InvalidInput(f"{path}: not a tuned-config table ({exc})") from exc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_untuned(name: str) -> None:
     warnings.warn(f"no tuned grouped-MoE config {name}; using the default (run "
                   "`python -m moe_compile.plugins.grouped_moe.tune` on this device)", stacklevel=3)

@@ -51,7 +51,7 @@ def _top_k_slots(values, valid_columns, K: tl.constexpr, BLOCK_C: tl.constexpr):
     values, the lowest column, so ties break toward the lower index (as a stable sort would).
     """
     columns = tl.arange(0, BLOCK_C)
-    taken = (values != values) | ~valid_columns[None, :]  # NaN never chosen; padding columns neither
+    taken = tl.zeros(values.shape, tl.int1) | ~valid_columns[None, :]  # padding columns are never chosen
     slot_of = tl.full(values.shape, -1, tl.int32)
     for j in range(K):
         available = tl.where(taken, float("-inf"), values)

@@ -54,11 +54,10 @@ def experts_and_combine(hidden: torch.Tensor, w_gate_up: torch.Tensor, w_down: t
                         plan: LaunchPlan, buf: dict[str, torch.Tensor], out: torch.Tensor) -> None:
     """Kernels 4-6: both GEMMs over the aligned rows, then the per-token sum into `out`."""
     grids, config = plan.grids(), plan.config
-    blocks = dict(BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, BLOCK_K=config.BLOCK_K,
-                  num_warps=config.num_warps, num_stages=config.num_stages)
+    blocks = config.as_dict()  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages
     # fp32 inputs: exact fp32 products (no TF32); the setting does not apply to 16-bit inputs.
-    shapes = dict(HIDDEN=plan.hidden, INTER=plan.inter,
-                  PRECISION="ieee" if hidden.dtype == torch.float32 else "tf32")
+    shapes = {"HIDDEN": plan.hidden, "INTER": plan.inter,
+              "PRECISION": "ieee" if hidden.dtype == torch.float32 else "tf32"}
     rows = (buf["sorted_ids"], buf["block_expert"], buf["expert_counts"], buf["expert_start"])
     stand_in = buf["topk_weights"]  # for an absent bias: never read
     kernels._gate_up_kernel[grids["gate_up"]](

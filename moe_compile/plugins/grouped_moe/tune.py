@@ -53,10 +53,10 @@ def candidates_for(tokens: int, shape: Shape, space: Iterable[KernelConfig]) -> 
 def make_inputs(tokens: int, shape: Shape, device: str, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator(device=device).manual_seed(seed)
     e, h, i = shape.experts, shape.hidden, shape.inter
-    return dict(hidden=torch.randn(tokens, h, generator=g, device=device).to(dtype),
-                router_logits=torch.randn(tokens, e, generator=g, device=device),
-                w_gate_up=(torch.randn(e, 2 * i, h, generator=g, device=device) / h ** 0.5).to(dtype),
-                w_down=(torch.randn(e, h, i, generator=g, device=device) / i ** 0.5).to(dtype))
+    return {"hidden": torch.randn(tokens, h, generator=g, device=device).to(dtype),
+            "router_logits": torch.randn(tokens, e, generator=g, device=device),
+            "w_gate_up": (torch.randn(e, 2 * i, h, generator=g, device=device) / h ** 0.5).to(dtype),
+            "w_down": (torch.randn(e, h, i, generator=g, device=device) / i ** 0.5).to(dtype)}
 
 
 def tune(shape: Shape, token_counts: Iterable[int], space: list[KernelConfig], measure: Callable,
@@ -75,7 +75,7 @@ def tune(shape: Shape, token_counts: Iterable[int], space: list[KernelConfig], m
         tolerance = 4e-2 * want.float().abs().max().item() if dtype != torch.float32 else 1e-4
         best = None
         for config in candidates_for(tokens, shape, space):
-            def run(config=config):
+            def run(config=config, inputs=inputs):
                 return grouped_moe_triton(**inputs, attrs=attrs, config=config)
             try:
                 if (run().float() - want.float()).abs().max().item() > tolerance:
