@@ -210,7 +210,8 @@ def _activate(gate, up, swiglu_alpha, swiglu_limit, ACTIVATION: tl.constexpr):
 def _gate_up_kernel(hidden_ptr, w_ptr, bias_ptr, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
                     expert_start_ptr, inter_ptr,
                     num_experts, stride_we, stride_wn, stride_wk, stride_be, swiglu_alpha, swiglu_limit,
-                    HIDDEN: tl.constexpr, INTER: tl.constexpr, K: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                    HIDDEN: tl.constexpr, INTER: tl.constexpr, K: tl.constexpr, ACTIVATION: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     expert, real_expert, slots, row_ok = _block_rows(sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
                                                      expert_start_ptr, num_experts, BLOCK_M)
