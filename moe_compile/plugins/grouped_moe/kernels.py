@@ -36,11 +36,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Activation codes (constexpr ints, which every Triton front end, AOT included, accepts);
-# the order is attributes.ACTIVATIONS.
-SILU_GLU, GELU_GLU, GELU_TANH_GLU, SWIGLU_CLAMP = 0, 1, 2, 3
 # Added to the normaliser, as reference._NORMALISER_EPS.
-NORMALISER_EPS = 1e-20
+NORMALISER_EPS = tl.constexpr(1e-20)
 
 
 @triton.jit
@@ -192,7 +189,8 @@ def _block_rows(sorted_ids_ptr, block_expert_ptr, expert_counts_ptr, expert_star
 
 @triton.jit
 def _activate(gate, up, swiglu_alpha, swiglu_limit, ACTIVATION: tl.constexpr):
-    """fp32 gate, up [M, N] -> act(gate) * up, as reference.activate."""
+    """fp32 gate, up [M, N] -> act(gate) * up, as reference.activate. ACTIVATION is the index in
+    attributes.ACTIVATIONS (an int: every Triton front end, AOT included, takes int constexprs)."""
     if ACTIVATION == 0:  # silu_glu
         return gate * tl.sigmoid(gate) * up
     elif ACTIVATION == 1:  # gelu_glu
