@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes  # noqa: E402
-from moe_compile.plugins.grouped_moe.aot import KERNELS, compile_launch, record_launches  # noqa: E402
-from moe_compile.plugins.grouped_moe.configs import KernelConfig  # noqa: E402
-from moe_compile.plugins.grouped_moe.launcher import grouped_moe_triton, launch_plan  # noqa: E402
+from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.plugins.grouped_moe.aot import KERNELS, compile_launch, record_launches
+from moe_compile.plugins.grouped_moe.configs import KernelConfig
+from moe_compile.plugins.grouped_moe.launcher import grouped_moe_triton, launch_plan
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,9 @@ def recorded():
     E, H, I, T = 64, 512, 256, 300
     attrs = GroupedMoEAttributes(top_k=8, scoring="sigmoid", normalize_topk=True, n_group=8, topk_group=4,
                                  group_scoring="sum_top2")
-    inputs = dict(hidden=torch.empty(T, H, dtype=torch.bfloat16), router_logits=torch.empty(T, E),
-                  w_gate_up=torch.empty(E, 2 * I, H, dtype=torch.bfloat16),
-                  w_down=torch.empty(E, H, I, dtype=torch.bfloat16), score_bias=torch.empty(E))
+    inputs = {"hidden": torch.empty(T, H, dtype=torch.bfloat16), "router_logits": torch.empty(T, E),
+              "w_gate_up": torch.empty(E, 2 * I, H, dtype=torch.bfloat16),
+              "w_down": torch.empty(E, H, I, dtype=torch.bfloat16), "score_bias": torch.empty(E)}
     config = KernelConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
     with record_launches() as launches:
         grouped_moe_triton(**inputs, attrs=attrs, config=config)

@@ -63,7 +63,7 @@ def record_launches() -> Iterator[list[Launch]]:
 @functools.cache
 def _compilable_kernels():
     """kernels.py as JIT functions (under TRITON_INTERPRET=1 the imported module holds interpreted ones)."""
-    if not os.environ.get("TRITON_INTERPRET") == "1":
+    if os.environ.get("TRITON_INTERPRET") != "1":
         return kernels
     spec = importlib.util.spec_from_file_location(f"{kernels.__name__}_aot", kernels.__file__)
     module = importlib.util.module_from_spec(spec)

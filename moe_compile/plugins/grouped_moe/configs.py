@@ -4,7 +4,7 @@ One file per (experts E, intermediate size N, device), named as vLLM names its f
 configs, `E=60,N=1408,device_name=NVIDIA_H100_80GB_HBM3.json`, mapping a token count to the
 block sizes, warps and stages that were fastest there:
 
-    {"1": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4}, ...}
+    {"1": {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4, "GROUP_M": 1}, ...}
 
 `tune.py` writes them on the device they are for. Lookup takes the entry with the nearest token
 count; with no file for the shape and device it falls back to `default_config` and warns once.
@@ -33,6 +33,7 @@ class KernelConfig:
     BLOCK_K: int
     num_warps: int = 4
     num_stages: int = 3
+    GROUP_M: int = 8  # row blocks a group of programs takes across all column blocks (L2 reuse)
 
     def __post_init__(self):
         for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
@@ -52,14 +53,17 @@ def default_config(tokens: int, experts: int, top_k: int) -> KernelConfig:
     """Untuned: small row blocks when each expert sees few rows (decode), big ones for prefill."""
     rows_per_expert = tokens * top_k / experts
     if rows_per_expert <= 16:
-        return KernelConfig(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4)
+        return KernelConfig(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4, GROUP_M=1)
     if rows_per_expert <= 128:
-        return KernelConfig(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4)
-    return KernelConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+        return KernelConfig(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4, GROUP_M=8)
+    return KernelConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3, GROUP_M=8)
 
 
 @functools.cache
-def _read_table(path: Path) -> dict[int, KernelConfig]:
+def _read_table(path: Path) -> dict[int, KernelConfig] | None:
+    """The table at `path`, None if there is none; read once (the op looks it up on every call)."""
+    if not path.is_file():
+        return None
     try:
         return {int(tokens): KernelConfig(**entry) for tokens, entry in json.loads(path.read_text()).items()}
     except (ValueError, TypeError) as exc:
@@ -76,11 +80,10 @@ def lookup_config(tokens: int, experts: int, inter: int, top_k: int, device_name
                   directory: Path = CONFIG_DIR) -> KernelConfig:
     """The tuned config for the nearest token count (ties to the smaller), or the default with a warning."""
     name = config_file_name(experts, inter, device_name)
-    path = directory / name
-    if not path.is_file():
+    table = _read_table(directory / name)
+    if table is None:
         _warn_untuned(name)
         return default_config(tokens, experts, top_k)
-    table = _read_table(path)
     return table[min(table, key=lambda count: (abs(count - tokens), count))]
 
 

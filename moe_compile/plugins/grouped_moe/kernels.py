@@ -11,10 +11,10 @@
       ▼ chunk_offsets [chunks, E], expert_counts [E], expert_start [E], block_expert [max_blocks]
       │ 3 _scatter_kernel   grid (chunks,)  sorted_ids[expert_start + chunk_offset + rank] = slot
       ▼ sorted_ids [max_padded]: slots grouped by expert, ascending, each group BLOCK_M aligned
-      │ 4 _gate_up_kernel   grid (max_blocks, cdiv(I, BLOCK_N))  x[slot // k] @ W_gate_up[e]^T
+      │ 4 _gate_up_kernel   grid (max_blocks * cdiv(I, BLOCK_N),)  x[slot // k] @ W_gate_up[e]^T
       │                     (+ b), both halves in one program, fused activation
       ▼ inter [S, I]
-      │ 5 _down_kernel      grid (max_blocks, cdiv(H, BLOCK_N))  inter @ W_down[e]^T (+ b),
+      │ 5 _down_kernel      grid (max_blocks * cdiv(H, BLOCK_N),)  inter @ W_down[e]^T (+ b),
       │                     times the slot's routing weight
       ▼ per_slot [S, H]
       │ 6 _combine_kernel   grid (T, cdiv(H, BLOCK_H))  out[t] = Σ_j per_slot[t*k + j], j = 0..k-1
@@ -173,10 +173,22 @@ def _scatter_kernel(topk_ids_ptr, slot_rank_ptr, chunk_offsets_ptr, expert_start
 
 
 @triton.jit
-def _block_rows(sorted_ids_ptr, block_expert_ptr, expert_counts_ptr, expert_start_ptr, num_experts,
+def _tile(max_blocks, N: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row block, column block) of this program. Programs run GROUP_M row blocks (mostly one
+    expert's) across all column blocks before moving on, so the rows and the expert's weights
+    are read from HBM about once and then from L2."""
+    pid = tl.program_id(0)
+    columns = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_M * columns
+    first = pid // in_group * GROUP_M
+    rows_in_group = tl.minimum(max_blocks - first, GROUP_M)
+    return first + pid % in_group % rows_in_group, pid % in_group // rows_in_group
+
+
+@triton.jit
+def _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr, expert_start_ptr, num_experts,
                 BLOCK_M: tl.constexpr):
-    """(expert, its slots in this row block, which rows are real) for row block program_id(0)."""
-    block = tl.program_id(0)
+    """(expert, is it real, its slots in row block `block`, which rows are real)."""
     expert = tl.load(block_expert_ptr + block)
     real_expert = expert < num_experts
     safe_expert = tl.where(real_expert, expert, 0)
@@ -207,15 +219,16 @@ def _activate(gate, up, swiglu_alpha, swiglu_limit, ACTIVATION: tl.constexpr):
 @triton.jit
 def _gate_up_kernel(hidden_ptr, w_ptr, bias_ptr, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
                     expert_start_ptr, inter_ptr,
-                    num_experts, stride_we, stride_wn, stride_wk, stride_be, swiglu_alpha, swiglu_limit,
+                    num_experts, max_blocks, stride_we, stride_wn, stride_wk, stride_be, swiglu_alpha, swiglu_limit,
                     HIDDEN: tl.constexpr, INTER: tl.constexpr, K: tl.constexpr, ACTIVATION: tl.constexpr,
                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    expert, real_expert, slots, row_ok = _block_rows(sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    block, column = _tile(max_blocks, INTER, BLOCK_N, GROUP_M)
+    expert, real_expert, slots, row_ok = _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
                                                      expert_start_ptr, num_experts, BLOCK_M)
     if real_expert:
         tokens = slots // K
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = column * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < INTER
         w_gate = w_ptr + expert * stride_we + cols[None, :] * stride_wn
         w_up = w_gate + INTER * stride_wn
@@ -246,13 +259,14 @@ def _gate_up_kernel(hidden_ptr, w_ptr, bias_ptr, sorted_ids_ptr, block_expert_pt
 @triton.jit
 def _down_kernel(inter_ptr, w_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, block_expert_ptr,
                  expert_counts_ptr, expert_start_ptr, per_slot_ptr,
-                 num_experts, stride_we, stride_wn, stride_wk, stride_be,
+                 num_experts, max_blocks, stride_we, stride_wn, stride_wk, stride_be,
                  HIDDEN: tl.constexpr, INTER: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    expert, real_expert, slots, row_ok = _block_rows(sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    block, column = _tile(max_blocks, HIDDEN, BLOCK_N, GROUP_M)
+    expert, real_expert, slots, row_ok = _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
                                                      expert_start_ptr, num_experts, BLOCK_M)
     if real_expert:
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = column * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < HIDDEN
         w = w_ptr + expert * stride_we + cols[None, :] * stride_wn
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)

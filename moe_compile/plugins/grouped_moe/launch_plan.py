@@ -78,8 +78,8 @@ class LaunchPlan:
             "route": (self.chunks,),
             "scan": (1,),
             "scatter": (self.chunks,),
-            "gate_up": (self.max_blocks, cdiv(self.inter, self.config.BLOCK_N)),
-            "down": (self.max_blocks, cdiv(self.hidden, self.config.BLOCK_N)),
+            "gate_up": (self.max_blocks * cdiv(self.inter, self.config.BLOCK_N),),
+            "down": (self.max_blocks * cdiv(self.hidden, self.config.BLOCK_N),),
             "combine": (self.tokens, cdiv(self.hidden, COMBINE_BLOCK_H)),
         }
 

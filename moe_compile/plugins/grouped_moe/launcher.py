@@ -54,7 +54,7 @@ def experts_and_combine(hidden: torch.Tensor, w_gate_up: torch.Tensor, w_down: t
                         plan: LaunchPlan, buf: dict[str, torch.Tensor], out: torch.Tensor) -> None:
     """Kernels 4-6: both GEMMs over the aligned rows, then the per-token sum into `out`."""
     grids, config = plan.grids(), plan.config
-    blocks = config.as_dict()  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages
+    blocks = config.as_dict()  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, GROUP_M
     # fp32 inputs: exact fp32 products (no TF32); the setting does not apply to 16-bit inputs.
     shapes = {"HIDDEN": plan.hidden, "INTER": plan.inter,
               "PRECISION": "ieee" if hidden.dtype == torch.float32 else "tf32"}
@@ -62,13 +62,13 @@ def experts_and_combine(hidden: torch.Tensor, w_gate_up: torch.Tensor, w_down: t
     stand_in = buf["topk_weights"]  # for an absent bias: never read
     kernels._gate_up_kernel[grids["gate_up"]](
         hidden, w_gate_up, stand_in if b_gate_up is None else b_gate_up, *rows, buf["inter"],
-        plan.experts, *w_gate_up.stride(), 0 if b_gate_up is None else b_gate_up.stride(0),
+        plan.experts, plan.max_blocks, *w_gate_up.stride(), 0 if b_gate_up is None else b_gate_up.stride(0),
         float(attrs.swiglu_alpha), float(attrs.swiglu_limit),
         K=attrs.top_k, ACTIVATION=ACTIVATIONS.index(attrs.activation), HAS_BIAS=b_gate_up is not None,
         **shapes, **blocks)
     kernels._down_kernel[grids["down"]](
         buf["inter"], w_down, stand_in if b_down is None else b_down, buf["topk_weights"], *rows, buf["per_slot"],
-        plan.experts, *w_down.stride(), 0 if b_down is None else b_down.stride(0),
+        plan.experts, plan.max_blocks, *w_down.stride(), 0 if b_down is None else b_down.stride(0),
         HAS_BIAS=b_down is not None, **shapes, **blocks)
     kernels._combine_kernel[grids["combine"]](buf["per_slot"], out, plan.hidden, K=attrs.top_k,
                                               BLOCK_H=COMBINE_BLOCK_H)

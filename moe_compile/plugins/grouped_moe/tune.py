@@ -38,9 +38,9 @@ class Shape:
 def search_space(quick: bool = False) -> list[KernelConfig]:
     """Block sizes, warps and stages to try; `quick` keeps the usual winners only."""
     if quick:
-        grid = ((16, 32, 64, 128), (64, 128), (64, 128), (4, 8), (3, 4))
+        grid = ((16, 32, 64, 128), (64, 128), (64, 128), (4, 8), (3, 4), (1, 8))
     else:
-        grid = ((16, 32, 64, 128), (32, 64, 128, 256), (32, 64, 128, 256), (4, 8), (2, 3, 4, 5))
+        grid = ((16, 32, 64, 128), (32, 64, 128, 256), (32, 64, 128, 256), (4, 8), (2, 3, 4, 5), (1, 8, 16))
     return [KernelConfig(*values) for values in itertools.product(*grid)]
 
 
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inter", type=int, required=True, help="intermediate size of one expert (N)")
     parser.add_argument("--top-k", type=int, required=True)
     parser.add_argument("--tokens", type=int, nargs="+", default=list(TOKEN_COUNTS))
-    parser.add_argument("--quick", action="store_true", help="a smaller search space (64 configs)")
+    parser.add_argument("--quick", action="store_true", help="a smaller search space (128 configs)")
     parser.add_argument("--out-dir", type=Path, default=CONFIG_DIR)
     return parser.parse_args(argv)
 
