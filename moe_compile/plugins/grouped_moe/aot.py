@@ -12,12 +12,13 @@ grids of `launch_plan.LaunchPlan`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import functools
-import importlib.util
+import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import kernels
 
@@ -60,21 +61,6 @@ def record_launches() -> Iterator[list[Launch]]:
             setattr(kernels, name, fn)
 
 
-@functools.cache
-def _compilable_kernels():
-    """kernels.py as JIT functions (under TRITON_INTERPRET=1 the imported module holds interpreted ones)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return kernels
-    spec = importlib.util.spec_from_file_location(f"{kernels.__name__}_aot", kernels.__file__)
-    module = importlib.util.module_from_spec(spec)
-    os.environ["TRITON_INTERPRET"] = "0"
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        os.environ["TRITON_INTERPRET"] = "1"
-    return module
-
-
 def signature_of(launch: Launch) -> tuple[dict[str, str], dict[str, object], dict[tuple[int, ...], list]]:
     """(Triton signature, constexprs, attributes): the values specialised by Triton's own JIT rule."""
     from triton.backends.compiler import BaseBackend
@@ -93,14 +79,70 @@ def signature_of(launch: Launch) -> tuple[dict[str, str], dict[str, object], dic
     return signature, constexprs, attrs
 
 
-def compile_launch(launch: Launch, arch: int = 90, source: Callable | None = None):
-    """Triton's CompiledKernel for `launch` on sm_<arch>: `.asm["ptx"]`, `.asm["cubin"]`, `.metadata`."""
+def compile_launch(launch: Launch, arch: int = 90):
+    """Triton's CompiledKernel for `launch` on sm_<arch>: `.asm["ptx"]`, `.asm["cubin"]`, `.metadata`.
+
+    Needs a process where TRITON_INTERPRET is off: the interpreter leaves triton.language patched.
+    """
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = getattr(source or _compilable_kernels(), launch.name)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("compile ahead of time in a process without TRITON_INTERPRET=1")
+    fn = getattr(kernels, launch.name)
     signature, constexprs, attrs = signature_of(launch)
     ordered = {name: signature[name] for name in fn.arg_names}
     return triton.compile(ASTSource(fn, ordered, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
                           options=launch.options)
+
+
+def write_artefacts(launches: list[Launch], out: Path, arch: int = 90) -> dict:
+    """PTX and cubin of every launch under `out`, with manifest.json describing how to launch them."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"arch": f"sm_{arch}", "kernels": []}
+    for launch in launches:
+        compiled = compile_launch(launch, arch)
+        stem = launch.name.strip("_")
+        (out / f"{stem}.ptx").write_text(compiled.asm["ptx"])
+        (out / f"{stem}.cubin").write_bytes(compiled.asm["cubin"])
+        signature, constexprs, _ = signature_of(launch)
+        manifest["kernels"].append({
+            "name": compiled.metadata.name, "kernel": launch.name, "grid": list(launch.grid),
+            "signature": {k: v for k, v in signature.items() if v != "constexpr"}, "constexprs": constexprs,
+            "num_warps": compiled.metadata.num_warps, "num_stages": compiled.metadata.num_stages,
+            "shared_bytes": compiled.metadata.shared, "ptx": f"{stem}.ptx", "cubin": f"{stem}.cubin"})
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """python -m moe_compile.plugins.grouped_moe.aot --experts 60 --hidden 2048 --inter 1408 --top-k 4 --out DIR"""
+    import torch
+
+    from .attributes import GroupedMoEAttributes
+    from .configs import default_config
+    from .launcher import grouped_moe_triton
+
+    parser = argparse.ArgumentParser(prog="python -m moe_compile.plugins.grouped_moe.aot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("--experts", "--hidden", "--inter", "--top-k"):
+        parser.add_argument(name, type=int, required=True)
+    parser.add_argument("--tokens", type=int, default=64, help="token count the config and grids are for")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    e, h, i, t = args.experts, args.hidden, args.inter, args.tokens
+    with record_launches() as launches:  # empty CPU tensors: only their dtypes, strides, alignment matter
+        grouped_moe_triton(torch.empty(t, h, dtype=dtype), torch.empty(t, e), torch.empty(e, 2 * i, h, dtype=dtype),
+                           torch.empty(e, h, i, dtype=dtype), GroupedMoEAttributes(top_k=args.top_k),
+                           config=default_config(t, e, args.top_k))
+    manifest = write_artefacts(launches, args.out, args.arch)
+    print(json.dumps(manifest, indent=2))
+    return manifest
+
+
+if __name__ == "__main__":
+    main()

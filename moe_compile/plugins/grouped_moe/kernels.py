@@ -219,15 +219,15 @@ def _activate(gate, up, swiglu_alpha, swiglu_limit, ACTIVATION: tl.constexpr):
 @triton.jit
 def _gate_up_kernel(hidden_ptr, w_ptr, bias_ptr, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
                     expert_start_ptr, inter_ptr,
-                    num_experts, max_blocks, stride_we, stride_wn, stride_wk, stride_be, swiglu_alpha, swiglu_limit,
-                    HIDDEN: tl.constexpr, INTER: tl.constexpr, K: tl.constexpr, ACTIVATION: tl.constexpr,
+                    top_k, num_experts, max_blocks, stride_we, stride_wn, stride_wk, stride_be,
+                    swiglu_alpha, swiglu_limit, HIDDEN: tl.constexpr, INTER: tl.constexpr, ACTIVATION: tl.constexpr,
                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     block, column = _tile(max_blocks, INTER, BLOCK_N, GROUP_M)
     expert, real_expert, slots, row_ok = _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
                                                      expert_start_ptr, num_experts, BLOCK_M)
     if real_expert:
-        tokens = slots // K
+        tokens = slots // top_k
         cols = column * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < INTER
         w_gate = w_ptr + expert * stride_we + cols[None, :] * stride_wn

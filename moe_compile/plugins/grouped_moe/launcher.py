@@ -62,9 +62,9 @@ def experts_and_combine(hidden: torch.Tensor, w_gate_up: torch.Tensor, w_down: t
     stand_in = buf["topk_weights"]  # for an absent bias: never read
     kernels._gate_up_kernel[grids["gate_up"]](
         hidden, w_gate_up, stand_in if b_gate_up is None else b_gate_up, *rows, buf["inter"],
-        plan.experts, plan.max_blocks, *w_gate_up.stride(), 0 if b_gate_up is None else b_gate_up.stride(0),
-        float(attrs.swiglu_alpha), float(attrs.swiglu_limit),
-        K=attrs.top_k, ACTIVATION=ACTIVATIONS.index(attrs.activation), HAS_BIAS=b_gate_up is not None,
+        attrs.top_k, plan.experts, plan.max_blocks, *w_gate_up.stride(),
+        0 if b_gate_up is None else b_gate_up.stride(0), float(attrs.swiglu_alpha), float(attrs.swiglu_limit),
+        ACTIVATION=ACTIVATIONS.index(attrs.activation), HAS_BIAS=b_gate_up is not None,
         **shapes, **blocks)
     kernels._down_kernel[grids["down"]](
         buf["inter"], w_down, stand_in if b_down is None else b_down, buf["topk_weights"], *rows, buf["per_slot"],
