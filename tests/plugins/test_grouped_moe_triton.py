@@ -247,3 +247,15 @@ def test_tune_command_needs_a_gpu(capsys):
         pytest.skip("a GPU is present")
     with pytest.raises(BackendUnavailable, match="CUDA GPU"):
         main(["--experts", "8", "--hidden", "64", "--inter", "32", "--top-k", "2"])
+
+
+def test_strided_inputs():
+    """Weights as transposed views (as some checkpoints store them), a hidden slice, strided biases."""
+    inputs = make_inputs(5, 8, bias=True, seed=9)
+    want = grouped_moe_reference(**inputs, attrs=GroupedMoEAttributes(top_k=2, activation="swiglu_clamp"))
+    strided = dict(inputs, hidden=torch.cat([inputs["hidden"], inputs["hidden"]], dim=1)[:, :40],
+                   w_gate_up=inputs["w_gate_up"].transpose(1, 2).contiguous().transpose(1, 2),
+                   w_down=inputs["w_down"].transpose(1, 2).contiguous().transpose(1, 2),
+                   b_gate_up=inputs["b_gate_up"].t().contiguous().t())
+    got = grouped_moe_triton(**strided, attrs=GroupedMoEAttributes(top_k=2, activation="swiglu_clamp"), config=SMALL)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5 * want.abs().max().item())

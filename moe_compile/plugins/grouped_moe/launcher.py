@@ -96,12 +96,17 @@ def grouped_moe_triton(
     score_bias: torch.Tensor | None = None,
     config: KernelConfig | None = None,
 ) -> torch.Tensor:
-    """Same contract as reference.grouped_moe_reference; `config` overrides the tuned lookup."""
+    """Same contract as reference.grouped_moe_reference; `config` overrides the tuned lookup.
+
+    The weights may have any strides (they are passed to the kernels); activations and biases
+    are made contiguous, which costs nothing when they already are.
+    """
     plan = launch_plan(hidden, w_gate_up, attrs, config)
-    out = torch.empty_like(hidden)
+    out = hidden.new_empty(hidden.shape)
     if plan.tokens == 0:
         return out
     hidden = hidden.contiguous()
+    b_gate_up, b_down, score_bias = (None if t is None else t.contiguous() for t in (b_gate_up, b_down, score_bias))
     buf = allocate(plan, hidden.dtype, hidden.device)
     route_and_align(router_logits.contiguous(), attrs, plan, buf, score_bias)
     experts_and_combine(hidden, w_gate_up, w_down, b_gate_up, b_down, attrs, plan, buf, out)
