@@ -5,8 +5,8 @@ Every implementation runs the whole MoE op (routing included) on the same seeded
 peer's output is first checked against the PyTorch reference, and a peer that disagrees or
 fails is reported under "peers_failed" instead of being timed. Timing replays a CUDA graph
 (`moe_compile.plugins.grouped_moe.timing`); peers that synchronise with the host (the
-reference loop, liger-kernel's .item()) cannot be captured and are timed eagerly, which
-"peer_timing" records. Two copies of the weights alternate so decode reads come from HBM,
+reference loop, liger-kernel's .item()) cannot be captured and are timed eagerly, which each
+row's "timing" records. Two copies of the weights alternate so decode reads come from HBM,
 not L2. In the same run: copy bandwidth (a 2 GiB device copy, read + write bytes) and the
 dense bf16 GEMM rate (8192^3 matmul), against which
 
@@ -16,7 +16,8 @@ dense bf16 GEMM rate (8192^3 matmul), against which
 Item 5 (LExI): the Qwen1.5-MoE layer at a per-layer plan with sum k = 75% of base against the
 base top-k on every layer. Writes benchmarks/results/kernel-<device>.json and .png.
 
-    python benchmarks/kernel_moe.py                    # on an H100 / H200 (peers: see --help)
+    python benchmarks/kernel_moe.py                    # on an H100 / H200 (peers: pip install '.[bench]')
+    python benchmarks/kernel_moe.py --shapes mixtral-8x7b --merge   # one shape at a time, merged
     python benchmarks/kernel_moe.py --dry-run --out X  # CPU: shape table, JSON and plot only
 """
 
@@ -121,14 +122,29 @@ def reference_moe(hidden, logits, w_gate_up, w_down, k):
     return grouped_moe_reference(hidden, logits, w_gate_up, w_down, GroupedMoEAttributes(top_k=k))
 
 
-# name: (implementation, CUDA-graph capturable)
-PEERS: dict[str, tuple[Callable, bool]] = {
-    "pytorch_reference": (reference_moe, False),
-    "torch_grouped_mm": (grouped_mm_moe, True),
-    "liger_kernel_fused_moe": (liger_moe, False),
-    "moe_ops_grouped_gemm": (moe_ops_moe, True),
-    "flashinfer_segment_gemm": (flashinfer_moe, True),
+# name: (implementation, CUDA-graph capturable, module it needs or None)
+PEERS: dict[str, tuple[Callable, bool, str | None]] = {
+    "pytorch_reference": (reference_moe, False, None),
+    "torch_grouped_mm": (grouped_mm_moe, True, None),
+    "liger_kernel_fused_moe": (liger_moe, False, "liger_kernel"),
+    "moe_ops_grouped_gemm": (moe_ops_moe, True, "moe_ops"),
+    "flashinfer_segment_gemm": (flashinfer_moe, True, "flashinfer"),
 }
+
+
+def installed_peers(peers: list[str], failed: dict) -> list[str]:
+    """The peers whose module is importable; the others go to `failed` once, with what to install."""
+    import importlib.util
+
+    usable = []
+    for peer in peers:
+        module = PEERS[peer][2]
+        if module is None or importlib.util.find_spec(module) is not None:
+            usable.append(peer)
+        else:
+            failed[peer] = {"all": f"{module} is not installed (pip install '.[bench]'; flashinfer-python: "
+                                   "FlashInfer)"}
+    return usable
 
 
 def ours(hidden, logits, w_gate_up, w_down, k):
@@ -181,18 +197,28 @@ def measure_peak() -> dict:
     n = 8192
     a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     gemm_us = cuda_graph_us(lambda: a @ b, reps=10)
-    return {"copy_tb_s": 2 * src.numel() * 2 / (copy_us * 1e-6) / 1e12, "bf16_tflops": 2 * n ** 3 / (gemm_us * 1e-6) / 1e12}
+    return {"copy_tb_s": 2 * src.numel() * 2 / (copy_us * 1e-6) / 1e12,
+            "bf16_tflops": 2 * n ** 3 / (gemm_us * 1e-6) / 1e12}
 
 
-def check_and_time(layer: Layer, impl, k, capturable, want) -> float:
-    """Microseconds per call, after checking the output against the reference's."""
+def check_and_time(layer: Layer, impl, k, capturable, want) -> tuple[float, str]:
+    """(microseconds per call, how it was timed), after checking the output against the reference's.
+    A capturable implementation whose capture fails is timed eagerly instead, and says so."""
     from moe_compile.plugins.grouped_moe.timing import cuda_graph_us, eager_us
 
     got = layer.call(impl, k)
     error = (got.float() - want.float()).abs().max().item()
     if not error <= PEER_TOLERANCE * want.float().abs().max().item():
         raise AssertionError(f"max |diff| {error:.3g} from the reference")
-    return (cuda_graph_us if capturable else eager_us)(lambda: layer.call(impl, k))
+    if capturable:
+        try:
+            return cuda_graph_us(lambda: layer.call(impl, k)), "cuda_graph"
+        except RuntimeError as exc:
+            torch.cuda.synchronize()
+            mode = f"eager (CUDA-graph capture failed: {' '.join(str(exc).split())[:120]})"
+    else:
+        mode = "eager"
+    return eager_us(lambda: layer.call(impl, k)), mode
 
 
 def benchmark_shape(name, tokens, peers, peak, failed, progress) -> list[dict]:
@@ -201,15 +227,16 @@ def benchmark_shape(name, tokens, peers, peak, failed, progress) -> list[dict]:
     for t in tokens:
         layer = Layer(E, H, I, t, "cuda")
         want = layer.call(reference_moe, k)
-        ours_us = check_and_time(layer, ours, k, True, want)
-        peers_us = {}
+        ours_us, timing = check_and_time(layer, ours, k, True, want)
+        peers_us, peer_timing = {}, {"ours": timing}
         for peer in peers:
-            impl, capturable = PEERS[peer]
+            impl, capturable, _ = PEERS[peer]
             try:
-                peers_us[peer] = check_and_time(layer, impl, k, capturable, want)
+                peers_us[peer], peer_timing[peer] = check_and_time(layer, impl, k, capturable, want)
             except Exception as exc:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
-                failed.setdefault(peer, {})[f"{name}/T={t}"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        rows.append(row(name, E, H, I, k, t, layer.experts_used(k), ours_us, peers_us, peak))
+                why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                failed.setdefault(peer, {})[f"{name}/T={t}"] = why
+        rows.append(row(name, E, H, I, k, t, layer.experts_used(k), ours_us, peers_us, peak) | {"timing": peer_timing})
         progress(rows[-1])
     return rows
 
@@ -285,11 +312,29 @@ def parse_args(argv=None):
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS))
     parser.add_argument("--peers", nargs="*", choices=list(PEERS), default=list(PEERS))
-    parser.add_argument("--plan", type=Path, help="plan.json of Qwen1.5-MoE for item 5 (default: a synthetic 75%% plan)")
+    parser.add_argument("--plan", type=Path,
+                        help="plan.json of Qwen1.5-MoE for item 5 (default: a synthetic 75%% plan)")
     parser.add_argument("--no-lexi", action="store_true", help="skip item 5")
     parser.add_argument("--dry-run", action="store_true", help="no GPU: the shape table, JSON and plot only")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for kernel-<device>.json/.png")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of shapes not run now from an existing result file (runs split by shape)")
     return parser.parse_args(argv)
+
+
+def merged(old: dict, new: dict, shapes: list[str]) -> dict:
+    """`new` plus the rows (and peer failures) of the shapes it did not run from `old`; commands listed."""
+    kept = [r for r in old["rows"] if r["shape"] not in shapes]
+    failed = {peer: {key: why for key, why in cases.items() if key.split("/")[0] not in shapes}
+              for peer, cases in old.get("peers_failed", {}).items()}
+    for peer, cases in new["peers_failed"].items():
+        failed.setdefault(peer, {}).update(cases)
+    order = {name: i for i, name in enumerate(SHAPES)}
+    rows = sorted(kept + new["rows"], key=lambda r: (order[r["shape"]], r["tokens"]))
+    lexi = new["lexi"] if new["lexi"]["tokens"] is not None else old["lexi"]
+    commands = old["command"] if isinstance(old["command"], list) else [old["command"]]
+    return new | {"rows": rows, "peers_failed": {p: c for p, c in failed.items() if c}, "lexi": lexi,
+                  "command": [*commands, new["command"]]}
 
 
 def plan_top_k(path: Path | None) -> tuple[list[int], str]:
@@ -315,15 +360,17 @@ def main(argv=None) -> dict:
         print(f"peak: {peak}", file=sys.stderr)
         rows = []
         for name in args.shapes:
-            rows += benchmark_shape(name, args.tokens, args.peers, peak, failed,
+            rows += benchmark_shape(name, args.tokens, installed_peers(args.peers, failed), peak, failed,
                                     lambda r: print(json.dumps(r), file=sys.stderr))
         lexi = None if args.no_lexi else lexi_payoff(plan_k)
     report = {"device": device, "versions": versions(), "command": command, "peak": peak, "rows": rows,
-              "peer_timing": {p: "cuda_graph" if PEERS[p][1] else "eager" for p in args.peers},
-              "peers_failed": failed, "summary": summary(rows),
+              "peers_failed": failed,
               "lexi": {"shape": LEXI_SHAPE, "plan_top_k": plan_k, "plan_source": plan_source,
                        "sum_k": sum(plan_k), "base_sum_k": LEXI_LAYERS * SHAPES[LEXI_SHAPE][3], "tokens": lexi}}
     stem = f"kernel-{slug(device)}"
+    if args.merge and (args.out / f"{stem}.json").is_file():
+        report = merged(json.loads((args.out / f"{stem}.json").read_text()), report, args.shapes)
+    report["summary"] = summary(report["rows"])
     write_text_atomic(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
     plot(report, args.out / f"{stem}.png")
     print(json.dumps(report, indent=2))

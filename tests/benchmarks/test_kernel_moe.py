@@ -65,3 +65,19 @@ def test_grouped_mm_peer_computes_the_op(bench):
     got = bench.grouped_mm_moe(x, logits, w_gate_up, w_down, 3)
     want = grouped_moe_reference(x, logits, w_gate_up, w_down, GroupedMoEAttributes(top_k=3))
     torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=2e-2)
+
+
+def test_merge_keeps_the_shapes_not_rerun(bench):
+    def report(shapes, command, lexi=None):
+        rows = [bench.row(s, *bench.SHAPES[s], t, 1, 10.0, {}, None) for s in shapes for t in (1, 8)]
+        return {"rows": rows, "command": command, "peers_failed": {"p": {f"{shapes[0]}/T=1": "boom"}},
+                "lexi": {"tokens": lexi}}
+
+    old = report(["mixtral-8x7b", "olmoe-1b-7b"], "first", lexi={"1": {}})
+    new = report(["olmoe-1b-7b"], "second")
+    out = bench.merged(old, new, ["olmoe-1b-7b"])
+    assert [(r["shape"], r["tokens"]) for r in out["rows"]] == [
+        ("olmoe-1b-7b", 1), ("olmoe-1b-7b", 8), ("mixtral-8x7b", 1), ("mixtral-8x7b", 8)]
+    assert out["rows"][0] is new["rows"][0] and out["command"] == ["first", "second"]
+    assert out["peers_failed"] == {"p": {"mixtral-8x7b/T=1": "boom", "olmoe-1b-7b/T=1": "boom"}}
+    assert out["lexi"] == {"tokens": {"1": {}}}
