@@ -259,3 +259,23 @@ def test_strided_inputs():
                    b_gate_up=inputs["b_gate_up"].t().contiguous().t())
     got = grouped_moe_triton(**strided, attrs=GroupedMoEAttributes(top_k=2, activation="swiglu_clamp"), config=SMALL)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5 * want.abs().max().item())
+
+
+@pytest.mark.gpu
+def test_launcher_replays_from_a_cuda_graph_with_new_routing():
+    """No host synchronisation: one capture serves any routing of the same shapes."""
+    attrs = GroupedMoEAttributes(top_k=4)
+    inputs = make_inputs(64, 60, top_k=4, hidden=256, inter=128, dtype=torch.bfloat16, seed=10)
+    grouped_moe_triton(**inputs, attrs=attrs)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = grouped_moe_triton(**inputs, attrs=attrs)
+    for routing in ("uneven", "one_expert", "random"):
+        fresh = make_inputs(64, 60, top_k=4, hidden=256, inter=128, dtype=torch.bfloat16, routing=routing, seed=11)
+        inputs["hidden"].copy_(fresh["hidden"])
+        inputs["router_logits"].copy_(fresh["router_logits"])
+        graph.replay()
+        want = grouped_moe_reference(**inputs, attrs=attrs)
+        torch.testing.assert_close(out.float(), want.float(), rtol=0,
+                                   atol=TOLERANCE[torch.bfloat16] * want.float().abs().max().item())
