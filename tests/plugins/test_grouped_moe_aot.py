@@ -38,21 +38,31 @@ def test_recording_captures_six_launches_with_the_plans_grids():
     gate_up = launches[3]
     assert gate_up.constexprs["HIDDEN"] == 512 and gate_up.options == {"num_warps": 8, "num_stages": 3}
     assert gate_up.args["top_k"] == 8 and gate_up.args["hidden_ptr"] is inputs["hidden"]
+    with record_launches() as launches:  # one chunk of tokens: the route kernel aligns alone
+        grouped_moe_triton(**{name: t[:3] if name in ("hidden", "router_logits") else t
+                              for name, t in inputs.items()}, attrs=attrs, config=config)
+    assert [launch.name for launch in launches] == ["_route_kernel", "_gate_up_kernel", "_down_kernel",
+                                                    "_combine_kernel"]
+    assert launches[0].constexprs["SINGLE_CHUNK"]
 
 
-def test_every_kernel_compiles_for_sm90(tmp_path):
+@pytest.mark.parametrize("tokens", [8, 4096])
+def test_every_kernel_compiles_for_sm90(tmp_path, tokens):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-m", "moe_compile.plugins.grouped_moe.aot", "--experts", "64", "--hidden", "512",
-                    "--inter", "256", "--top-k", "8", "--tokens", "4096", "--out", str(tmp_path)],
+                    "--inter", "256", "--top-k", "8", "--tokens", str(tokens), "--out", str(tmp_path)],
                    env=env, check=True, capture_output=True)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["arch"] == "sm_90" and [k["kernel"] for k in manifest["kernels"]] == list(KERNELS)
+    single = ["_route_kernel", "_gate_up_kernel", "_down_kernel", "_combine_kernel"]
+    assert manifest["arch"] == "sm_90"
+    assert [k["kernel"] for k in manifest["kernels"]] == (single if tokens == 8 else list(KERNELS))
     for kernel in manifest["kernels"]:
         ptx = (tmp_path / kernel["ptx"]).read_text()
         assert ".target sm_90a" in ptx and f".entry {kernel['name']}" in ptx
         assert (tmp_path / kernel["cubin"]).stat().st_size > 0
         if kernel["kernel"] in ("_gate_up_kernel", "_down_kernel"):
-            assert "wgmma.mma_async" in ptx, kernel["kernel"]  # Hopper tensor cores
-            assert "cp.async" in ptx and kernel["num_stages"] == 3, kernel["kernel"]  # pipelined loads
-    gate_up = manifest["kernels"][3]
+            # Hopper's warpgroup MMA needs 64-row tiles; decode's 16-row tiles use mma.sync
+            assert ("wgmma.mma_async" if tokens == 4096 else "mma.sync") in ptx, kernel["kernel"]
+            assert "cp.async" in ptx and kernel["num_stages"] > 1, kernel["kernel"]  # pipelined loads
+    gate_up = manifest["kernels"][-3]
     assert gate_up["signature"]["hidden_ptr"] == "*bf16" and gate_up["constexprs"]["stride_wk"] == 1

@@ -130,11 +130,12 @@ def test_half_precision(dtype):
     assert_matches_reference(make_inputs(64, 8, dtype=dtype, bias=True, routing="uneven", seed=5), attrs)
 
 
-def test_alignment_groups_slots_by_expert_in_block_sized_runs():
+@pytest.mark.parametrize("tokens", [5, 50])  # one route program aligning alone; four chunks, scan, scatter
+def test_alignment_groups_slots_by_expert_in_block_sized_runs(tokens):
     """sorted_ids: each expert's slots ascending, starting on a BLOCK_M boundary; block_expert
     names the owner of each block and E past the end; counts add up to T*k."""
     attrs = GroupedMoEAttributes(top_k=3)
-    inputs = make_inputs(50, 8, routing="uneven", seed=6)
+    inputs = make_inputs(tokens, 8, routing="uneven", seed=6)
     plan = launch_plan(inputs["hidden"], inputs["w_gate_up"], attrs, SMALL)
     buf = allocate(plan, inputs["hidden"].dtype, inputs["hidden"].device)
     route_and_align(inputs["router_logits"], attrs, plan, buf)

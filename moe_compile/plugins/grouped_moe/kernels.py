@@ -4,7 +4,9 @@
       │ 1 _route_kernel     grid (chunks,)  BLOCK_T tokens a program: softmax | sigmoid, score bias
       │                     (choice only), group-limited routing, top-k (ties to the lower
       │                     index), normalise, routed scaling; per chunk: expert counts and
-      │                     each slot's rank among the chunk's slots of its expert
+      │                     each slot's rank among the chunk's slots of its expert.
+      │                     One chunk only (T <= BLOCK_T, decode): it also does 2 and 3 itself,
+      │                     in registers, and those two are not launched
       ▼ topk_ids [S], topk_weights [S], slot_rank [S], chunk_counts [chunks, E]     S = T*k
       │ 2 _scan_kernel      grid (1,)       exclusive scan of chunk_counts over chunks; each
       │                     expert's rows padded to BLOCK_M; the expert of every row block
@@ -91,11 +93,36 @@ def _group_limited(choice, experts, num_experts, N_GROUP: tl.constexpr, TOPK_GRO
 
 
 @triton.jit
+def _place_experts(counts, experts, expert_ok, expert_counts_ptr, expert_start_ptr, block_expert_ptr, max_blocks,
+                   BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
+    """From the row count of every expert: its padded start and the owner of every row block
+    (written for the GEMMs); returns the starts."""
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    end = tl.cumsum(padded, axis=0)
+    tl.store(expert_counts_ptr + experts, counts, mask=expert_ok)
+    tl.store(expert_start_ptr + experts, end - padded, mask=expert_ok)
+    # Block b belongs to the expert whose padded range holds row b*BLOCK_M: the number of
+    # experts ending at or before it. Past the padded total that is num_experts: "no work".
+    last = tl.where(expert_ok, end, 2147483647)
+    first = 0
+    while first < max_blocks:  # a while loop: the bound depends on the token count
+        blocks = first + tl.arange(0, BLOCK_B)
+        owner = tl.sum((last[None, :] <= blocks[:, None] * BLOCK_M).to(tl.int32), axis=1)
+        tl.store(block_expert_ptr + blocks, owner, mask=blocks < max_blocks)
+        first += BLOCK_B
+    return end - padded
+
+
+@triton.jit
 def _route_kernel(logits_ptr, score_bias_ptr, topk_ids_ptr, topk_weights_ptr, slot_rank_ptr, chunk_counts_ptr,
-                  num_tokens, num_experts, stride_logits, routed_scaling,
+                  expert_counts_ptr, expert_start_ptr, block_expert_ptr, sorted_ids_ptr,
+                  num_tokens, num_experts, stride_logits, routed_scaling, max_blocks,
                   K: tl.constexpr, SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr, HAS_SCORE_BIAS: tl.constexpr,
                   N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr, GROUP_SUM_TOP2: tl.constexpr,
+                  SINGLE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr,
                   BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Routing, and the chunk's counts and ranks for kernels 2-3; with one chunk only (decode),
+    the whole alignment in registers, so that kernels 2-3 are not launched."""
     chunk = tl.program_id(0)
     tokens = chunk * BLOCK_T + tl.arange(0, BLOCK_T)
     experts = tl.arange(0, BLOCK_E)
@@ -124,8 +151,14 @@ def _route_kernel(logits_ptr, score_bias_ptr, topk_ids_ptr, topk_weights_ptr, sl
     tl.store(topk_ids_ptr + slots, tl.zeros(chosen.shape, tl.int32) + experts[None, :], mask=chosen)
     tl.store(topk_weights_ptr + slots, weights, mask=chosen)
     ones = chosen.to(tl.int32)
-    tl.store(slot_rank_ptr + slots, tl.cumsum(ones, axis=0) - ones, mask=chosen)
-    tl.store(chunk_counts_ptr + chunk * num_experts + experts, tl.sum(ones, axis=0), mask=expert_ok)
+    rank = tl.cumsum(ones, axis=0) - ones
+    if SINGLE_CHUNK:
+        start = _place_experts(tl.sum(ones, axis=0), experts, expert_ok, expert_counts_ptr, expert_start_ptr,
+                               block_expert_ptr, max_blocks, BLOCK_M, BLOCK_B)
+        tl.store(sorted_ids_ptr + start[None, :] + rank, slots, mask=chosen)
+    else:
+        tl.store(slot_rank_ptr + slots, rank, mask=chosen)
+        tl.store(chunk_counts_ptr + chunk * num_experts + experts, tl.sum(ones, axis=0), mask=expert_ok)
 
 
 @triton.jit
@@ -144,19 +177,8 @@ def _scan_kernel(chunk_counts_ptr, chunk_offsets_ptr, expert_counts_ptr, expert_
         tl.store(chunk_offsets_ptr + where, tl.cumsum(counts, axis=0) - counts + carry[None, :], mask=mask)
         carry += tl.sum(counts, axis=0)
         first += BLOCK_C
-    padded = (carry + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    end = tl.cumsum(padded, axis=0)
-    tl.store(expert_counts_ptr + experts, carry, mask=expert_ok)
-    tl.store(expert_start_ptr + experts, end - padded, mask=expert_ok)
-    # Block b belongs to the expert whose padded range holds row b*BLOCK_M: the number of
-    # experts ending at or before it. Past the padded total that is num_experts: "no work".
-    end = tl.where(expert_ok, end, 2147483647)
-    first = 0
-    while first < max_blocks:
-        blocks = first + tl.arange(0, BLOCK_B)
-        owner = tl.sum((end[None, :] <= blocks[:, None] * BLOCK_M).to(tl.int32), axis=1)
-        tl.store(block_expert_ptr + blocks, owner, mask=blocks < max_blocks)
-        first += BLOCK_B
+    _place_experts(carry, experts, expert_ok, expert_counts_ptr, expert_start_ptr, block_expert_ptr, max_blocks,
+                   BLOCK_M, BLOCK_B)
 
 
 @triton.jit

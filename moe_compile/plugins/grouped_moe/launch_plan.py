@@ -65,6 +65,11 @@ class LaunchPlan:
         return self.block_t * self.top_k
 
     @property
+    def single_chunk(self) -> bool:
+        """One route program aligns everything itself: the scan and scatter kernels are not launched."""
+        return self.chunks == 1
+
+    @property
     def max_padded(self) -> int:
         """Rows after padding each used expert's group to BLOCK_M: at most min(S, E) groups are used."""
         return self.slots + min(self.slots, self.experts) * (self.config.BLOCK_M - 1)
@@ -74,10 +79,11 @@ class LaunchPlan:
         return cdiv(self.max_padded, self.config.BLOCK_M)
 
     def grids(self) -> dict[str, tuple[int, ...]]:
+        """The launches in order, with their grids."""
+        alignment = {} if self.single_chunk else {"scan": (1,), "scatter": (self.chunks,)}
         return {
             "route": (self.chunks,),
-            "scan": (1,),
-            "scatter": (self.chunks,),
+            **alignment,
             "gate_up": (self.max_blocks * cdiv(self.inter, self.config.BLOCK_N),),
             "down": (self.max_blocks * cdiv(self.hidden, self.config.BLOCK_N),),
             "combine": (self.tokens, cdiv(self.hidden, COMBINE_BLOCK_H)),

@@ -29,19 +29,23 @@ def allocate(plan: LaunchPlan, act_dtype: torch.dtype, device: torch.device) -> 
 
 def route_and_align(router_logits: torch.Tensor, attrs: GroupedMoEAttributes, plan: LaunchPlan,
                     buf: dict[str, torch.Tensor], score_bias: torch.Tensor | None = None) -> None:
-    """Kernels 1-3: routing into topk_ids/topk_weights, then the expert-sorted, BLOCK_M-aligned rows."""
+    """Kernels 1-3 (1 alone for a single chunk): routing into topk_ids/topk_weights, then the
+    expert-sorted, BLOCK_M-aligned rows."""
     grids = plan.grids()
+    placement = (buf["expert_counts"], buf["expert_start"], buf["block_expert"])
     kernels._route_kernel[grids["route"]](
         router_logits, buf["topk_weights"] if score_bias is None else score_bias,  # stand-in, never read
-        buf["topk_ids"], buf["topk_weights"], buf["slot_rank"], buf["chunk_counts"],
-        plan.tokens, plan.experts, router_logits.stride(0), float(attrs.routed_scaling),
+        buf["topk_ids"], buf["topk_weights"], buf["slot_rank"], buf["chunk_counts"], *placement, buf["sorted_ids"],
+        plan.tokens, plan.experts, router_logits.stride(0), float(attrs.routed_scaling), plan.max_blocks,
         K=attrs.top_k, SIGMOID=attrs.scoring == "sigmoid", NORMALIZE=bool(attrs.normalize_topk),
         HAS_SCORE_BIAS=score_bias is not None, N_GROUP=plan.n_group, TOPK_GROUP=attrs.topk_group,
-        GROUP_SUM_TOP2=attrs.group_scoring == "sum_top2",
-        BLOCK_T=plan.block_t, BLOCK_E=plan.block_e, BLOCK_G=plan.block_g)
+        GROUP_SUM_TOP2=attrs.group_scoring == "sum_top2", SINGLE_CHUNK=plan.single_chunk,
+        BLOCK_M=plan.config.BLOCK_M, BLOCK_B=SCAN_BLOCKS, BLOCK_T=plan.block_t, BLOCK_E=plan.block_e,
+        BLOCK_G=plan.block_g)
+    if plan.single_chunk:
+        return
     kernels._scan_kernel[grids["scan"]](
-        buf["chunk_counts"], buf["chunk_offsets"], buf["expert_counts"], buf["expert_start"], buf["block_expert"],
-        plan.chunks, plan.experts, plan.max_blocks,
+        buf["chunk_counts"], buf["chunk_offsets"], *placement, plan.chunks, plan.experts, plan.max_blocks,
         BLOCK_M=plan.config.BLOCK_M, BLOCK_C=SCAN_CHUNKS, BLOCK_E=plan.block_e, BLOCK_B=SCAN_BLOCKS)
     kernels._scatter_kernel[grids["scatter"]](
         buf["topk_ids"], buf["slot_rank"], buf["chunk_offsets"], buf["expert_start"], buf["sorted_ids"],
