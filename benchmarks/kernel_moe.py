@@ -354,7 +354,8 @@ def main(argv=None) -> dict:
         lexi = None
     else:
         if not torch.cuda.is_available():
-            sys.exit("kernel_moe: error: needs a CUDA GPU (or --dry-run)")
+            print("kernel_moe: error: needs a CUDA GPU (or --dry-run)", file=sys.stderr)
+            sys.exit(2)
         device, failed = torch.cuda.get_device_name(), {}
         peak = measure_peak()
         print(f"peak: {peak}", file=sys.stderr)

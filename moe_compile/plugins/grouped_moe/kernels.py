@@ -1,4 +1,4 @@
-"""The grouped-MoE Triton kernels: six launches, every grid computable from the shapes.
+"""The grouped-MoE Triton kernels: six (four at decode) launches, grids computable from the shapes.
 
     router_logits [T, E]
       │ 1 _route_kernel     grid (chunks,)  BLOCK_T tokens a program: softmax | sigmoid, score bias

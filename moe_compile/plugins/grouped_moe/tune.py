@@ -137,4 +137,5 @@ if __name__ == "__main__":
     try:
         main()
     except MoeCompileError as exc:
-        sys.exit(f"tune: error: {one_line(exc)}")
+        print(f"tune: error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
