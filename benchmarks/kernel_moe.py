@@ -30,6 +30,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -180,8 +181,9 @@ class Layer:
                         for _ in range(WEIGHT_COPIES)]
         self.turn = itertools.cycle(range(WEIGHT_COPIES))
 
-    def call(self, impl, k):
-        w_gate_up, w_down = self.weights[next(self.turn)]
+    def call(self, impl, k, copy: int | None = None):
+        """impl on weight copy `copy`, or on the next copy in turn."""
+        w_gate_up, w_down = self.weights[next(self.turn) if copy is None else copy]
         return impl(self.hidden, self.logits, w_gate_up, w_down, k)
 
     def experts_used(self, k) -> int:
@@ -201,38 +203,52 @@ def measure_peak() -> dict:
             "bf16_tflops": 2 * n ** 3 / (gemm_us * 1e-6) / 1e12}
 
 
-def check_and_time(layer: Layer, impl, k, capturable, want) -> tuple[float, str]:
-    """(microseconds per call, how it was timed), after checking the output against the reference's.
-    A capturable implementation whose capture fails is timed eagerly instead, and says so."""
+@dataclass(frozen=True)
+class Timer:
+    """Where the layers live and how calls are timed: `graph` for capturable callables, `eager` else."""
+
+    device: str
+    graph: Callable
+    eager: Callable
+
+
+def gpu_timer() -> Timer:
     from moe_compile.plugins.grouped_moe.timing import cuda_graph_us, eager_us
 
-    got = layer.call(impl, k)
+    return Timer("cuda", cuda_graph_us, eager_us)
+
+
+def check_and_time(layer: Layer, impl, k, capturable, want, timer: Timer) -> tuple[float, str]:
+    """(microseconds per call, how it was timed), after checking the output against the reference's.
+    A capturable implementation whose capture fails is timed eagerly instead, and says so."""
+    got = layer.call(impl, k, copy=0)
     error = (got.float() - want.float()).abs().max().item()
     if not error <= PEER_TOLERANCE * want.float().abs().max().item():
         raise AssertionError(f"max |diff| {error:.3g} from the reference")
     if capturable:
         try:
-            return cuda_graph_us(lambda: layer.call(impl, k)), "cuda_graph"
+            return timer.graph(lambda: layer.call(impl, k)), "cuda_graph"
         except RuntimeError as exc:
-            torch.cuda.synchronize()
+            if timer.device == "cuda":
+                torch.cuda.synchronize()
             mode = f"eager (CUDA-graph capture failed: {' '.join(str(exc).split())[:120]})"
     else:
         mode = "eager"
-    return eager_us(lambda: layer.call(impl, k)), mode
+    return timer.eager(lambda: layer.call(impl, k)), mode
 
 
-def benchmark_shape(name, tokens, peers, peak, failed, progress) -> list[dict]:
+def benchmark_shape(name, tokens, peers, peak, failed, progress, timer: Timer) -> list[dict]:
     E, H, I, k = SHAPES[name]
     rows = []
     for t in tokens:
-        layer = Layer(E, H, I, t, "cuda")
-        want = layer.call(reference_moe, k)
-        ours_us, timing = check_and_time(layer, ours, k, True, want)
+        layer = Layer(E, H, I, t, timer.device)
+        want = layer.call(reference_moe, k, copy=0)
+        ours_us, timing = check_and_time(layer, ours, k, True, want, timer)
         peers_us, peer_timing = {}, {"ours": timing}
         for peer in peers:
             impl, capturable, _ = PEERS[peer]
             try:
-                peers_us[peer], peer_timing[peer] = check_and_time(layer, impl, k, capturable, want)
+                peers_us[peer], peer_timing[peer] = check_and_time(layer, impl, k, capturable, want, timer)
             except Exception as exc:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
                 why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 failed.setdefault(peer, {})[f"{name}/T={t}"] = why
@@ -241,15 +257,13 @@ def benchmark_shape(name, tokens, peers, peak, failed, progress) -> list[dict]:
     return rows
 
 
-def lexi_payoff(plan_k: list[int]) -> dict:
+def lexi_payoff(plan_k: list[int], timer: Timer, shape: str = LEXI_SHAPE, tokens=LEXI_TOKENS) -> dict:
     """Sum over the layers of one MoE op at each layer's k, plan vs base, per token count."""
-    from moe_compile.plugins.grouped_moe.timing import cuda_graph_us
-
-    E, H, I, base = SHAPES[LEXI_SHAPE]
+    E, H, I, base = SHAPES[shape]
     result = {}
-    for t in LEXI_TOKENS:
-        layer = Layer(E, H, I, t, "cuda")
-        per_k = {k: cuda_graph_us(lambda k=k, layer=layer: layer.call(ours, k)) for k in sorted(set(plan_k) | {base})}
+    for t in tokens:
+        layer = Layer(E, H, I, t, timer.device)
+        per_k = {k: timer.graph(lambda k=k, layer=layer: layer.call(ours, k)) for k in sorted(set(plan_k) | {base})}
         base_us, plan_us = len(plan_k) * per_k[base], sum(per_k[k] for k in plan_k)
         result[str(t)] = {"base_us": base_us, "plan_us": plan_us, "speedup": base_us / plan_us,
                           "per_k_us": {str(k): v for k, v in per_k.items()}}
@@ -357,13 +371,13 @@ def main(argv=None) -> dict:
             print("kernel_moe: error: needs a CUDA GPU (or --dry-run)", file=sys.stderr)
             sys.exit(2)
         device, failed = torch.cuda.get_device_name(), {}
-        peak = measure_peak()
+        peak, timer = measure_peak(), gpu_timer()
         print(f"peak: {peak}", file=sys.stderr)
         rows = []
         for name in args.shapes:
             rows += benchmark_shape(name, args.tokens, installed_peers(args.peers, failed), peak, failed,
-                                    lambda r: print(json.dumps(r), file=sys.stderr))
-        lexi = None if args.no_lexi else lexi_payoff(plan_k)
+                                    lambda r: print(json.dumps(r), file=sys.stderr), timer)
+        lexi = None if args.no_lexi else lexi_payoff(plan_k, timer)
     report = {"device": device, "versions": versions(), "command": command, "peak": peak, "rows": rows,
               "peers_failed": failed,
               "lexi": {"shape": LEXI_SHAPE, "plan_top_k": plan_k, "plan_source": plan_source,

@@ -51,3 +51,25 @@ def tiny_model_dirs(tmp_path_factory):
         save_tiny_model(model_type, root / model_type)
         folders[model_type] = root / model_type
     return folders
+
+
+@pytest.fixture
+def bf16_dot_in_interpreter(monkeypatch):
+    """Triton 3.6's interpreter multiplies bf16 tl.dot operands as their raw uint16 bits (numpy
+    has no bf16); widen them to fp32 first, as the GPU's MMA does exactly. Interpreter only."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def widened(handle):
+        if handle.dtype != tl.bfloat16:
+            return handle
+        data = interpreter._convert_float(handle.data, tl.bfloat16, tl.float32, None).view(np.float32)
+        return interpreter.TensorHandle(data, tl.float32)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot",
+                        lambda self, a, b, d, *args: original(self, widened(a), widened(b), d, *args))

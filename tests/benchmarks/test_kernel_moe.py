@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ SCRIPT = Path(__file__).parents[2] / "benchmarks" / "kernel_moe.py"
 def bench():
     spec = importlib.util.spec_from_file_location("kernel_moe", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules[spec.name]
 
 
 def test_dry_run_writes_the_result_schema_and_a_plot(bench, tmp_path, capsys):
@@ -81,3 +84,28 @@ def test_merge_keeps_the_shapes_not_rerun(bench):
     assert out["rows"][0] is new["rows"][0] and out["command"] == ["first", "second"]
     assert out["peers_failed"] == {"p": {"mixtral-8x7b/T=1": "boom", "olmoe-1b-7b/T=1": "boom"}}
     assert out["lexi"] == {"tokens": {"1": {}}}
+
+
+@pytest.mark.filterwarnings("ignore:no tuned grouped-MoE config")
+def test_measurement_path_on_cpu(bench, monkeypatch, bf16_dot_in_interpreter):
+    """The GPU run's code (inputs, reference check, peers, failures, rows, item 5) on a tiny shape,
+    on CPU: our kernels in Triton's interpreter, host wall-clock timing."""
+    from moe_compile.plugins.grouped_moe.timing import wall_us
+
+    monkeypatch.setitem(bench.SHAPES, "tiny", (8, 32, 16, 2))
+    timer = bench.Timer("cpu", wall_us, wall_us)
+    failed, seen = {}, []
+
+    def wrong(hidden, logits, w_gate_up, w_down, k):
+        return bench.grouped_mm_moe(hidden, logits, w_gate_up, w_down, k) * 2
+
+    monkeypatch.setitem(bench.PEERS, "wrong", (wrong, False, None))
+    rows = bench.benchmark_shape("tiny", [3], ["pytorch_reference", "torch_grouped_mm", "wrong"],
+                                 {"copy_tb_s": 1.0, "bf16_tflops": 1.0}, failed, seen.append, timer)
+    assert rows == seen and rows[0]["ours_us"] > 0 and rows[0]["hbm_fraction"] > 0
+    assert set(rows[0]["peers_us"]) == {"pytorch_reference", "torch_grouped_mm"}
+    assert rows[0]["timing"] == {"ours": "cuda_graph", "pytorch_reference": "eager", "torch_grouped_mm": "cuda_graph"}
+    assert "from the reference" in failed["wrong"]["tiny/T=3"]  # a wrong peer is reported, not timed
+    lexi = bench.lexi_payoff([2, 1, 1], timer, shape="tiny", tokens=(2,))
+    assert set(lexi["2"]["per_k_us"]) == {"1", "2"}
+    assert lexi["2"]["plan_us"] == pytest.approx(lexi["2"]["per_k_us"]["2"] + 2 * lexi["2"]["per_k_us"]["1"])

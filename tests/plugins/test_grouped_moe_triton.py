@@ -7,8 +7,6 @@ one expert, k = 1 / base / E, every activation and routing variant, every dtype.
 grid of issue #6 item 3 runs on a GPU (marked gpu).
 """
 
-import os
-
 import pytest
 import torch
 
@@ -21,28 +19,7 @@ from moe_compile.plugins.grouped_moe.launcher import allocate, grouped_moe_trito
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = KernelConfig(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # H=40, I=24: partial K and N blocks
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}  # of the output's max
-
-
-@pytest.fixture(autouse=True)
-def _bf16_dot_in_interpreter(monkeypatch):
-    """Triton 3.6's interpreter multiplies bf16 tl.dot operands as their raw uint16 bits (numpy
-    has no bf16); widen them to fp32 first, as the GPU's MMA does exactly. Interpreter only."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    original = interpreter.InterpreterBuilder.create_dot
-
-    def widened(handle):
-        if handle.dtype != tl.bfloat16:
-            return handle
-        data = interpreter._convert_float(handle.data, tl.bfloat16, tl.float32, None).view(np.float32)
-        return interpreter.TensorHandle(data, tl.float32)
-
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot",
-                        lambda self, a, b, d, *args: original(self, widened(a), widened(b), d, *args))
+pytestmark = pytest.mark.usefixtures("bf16_dot_in_interpreter")
 
 
 def make_inputs(tokens, experts, top_k=2, hidden=40, inter=24, dtype=torch.float32, routing="random", bias=False,
