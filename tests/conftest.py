@@ -10,6 +10,10 @@ sys.path.insert(0, str(Path(__file__).parent))  # tiny_models
 def pytest_configure(config):
     # The built-in demo is written to the cache folder: keep the tests' copy out of ~/.cache.
     os.environ.setdefault("MOE_COMPILE_CACHE", str(Path(config.rootpath) / ".pytest_cache" / "moe-compile"))
+    # Without a GPU the grouped-MoE Triton kernels run in Triton's CPU interpreter; triton reads
+    # the switch when a kernel module is imported, so it is set before any test module loads.
+    if not _has_cuda():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _has_cuda() -> bool:
@@ -47,3 +51,25 @@ def tiny_model_dirs(tmp_path_factory):
         save_tiny_model(model_type, root / model_type)
         folders[model_type] = root / model_type
     return folders
+
+
+@pytest.fixture
+def bf16_dot_in_interpreter(monkeypatch):
+    """Triton 3.6's interpreter multiplies bf16 tl.dot operands as their raw uint16 bits (numpy
+    has no bf16); widen them to fp32 first, as the GPU's MMA does exactly. Interpreter only."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def widened(handle):
+        if handle.dtype != tl.bfloat16:
+            return handle
+        data = interpreter._convert_float(handle.data, tl.bfloat16, tl.float32, None).view(np.float32)
+        return interpreter.TensorHandle(data, tl.float32)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot",
+                        lambda self, a, b, d, *args: original(self, widened(a), widened(b), d, *args))

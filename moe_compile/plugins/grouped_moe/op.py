@@ -2,10 +2,15 @@
 
 The op is opaque to torch.export / torch.compile (they see only its fake kernel), which is
 what lets the ONNX exporter emit one GroupedMoE node per MoE layer. The reference kernel
-serves every device; faster device kernels register themselves on the same op.
+serves every device; on CUDA the Triton kernel (launcher.py) takes over. It is imported on
+the first CUDA call, so importing this package needs neither triton nor a GPU; without triton
+installed, CUDA calls fall back to the reference with one warning.
 """
 
 from __future__ import annotations
+
+import functools
+import warnings
 
 import torch
 
@@ -35,12 +40,28 @@ def grouped_moe(
     topk_group: int,
     group_scoring: str,
 ) -> torch.Tensor:
-    attrs = GroupedMoEAttributes(
-        top_k=top_k, scoring=scoring, normalize_topk=normalize_topk, routed_scaling=routed_scaling,
-        activation=activation, swiglu_alpha=swiglu_alpha, swiglu_limit=swiglu_limit,
-        n_group=n_group, topk_group=topk_group, group_scoring=group_scoring,
-    )
+    attrs = GroupedMoEAttributes(top_k, scoring, normalize_topk, routed_scaling, activation, swiglu_alpha,
+                                 swiglu_limit, n_group, topk_group, group_scoring)
     return grouped_moe_reference(hidden, router_logits, w_gate_up, w_down, attrs, b_gate_up, b_down, score_bias)
+
+
+@functools.cache
+def _cuda_implementation():
+    """The Triton launcher, or the reference (with a warning) where triton is not installed."""
+    try:
+        from .launcher import grouped_moe_triton
+    except ImportError as exc:
+        warnings.warn(f"triton is not importable ({exc}); moe_compile::grouped_moe runs the PyTorch reference "
+                      "on CUDA (pip install triton)", stacklevel=2)
+        return grouped_moe_reference
+    return grouped_moe_triton
+
+
+@grouped_moe.register_kernel("cuda")
+def _grouped_moe_cuda(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias, *attributes):
+    """The dispatcher passes the schema's arguments in order; its attributes are in the field order."""
+    attrs = GroupedMoEAttributes(*attributes)
+    return _cuda_implementation()(hidden, router_logits, w_gate_up, w_down, attrs, b_gate_up, b_down, score_bias)
 
 
 @grouped_moe.register_fake

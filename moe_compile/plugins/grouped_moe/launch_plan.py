@@ -1,0 +1,106 @@
+"""Grids and scratch-buffer sizes of the six grouped-MoE kernels, from the shapes alone.
+
+Pure Python (no torch, no triton): the Python launcher and the TensorRT plugin (which launches
+the same kernels compiled ahead of time, with symbolic grids) both read their launch geometry
+here, so the two cannot drift apart. Every size is a worst case over all routings: nothing
+depends on where the tokens go, so nothing waits for the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .configs import KernelConfig
+
+# Elements of the route kernel's [BLOCK_T, BLOCK_E] tile: enough tokens a program to amortise
+# the top-k rounds, few enough to stay in registers.
+ROUTE_TILE = 2048
+MAX_ROUTE_TOKENS = 16
+SCAN_CHUNKS = 64  # chunk rows the scan kernel reads a round
+SCAN_BLOCKS = 64  # row blocks the scan kernel assigns an expert a round
+COMBINE_BLOCK_H = 1024
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    tokens: int
+    experts: int
+    hidden: int
+    inter: int
+    top_k: int
+    n_group: int
+    config: KernelConfig
+
+    @property
+    def block_e(self) -> int:
+        return next_power_of_2(self.experts)
+
+    @property
+    def block_g(self) -> int:
+        return next_power_of_2(self.n_group)
+
+    @property
+    def block_t(self) -> int:
+        """Tokens a route program handles (one chunk of slots for the alignment)."""
+        return max(1, min(MAX_ROUTE_TOKENS, ROUTE_TILE // self.block_e))
+
+    @property
+    def slots(self) -> int:
+        return self.tokens * self.top_k
+
+    @property
+    def chunks(self) -> int:
+        return cdiv(self.tokens, self.block_t)
+
+    @property
+    def slots_per_chunk(self) -> int:
+        return self.block_t * self.top_k
+
+    @property
+    def single_chunk(self) -> bool:
+        """One route program aligns everything itself: the scan and scatter kernels are not launched."""
+        return self.chunks == 1
+
+    @property
+    def max_padded(self) -> int:
+        """Rows after padding each used expert's group to BLOCK_M: at most min(S, E) groups are used."""
+        return self.slots + min(self.slots, self.experts) * (self.config.BLOCK_M - 1)
+
+    @property
+    def max_blocks(self) -> int:
+        return cdiv(self.max_padded, self.config.BLOCK_M)
+
+    def grids(self) -> dict[str, tuple[int, ...]]:
+        """The launches in order, with their grids."""
+        alignment = {} if self.single_chunk else {"scan": (1,), "scatter": (self.chunks,)}
+        return {
+            "route": (self.chunks,),
+            **alignment,
+            "gate_up": (self.max_blocks * cdiv(self.inter, self.config.BLOCK_N),),
+            "down": (self.max_blocks * cdiv(self.hidden, self.config.BLOCK_N),),
+            "combine": (self.tokens, cdiv(self.hidden, COMBINE_BLOCK_H)),
+        }
+
+    def buffers(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Scratch tensors: name -> (shape, dtype), "act" being the activation dtype."""
+        return {
+            "topk_ids": ((self.slots,), "int32"),
+            "topk_weights": ((self.slots,), "float32"),
+            "slot_rank": ((self.slots,), "int32"),
+            "chunk_counts": ((self.chunks, self.experts), "int32"),
+            "chunk_offsets": ((self.chunks, self.experts), "int32"),
+            "expert_counts": ((self.experts,), "int32"),
+            "expert_start": ((self.experts,), "int32"),
+            "block_expert": ((self.max_blocks,), "int32"),
+            "sorted_ids": ((self.max_padded,), "int32"),
+            "inter": ((self.slots, self.inter), "act"),
+            "per_slot": ((self.slots, self.hidden), "act"),
+        }

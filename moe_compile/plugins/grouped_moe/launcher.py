@@ -1,0 +1,117 @@
+"""Launch the grouped-MoE Triton kernels (kernels.py) for one call of the op.
+
+Allocates the scratch buffers `LaunchPlan` sizes, picks the launch configuration (tuned table
+or default) and launches the six kernels in order. Works on CUDA tensors, and on CPU tensors
+under Triton's interpreter (TRITON_INTERPRET=1), which is how CI checks the kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import kernels
+from .attributes import ACTIVATIONS, GroupedMoEAttributes
+from .configs import KernelConfig, lookup_config
+from .launch_plan import COMBINE_BLOCK_H, SCAN_BLOCKS, SCAN_CHUNKS, LaunchPlan, next_power_of_2
+
+_DTYPES = {"int32": torch.int32, "float32": torch.float32}
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def allocate(plan: LaunchPlan, act_dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """The scratch buffers of one call (uninitialised: every kernel writes before it reads)."""
+    return {name: torch.empty(shape, dtype=act_dtype if dtype == "act" else _DTYPES[dtype], device=device)
+            for name, (shape, dtype) in plan.buffers().items()}
+
+
+def route_and_align(router_logits: torch.Tensor, attrs: GroupedMoEAttributes, plan: LaunchPlan,
+                    buf: dict[str, torch.Tensor], score_bias: torch.Tensor | None = None) -> None:
+    """Kernels 1-3 (1 alone for a single chunk): routing into topk_ids/topk_weights, then the
+    expert-sorted, BLOCK_M-aligned rows."""
+    grids = plan.grids()
+    placement = (buf["expert_counts"], buf["expert_start"], buf["block_expert"])
+    kernels._route_kernel[grids["route"]](
+        router_logits, buf["topk_weights"] if score_bias is None else score_bias,  # stand-in, never read
+        buf["topk_ids"], buf["topk_weights"], buf["slot_rank"], buf["chunk_counts"], *placement, buf["sorted_ids"],
+        plan.tokens, plan.experts, router_logits.stride(0), float(attrs.routed_scaling), plan.max_blocks,
+        K=attrs.top_k, SIGMOID=attrs.scoring == "sigmoid", NORMALIZE=bool(attrs.normalize_topk),
+        HAS_SCORE_BIAS=score_bias is not None, N_GROUP=plan.n_group, TOPK_GROUP=attrs.topk_group,
+        GROUP_SUM_TOP2=attrs.group_scoring == "sum_top2", SINGLE_CHUNK=plan.single_chunk,
+        BLOCK_M=plan.config.BLOCK_M, BLOCK_B=SCAN_BLOCKS, BLOCK_T=plan.block_t, BLOCK_E=plan.block_e,
+        BLOCK_G=plan.block_g)
+    if plan.single_chunk:
+        return
+    kernels._scan_kernel[grids["scan"]](
+        buf["chunk_counts"], buf["chunk_offsets"], *placement, plan.chunks, plan.experts, plan.max_blocks,
+        BLOCK_M=plan.config.BLOCK_M, BLOCK_C=SCAN_CHUNKS, BLOCK_E=plan.block_e, BLOCK_B=SCAN_BLOCKS)
+    kernels._scatter_kernel[grids["scatter"]](
+        buf["topk_ids"], buf["slot_rank"], buf["chunk_offsets"], buf["expert_start"], buf["sorted_ids"],
+        plan.slots, plan.experts, SLOTS_PER_CHUNK=plan.slots_per_chunk,
+        BLOCK_S=next_power_of_2(plan.slots_per_chunk))
+
+
+def experts_and_combine(hidden: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
+                        b_gate_up: torch.Tensor | None, b_down: torch.Tensor | None, attrs: GroupedMoEAttributes,
+                        plan: LaunchPlan, buf: dict[str, torch.Tensor], out: torch.Tensor) -> None:
+    """Kernels 4-6: both GEMMs over the aligned rows, then the per-token sum into `out`."""
+    grids, config = plan.grids(), plan.config
+    blocks = config.as_dict()  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, GROUP_M
+    # fp32 inputs: exact fp32 products (no TF32); the setting does not apply to 16-bit inputs.
+    shapes = {"HIDDEN": plan.hidden, "INTER": plan.inter,
+              "PRECISION": "ieee" if hidden.dtype == torch.float32 else "tf32"}
+    rows = (buf["sorted_ids"], buf["block_expert"], buf["expert_counts"], buf["expert_start"])
+    stand_in = buf["topk_weights"]  # for an absent bias: never read
+    kernels._gate_up_kernel[grids["gate_up"]](
+        hidden, w_gate_up, stand_in if b_gate_up is None else b_gate_up, *rows, buf["inter"],
+        attrs.top_k, plan.experts, plan.max_blocks, *w_gate_up.stride(),
+        0 if b_gate_up is None else b_gate_up.stride(0), float(attrs.swiglu_alpha), float(attrs.swiglu_limit),
+        ACTIVATION=ACTIVATIONS.index(attrs.activation), HAS_BIAS=b_gate_up is not None,
+        **shapes, **blocks)
+    kernels._down_kernel[grids["down"]](
+        buf["inter"], w_down, stand_in if b_down is None else b_down, buf["topk_weights"], *rows, buf["per_slot"],
+        plan.experts, plan.max_blocks, *w_down.stride(), 0 if b_down is None else b_down.stride(0),
+        HAS_BIAS=b_down is not None, **shapes, **blocks)
+    kernels._combine_kernel[grids["combine"]](buf["per_slot"], out, plan.hidden, K=attrs.top_k,
+                                              BLOCK_H=COMBINE_BLOCK_H)
+
+
+def launch_plan(hidden: torch.Tensor, w_gate_up: torch.Tensor, attrs: GroupedMoEAttributes,
+                config: KernelConfig | None = None) -> LaunchPlan:
+    tokens, hidden_size = hidden.shape
+    experts, two_inter, _ = w_gate_up.shape
+    attrs.validate(experts)
+    if config is None:
+        config = lookup_config(tokens, experts, two_inter // 2, attrs.top_k, device_name(hidden.device))
+    return LaunchPlan(tokens=tokens, experts=experts, hidden=hidden_size, inter=two_inter // 2, top_k=attrs.top_k,
+                      n_group=attrs.n_group if attrs.group_limited else 1, config=config)
+
+
+def grouped_moe_triton(
+    hidden: torch.Tensor,
+    router_logits: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    w_down: torch.Tensor,
+    attrs: GroupedMoEAttributes,
+    b_gate_up: torch.Tensor | None = None,
+    b_down: torch.Tensor | None = None,
+    score_bias: torch.Tensor | None = None,
+    config: KernelConfig | None = None,
+) -> torch.Tensor:
+    """Same contract as reference.grouped_moe_reference; `config` overrides the tuned lookup.
+
+    The weights may have any strides (they are passed to the kernels); activations and biases
+    are made contiguous, which costs nothing when they already are.
+    """
+    plan = launch_plan(hidden, w_gate_up, attrs, config)
+    out = hidden.new_empty(hidden.shape)
+    if plan.tokens == 0:
+        return out
+    hidden = hidden.contiguous()
+    b_gate_up, b_down, score_bias = (None if t is None else t.contiguous() for t in (b_gate_up, b_down, score_bias))
+    buf = allocate(plan, hidden.dtype, hidden.device)
+    route_and_align(router_logits.contiguous(), attrs, plan, buf, score_bias)
+    experts_and_combine(hidden, w_gate_up, w_down, b_gate_up, b_down, attrs, plan, buf, out)
+    return out
