@@ -25,7 +25,15 @@ from pathlib import Path
 
 from moe_compile.errors import InvalidInput, one_line
 
-from .config import BACKENDS, GENERATE_SUFFIX, MODEL_FILES, check_decoder, config_text, decoder_config, generate_config
+from .config import (
+    BACKENDS,
+    GENERATE_SUFFIX,
+    MODEL_FILES,
+    check_decoder,
+    config_text,
+    decoder_config,
+    generate_config,
+)
 from .signature import ModelSignature, engine_signature, onnx_signature
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -6,11 +6,11 @@ import shutil
 
 import onnx
 import pytest
-
 from conftest import MODEL
+
 from moe_compile.cli import main
 from moe_compile.compiler.loader import load_moe_model
-from moe_compile.deploy.config import decoder_config, read_config, config_text
+from moe_compile.deploy.config import config_text, decoder_config, read_config
 from moe_compile.deploy.signature import onnx_signature
 from moe_compile.export.exporter import export_onnx
 
@@ -167,7 +167,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tiny_onnx, tmp_path, cap
 
 
 def test_tensorrt_target_onnx_is_refused_by_onnx_runtime_backends(tensorrt_onnx, tmp_path, capsys):
-    code, out, err = _deploy(capsys, tensorrt_onnx, "--repo", tmp_path / "repo", "--name", MODEL)
+    code, _, err = _deploy(capsys, tensorrt_onnx, "--repo", tmp_path / "repo", "--name", MODEL)
     assert code == 2 and "holds TensorRT plugin nodes" in err and not (tmp_path / "repo").exists()
 
 
