@@ -127,10 +127,11 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def _last_error(self) -> str:
-        """The log's last error line (Triton's start with E and a date), else its last line."""
+        """The log's last error line (Triton's start with E and a date), else its last line; a
+        python traceback the server quotes in it (as literal \\n) is cut off."""
         lines = [line.strip() for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
         errors = [line for line in lines if line[:1] == "E" and line[1:5].isdigit()]
-        return (errors or lines or ["(empty log)"])[-1]
+        return (errors or lines or ["(empty log)"])[-1].split("\\n")[0]
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if the server has not exited in 30 s; remove the work folder."""

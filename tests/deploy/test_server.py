@@ -188,3 +188,17 @@ def test_serve_command_starts_and_stops_on_ctrl_c(served_repo):
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_a_model_that_cannot_load_stops_the_start_with_the_log_line(triton_server, tiny_onnx, tmp_path):
+    from moe_compile.deploy.repository import deploy
+    from moe_compile.deploy.server import TritonServer
+    from moe_compile.errors import BackendUnavailable
+
+    deploy(tiny_onnx, tmp_path / "repo", "broken")
+    (tmp_path / "repo" / "broken" / "1" / "model.onnx").write_text("not a model")
+    server = TritonServer(tmp_path / "repo", startup_timeout=120)
+    with pytest.raises(BackendUnavailable, match="tritonserver exited with code 1 while starting: .*broken") as info:
+        server.start()
+    assert len(str(info.value).splitlines()) == 1
+    assert not server.alive() and not server.workdir.exists()
