@@ -92,6 +92,7 @@ def main() -> None:
 
     report = {"benchmark": "triton_load",
               "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, loopback",
+              "load_average_1min_after": round(os.getloadavg()[0], 2),  # the machine is shared: context for the numbers
               "server": "tritonserver 2.51 (nvidia-pytriton), python backend, 1 instance per model, "
                         "ONNX Runtime default threads",
               "versions": {name: version(name) for name in ("onnxruntime", "tritonclient", "nvidia-pytriton")},

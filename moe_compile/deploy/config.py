@@ -43,15 +43,13 @@ def check_decoder(signature: ModelSignature, source: Path) -> int:
     return num_layers
 
 
-def _tensors(specs: tuple[TensorSpec, ...], batched: bool, source: Path) -> list[dict]:
-    """Triton dims leave the batch axis out when max_batch_size > 0: it must be dynamic."""
-    tensors = []
+def _add_batched(field, specs: tuple[TensorSpec, ...], source: Path) -> None:
+    """Add `specs` to a config's input or output list. Triton's dims leave the batch axis out
+    when max_batch_size > 0, so the model's first axis must be a dynamic batch axis."""
     for spec in specs:
-        if batched and (not spec.dims or spec.dims[0] != -1):
+        if not spec.dims or spec.dims[0] != -1:
             raise InvalidInput(f"{source}: tensor '{spec.name}' has no dynamic batch axis (dims {list(spec.dims)})")
-        tensors.append({"name": spec.name, "data_type": spec.data_type,
-                        "dims": list(spec.dims[1:] if batched else spec.dims)})
-    return tensors
+        field.add(name=spec.name, data_type=_pb2().DataType.Value(spec.data_type), dims=spec.dims[1:])
 
 
 def decoder_config(name: str, backend: str, signature: ModelSignature, max_batch: int, instances: int,
@@ -68,9 +66,8 @@ def decoder_config(name: str, backend: str, signature: ModelSignature, max_batch
     else:
         config.platform = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx"}[backend]
     config.default_model_filename = MODEL_FILES[backend]
-    for field, specs in ((config.input, signature.inputs), (config.output, signature.outputs)):
-        for tensor in _tensors(specs, True, source):
-            field.add(name=tensor["name"], data_type=pb2.DataType.Value(tensor["data_type"]), dims=tensor["dims"])
+    _add_batched(config.input, signature.inputs, source)
+    _add_batched(config.output, signature.outputs, source)
     config.dynamic_batching.SetInParent()
     config.instance_group.add(count=instances, kind=kind)
     return config

@@ -95,14 +95,18 @@ def read_signature(artifact: Path, backend: str) -> ModelSignature:
 
 
 def _check_repo(repo: Path, names: list[str], force: bool) -> None:
+    """Other models may share the repository; our two names and loose files need `force`."""
     if repo.exists() and not repo.is_dir():
         raise InvalidInput(f"--repo {repo} is a file, not a folder")
+    if force or not repo.is_dir():
+        return
     taken = [name for name in names if (repo / name).exists()]
-    if taken and not force:
+    if taken:
         raise InvalidInput(f"--repo {repo} already holds model {taken[0]}: pass --force to replace it")
-    loose = sorted(p.name for p in repo.iterdir() if not p.is_dir() and not p.name.startswith(".")) if repo.is_dir() else []
+    loose = sorted(p.name for p in repo.iterdir() if not p.is_dir() and not p.name.startswith("."))
     if loose:
-        raise InvalidInput(f"--repo {repo} is not a Triton model repository (it holds the file {loose[0]})")
+        raise InvalidInput(f"--repo {repo} is not a Triton model repository (it holds the file {loose[0]}): "
+                           "pass --force to write into it anyway")
 
 
 def deploy(artifact: str | Path, repo: str | Path, name: str, backend: str | None = None, max_batch: int = 8,

@@ -58,6 +58,7 @@ def test_repository_is_complete_and_parses(backend, tiny_onnx, tmp_path, capsys)
                                                "tiny_generate/config.pbtxt"])
     assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()) == json.loads(out)["files"]
     assert (repo / "tiny/1/model.onnx").read_bytes() == tiny_onnx.read_bytes()
+    assert (repo / "tiny/1/model.py").exists() == (backend == "python")
 
     decoder = read_config(repo / "tiny" / "config.pbtxt")
     assert decoder.name == MODEL and decoder.max_batch_size == 4 and decoder.HasField("dynamic_batching")
@@ -91,17 +92,29 @@ def test_tensorrt_config_from_the_tensorrt_target_onnx(tensorrt_onnx, tmp_path):
     assert _io(parsed) == _expected_io(tensorrt_onnx)
 
 
+def test_a_model_without_a_dynamic_batch_axis_is_refused(tiny_onnx):
+    from moe_compile.deploy.signature import ModelSignature, TensorSpec
+    from moe_compile.errors import InvalidInput
+
+    signature = onnx_signature(tiny_onnx)
+    static = ModelSignature((TensorSpec("input_ids", "TYPE_INT64", (1, -1)), *signature.inputs[1:]),
+                            signature.outputs, {})
+    with pytest.raises(InvalidInput, match="tensor 'input_ids' has no dynamic batch axis"):
+        decoder_config(MODEL, "tensorrt", static, 8, 1, tiny_onnx)
+
+
 def test_force_replaces_the_model_and_keeps_the_others(tiny_onnx, tmp_path, capsys):
     repo = tmp_path / "repo"
     (repo / "other" / "1").mkdir(parents=True)
     assert _deploy(capsys, tiny_onnx, "--repo", repo, "--name", MODEL)[0] == 0
+    (repo / "notes.txt").write_text("loose files need --force too")
     code, out, err = _deploy(capsys, tiny_onnx, "--repo", repo, "--name", MODEL, "--backend", "onnxruntime")
     assert code == 2 and out == "" and err.strip().splitlines() == [
         f"moe-compile: error: --repo {repo} already holds model tiny: pass --force to replace it"]
     assert read_config(repo / "tiny" / "config.pbtxt").backend == "python"
     code, _, _ = _deploy(capsys, tiny_onnx, "--repo", repo, "--name", MODEL, "--backend", "onnxruntime", "--force")
     assert code == 0 and read_config(repo / "tiny" / "config.pbtxt").platform == "onnxruntime_onnx"
-    assert sorted(p.name for p in repo.iterdir()) == ["other", "tiny", "tiny_generate"]
+    assert sorted(p.name for p in repo.iterdir()) == ["notes.txt", "other", "tiny", "tiny_generate"]
 
 
 def _not_onnx(tmp_path):
