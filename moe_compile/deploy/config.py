@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from moe_compile.errors import InvalidInput, one_line
+from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
 from moe_compile.export.decoder import past_names, present_names
 
 from .signature import ModelSignature, TensorSpec
@@ -26,20 +26,23 @@ DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
 def _pb2():
-    from tritonclient.grpc import model_config_pb2
-
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise BackendUnavailable("writing Triton configs needs tritonclient: pip install 'moe-compile[deploy]'") from None
     return model_config_pb2
 
 
 def check_decoder(signature: ModelSignature, source: Path) -> int:
-    """The number of layers of a moe-compile decoder (ONNX or engine); InvalidInput otherwise."""
-    inputs = [spec.name for spec in signature.inputs]
-    outputs = [spec.name for spec in signature.outputs]
+    """The number of layers of a moe-compile decoder (ONNX or engine, I/O in any order);
+    InvalidInput otherwise."""
+    inputs = {spec.name for spec in signature.inputs}
+    outputs = {spec.name for spec in signature.outputs}
     num_layers = (len(inputs) - len(DECODER_INPUTS)) // 2
-    if (inputs[:3] != list(DECODER_INPUTS) or inputs[3:] != past_names(num_layers) or num_layers < 1
-            or outputs != ["logits", *present_names(num_layers)]):
-        raise InvalidInput(f"{source} is not a moe-compile decoder (inputs {', '.join(inputs[:4])}...; expected "
-                           "input_ids, attention_mask, position_ids, past_key_values.*; outputs logits, present.*)")
+    if (num_layers < 1 or inputs != {*DECODER_INPUTS, *past_names(num_layers)}
+            or outputs != {"logits", *present_names(num_layers)}):
+        raise InvalidInput(f"{source} is not a moe-compile decoder (expected inputs input_ids, attention_mask, "
+                           "position_ids, past_key_values.N.key/value; outputs logits, present.N.key/value)")
     return num_layers
 
 
@@ -76,7 +79,7 @@ def decoder_config(name: str, backend: str, signature: ModelSignature, max_batch
 def generate_config(decoder: str, signature: ModelSignature, instances: int):
     """NAME_generate: greedy decoding over the decoder model through BLS (python backend)."""
     pb2 = _pb2()
-    num_layers = len(signature.outputs) // 2
+    num_layers = len(signature.outputs) // 2  # logits + key and value per layer (check_decoder)
     vocab = signature.output("logits").dims[-1]
     config = pb2.ModelConfig(name=decoder + GENERATE_SUFFIX, backend="python", max_batch_size=0)
     config.input.add(name="input_ids", data_type=pb2.TYPE_INT64, dims=[-1, -1])
