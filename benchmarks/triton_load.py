@@ -6,7 +6,7 @@ One request is a decode step of the stateless decoder (1 new token after a 16-to
 batch 1, the client carrying the KV cache). Then 8 clients x 4 calls of demo_generate (32 greedy
 tokens from a 16-token prompt, decoded inside the server). Latency is per request, measured by
 the client; every answer is checked against the first (identical) and errors are counted.
-Prints JSON; saves it under benchmarks/results/.
+Prints JSON; saves it and a PNG of the same numbers under benchmarks/results/.
 
     python benchmarks/triton_load.py
 """
@@ -73,6 +73,31 @@ def load(url: str, protocol: str, model: str, call, calls: int) -> dict:
             "p99_ms": round(float(np.percentile(latencies, 99)), 2), "wall_s": round(wall, 2)}
 
 
+def plot(report: dict, path: Path) -> None:
+    """Requests/s and p50/p99 latency per protocol and model, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    labels = [f"{r['model']}\n{r['protocol']}" for r in runs]
+    figure, (rate, latency) = plt.subplots(1, 2, figsize=(10, 4))
+    rate.bar(labels, [r["requests_per_s"] for r in runs], color="tab:blue")
+    rate.set_ylabel("requests / s")
+    positions = np.arange(len(runs))
+    latency.bar(positions - 0.2, [r["p50_ms"] for r in runs], 0.4, label="p50")
+    latency.bar(positions + 0.2, [r["p99_ms"] for r in runs], 0.4, label="p99")
+    latency.set_xticks(positions, labels)
+    latency.set_ylabel("latency (ms)")
+    latency.set_yscale("log")
+    latency.legend()
+    figure.suptitle(f"demo on tritonserver (python backend, CPU): {CLIENTS} concurrent clients")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "demo.onnx"
@@ -101,6 +126,7 @@ def main() -> None:
               "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "triton_load.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, RESULTS / "triton_load.png")
     print(json.dumps(report, indent=2))
 
 

@@ -1,14 +1,12 @@
 """Session fixtures for the deploy tests: the tiny qwen2_moe exported once, one repository,
 one real Triton Inference Server (skipped, with the reason, where it cannot start)."""
 
-import numpy as np
 import pytest
-
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import MoeCompileError
 from moe_compile.export.exporter import export_onnx
 
-MODEL = "tiny"
+from served import MODEL
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +39,3 @@ def triton_server(served_repo):
     yield server
     server.stop()
 
-
-def empty_past(onnx_session, batch: int) -> list[np.ndarray]:
-    """A past of length 0 in the shapes the ONNX graph declares ([batch, heads, 0, dim])."""
-    return [np.zeros((batch, i.shape[1], 0, i.shape[3]), np.float32)
-            for i in onnx_session.get_inputs() if i.name.startswith("past_key_values.")]

@@ -6,13 +6,14 @@ import shutil
 
 import onnx
 import pytest
-from conftest import MODEL
-
 from moe_compile.cli import main
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.deploy.config import config_text, decoder_config, read_config
+from moe_compile.deploy.repository import tensorrt_readme
 from moe_compile.deploy.signature import onnx_signature
 from moe_compile.export.exporter import export_onnx
+
+from served import MODEL
 
 pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
@@ -90,6 +91,7 @@ def test_tensorrt_config_from_the_tensorrt_target_onnx(tensorrt_onnx, tmp_path):
     assert (parsed.platform, parsed.default_model_filename, parsed.max_batch_size) == ("tensorrt_plan", "model.plan", 8)
     assert parsed.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_GPU and parsed.HasField("dynamic_batching")
     assert _io(parsed) == _expected_io(tensorrt_onnx)
+    assert "--backend-config=tensorrt,plugins=/path/to/libmoe_compile_plugins.so" in tensorrt_readme(MODEL)
 
 
 def test_a_model_without_a_dynamic_batch_axis_is_refused(tiny_onnx):

@@ -11,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import MODEL, empty_past
-
 from moe_compile.deploy.client import TritonRunner, generate
 from moe_compile.validate.compare import compare_outputs
 from moe_compile.validate.generation import decoder_feed, greedy_generate
 from moe_compile.validate.runners import OnnxRuntimeRunner
 from moe_compile.validate.tolerances import TOLERANCES
+
+from served import MODEL, empty_past
 
 PROTOCOLS = ["http", "grpc"]
 VOCAB = 96  # tests/tiny_models.py
