@@ -81,7 +81,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = report["runs"]
-    labels = [f"{r['model']}\n{r['protocol']}" for r in runs]
+    labels = ["\n".join([*r["model"].split("_"), r["protocol"]]) for r in runs]
     figure, (rate, latency) = plt.subplots(1, 2, figsize=(10, 4))
     rate.bar(labels, [r["requests_per_s"] for r in runs], color="tab:blue")
     rate.set_ylabel("requests / s")
