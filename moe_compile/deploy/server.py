@@ -44,10 +44,16 @@ def _bundled_server() -> tuple[Path, Path, Path]:
     return server, stub, package.parent / "nvidia_pytriton.libs"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` different loopback ports that are free now (all held open until all are chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class TritonServer:
@@ -57,8 +63,9 @@ class TritonServer:
         self.repo = Path(repo)
         if not self.repo.is_dir():
             raise InvalidInput(f"--repo {self.repo} is not a folder (write one with `moe-compile deploy`)")
-        self.http_port = http_port or _free_port()
-        self.grpc_port = grpc_port or _free_port()
+        spare = iter(free_ports(2))
+        self.http_port = http_port or next(spare)
+        self.grpc_port = grpc_port or next(spare)
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None

@@ -2,11 +2,11 @@
 one real Triton Inference Server (skipped, with the reason, where it cannot start)."""
 
 import pytest
+from served import MODEL
+
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import MoeCompileError
 from moe_compile.export.exporter import export_onnx
-
-from served import MODEL
 
 
 @pytest.fixture(scope="session")

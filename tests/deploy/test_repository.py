@@ -6,14 +6,14 @@ import shutil
 
 import onnx
 import pytest
+from served import MODEL
+
 from moe_compile.cli import main
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.deploy.config import config_text, decoder_config, read_config
 from moe_compile.deploy.repository import tensorrt_readme
 from moe_compile.deploy.signature import onnx_signature
 from moe_compile.export.exporter import export_onnx
-
-from served import MODEL
 
 pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 

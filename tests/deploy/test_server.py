@@ -11,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from served import MODEL, empty_past
+
 from moe_compile.deploy.client import TritonRunner, generate
 from moe_compile.validate.compare import compare_outputs
 from moe_compile.validate.generation import decoder_feed, greedy_generate
 from moe_compile.validate.runners import OnnxRuntimeRunner
 from moe_compile.validate.tolerances import TOLERANCES
-
-from served import MODEL, empty_past
 
 PROTOCOLS = ["http", "grpc"]
 VOCAB = 96  # tests/tiny_models.py
@@ -169,9 +169,9 @@ def test_generate_refuses_zero_new_tokens(triton_server):
 
 
 def test_serve_command_starts_and_stops_on_ctrl_c(served_repo):
-    from moe_compile.deploy.server import _free_port
+    from moe_compile.deploy.server import free_ports
 
-    http, grpc = _free_port(), _free_port()
+    http, grpc = free_ports(2)
     process = subprocess.Popen([sys.executable, "-m", "moe_compile", "serve", "--repo", str(served_repo),
                                 "--http-port", str(http), "--grpc-port", str(grpc), "--json"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -202,3 +202,20 @@ def test_a_model_that_cannot_load_stops_the_start_with_the_log_line(triton_serve
         server.start()
     assert len(str(info.value).splitlines()) == 1
     assert not server.alive() and not server.workdir.exists()
+
+
+def test_without_nvidia_pytriton_serve_says_what_to_install(served_repo, monkeypatch, capsys):
+    import importlib.util
+
+    from moe_compile.cli import main
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "pytriton" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert main(["serve", "--repo", str(served_repo)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [(
+        "moe-compile: error: no Triton Inference Server here: pip install 'moe-compile[deploy]' "
+        "(nvidia-pytriton bundles tritonserver)")]
