@@ -88,6 +88,9 @@ def read_signature(artifact: Path, backend: str) -> ModelSignature:
         raise InvalidInput(f"--backend tensorrt serves an engine: build one from {artifact} with "
                            "`moe-compile build` and deploy engine.plan")
     signature = onnx_signature(artifact)
+    missing = [data for data in signature.external_data if not (artifact.parent / data).is_file()]
+    if missing:
+        raise InvalidInput(f"{artifact}: its weights file {artifact.parent / missing[0]} is missing")
     if signature.metadata.get("moe_compile.target") == "tensorrt":
         raise InvalidInput(f"{artifact} holds TensorRT plugin nodes (export --target tensorrt), which ONNX Runtime "
                            "cannot run: export --target onnxruntime for the python and onnxruntime backends")

@@ -83,6 +83,31 @@ def test_repository_is_complete_and_parses(backend, tiny_onnx, tmp_path, capsys)
     assert len(cache) == 6 and all(c["dims"] == [2, -1, 8] and c["data_type"] == "TYPE_FP32" for c in cache)
 
 
+def _with_external_data(tiny_onnx, folder):
+    source = folder / "model.onnx"
+    folder.mkdir(exist_ok=True)
+    onnx.save_model(onnx.load(str(tiny_onnx)), source, save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=1024)  # as the exporter writes it
+    return source
+
+
+def _without_its_data(tiny_onnx, folder):
+    source = _with_external_data(tiny_onnx, folder)
+    (folder / "model.onnx.data").unlink()
+    return source
+
+
+def test_external_data_is_copied_beside_the_model(tiny_onnx, tmp_path, capsys):
+    from moe_compile.validate.runners import OnnxRuntimeRunner
+
+    source = _with_external_data(tiny_onnx, tmp_path / "big")
+    code, out, _ = _deploy(capsys, source, "--repo", tmp_path / "repo", "--name", MODEL, "--json")
+    assert code == 0 and "tiny/1/model.onnx.data" in json.loads(out)["files"]
+    copied = tmp_path / "repo" / "tiny" / "1" / "model.onnx"
+    assert (copied.parent / "model.onnx.data").read_bytes() == (source.parent / "model.onnx.data").read_bytes()
+    assert OnnxRuntimeRunner(copied).output_names[0] == "logits"
+
+
 def test_tensorrt_config_from_the_tensorrt_target_onnx(tensorrt_onnx, tmp_path):
     """An engine built from this ONNX has its I/O: the config is made from either the same way."""
     config = decoder_config(MODEL, "tensorrt", onnx_signature(tensorrt_onnx), 8, 1, tensorrt_onnx)
@@ -151,6 +176,7 @@ BAD = {
     "model file is a folder": (lambda t, m: ([t], []), "is a folder"),
     "not ONNX": (lambda t, m: ([_not_onnx(t)], []), "junk.onnx is not an ONNX model"),
     "other suffix": (lambda t, m: ([shutil.copy(m, t / "model.bin")], []), "give a TensorRT engine (.plan)"),
+    "weights file missing": (lambda t, m: ([_without_its_data(m, t)], []), "model.onnx.data is missing"),
     "not a decoder": (lambda t, m: ([_not_a_decoder(t)], []), "relu.onnx is not a moe-compile decoder"),
     "name with a slash": (lambda t, m: ([m], ["--name", "a/b"]), "--name 'a/b': use letters"),
     "name with a space": (lambda t, m: ([m], ["--name", "a b"]), "--name 'a b': use letters"),

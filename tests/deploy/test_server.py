@@ -204,7 +204,7 @@ def test_a_model_that_cannot_load_stops_the_start_with_the_log_line(triton_serve
     assert not server.alive() and not server.workdir.exists()
 
 
-def test_without_nvidia_pytriton_serve_says_what_to_install(served_repo, monkeypatch, capsys):
+def test_without_nvidia_pytriton_serve_says_what_to_install(tmp_path, monkeypatch, capsys):
     import importlib.util
 
     from moe_compile.cli import main
@@ -215,7 +215,7 @@ def test_without_nvidia_pytriton_serve_says_what_to_install(served_repo, monkeyp
         return None if name == "pytriton" else real_find_spec(name, *args)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    assert main(["serve", "--repo", str(served_repo)]) == 2
+    assert main(["serve", "--repo", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [(
         "moe-compile: error: no Triton Inference Server here: pip install 'moe-compile[deploy]' "
         "(nvidia-pytriton bundles tritonserver)")]
