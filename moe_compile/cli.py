@@ -185,10 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON report to this file")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of tables")
 
-    p = command("deploy", "write a Triton Inference Server model repository", _not_built("deployment", 8))
-    p.add_argument("artifact", help="engine.plan or model.onnx")
-    p.add_argument("--repo", required=True)
-    p.add_argument("--name", required=True)
+    p = command("deploy", "write a Triton Inference Server model repository: the decoder NAME and "
+                "NAME_generate (greedy decoding)", _run("deploy:run_deploy"))
+    p.add_argument("artifact", help="engine.plan (TensorRT) or model.onnx (export --target onnxruntime)")
+    p.add_argument("--repo", required=True, help="the model repository folder (other models in it stay)")
+    p.add_argument("--name", required=True, help="the decoder's model name (letters, digits, _ - .)")
+    p.add_argument("--backend", choices=("tensorrt", "onnxruntime", "python"),
+                   help="default: tensorrt for .plan, python (ONNX Runtime in the python backend) for .onnx")
+    p.add_argument("--max-batch", type=_positive_int, default=8, help="max_batch_size of the decoder")
+    p.add_argument("--instances", type=_positive_int, default=1, help="model instances per device")
+    p.add_argument("--force", action="store_true", help="replace NAME and NAME_generate if the repository has them")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+
+    p = command("serve", "serve a model repository with Triton Inference Server (nvidia-pytriton's tritonserver) "
+                "on 127.0.0.1 until Ctrl-C", _run("deploy:run_serve"))
+    p.add_argument("--repo", required=True, help="a model repository from `moe-compile deploy`")
+    p.add_argument("--http-port", type=_positive_int, default=8000)
+    p.add_argument("--grpc-port", type=_positive_int, default=8001)
+    p.add_argument("--startup-timeout", type=_positive_float, default=120.0, help="seconds to wait for ready")
+    p.add_argument("--json", action="store_true", help="print the addresses as one JSON line")
 
     p = command("eval", "held-out perplexity, optionally under a plan", _not_built("evaluation", 9))
     _model_arg(p)

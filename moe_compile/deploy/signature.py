@@ -1,0 +1,85 @@
+"""What a Triton config needs to know about a model file: its inputs and outputs (name, Triton
+data type, dims with -1 for a dynamic axis), read from an ONNX graph or a TensorRT engine.
+
+Reading an engine needs TensorRT, imported only when a .plan is given; ONNX is read without
+its weights (`load_external_data=False`), so a model of any size is inspected in a moment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
+
+# ONNX TensorProto element type -> Triton data type (the names in model_config.proto).
+_ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 5: "TYPE_INT16", 6: "TYPE_INT32",
+                   7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
+# tensorrt.DataType member name -> Triton data type.
+_TENSORRT_TO_TRITON = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "BF16": "TYPE_BF16", "INT8": "TYPE_INT8",
+                       "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str  # a Triton TYPE_* name
+    dims: tuple[int, ...]  # -1 where the axis is dynamic, batch axis included
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    metadata: dict  # moe_compile.* metadata of an ONNX file (empty for an engine)
+    external_data: tuple[str, ...] = ()  # files beside an ONNX model that hold its weights
+
+    def output(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.outputs if spec.name == name)
+
+
+def onnx_signature(path: Path) -> ModelSignature:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InvalidInput(f"{path} is not an ONNX model ({one_line(exc)})") from None
+    initializers = {init.name for init in model.graph.initializer}
+
+    def spec(value) -> TensorSpec:
+        tensor = value.type.tensor_type
+        if tensor.elem_type not in _ONNX_TO_TRITON:
+            raise InvalidInput(f"{path}: tensor '{value.name}' has ONNX element type {tensor.elem_type}, "
+                               "which Triton has no type for")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        return TensorSpec(value.name, _ONNX_TO_TRITON[tensor.elem_type], dims)
+
+    external = sorted({entry.value for init in model.graph.initializer if init.data_location == init.EXTERNAL
+                       for entry in init.external_data if entry.key == "location"})
+    return ModelSignature(inputs=tuple(spec(v) for v in model.graph.input if v.name not in initializers),
+                          outputs=tuple(spec(v) for v in model.graph.output),
+                          metadata={prop.key: prop.value for prop in model.metadata_props},
+                          external_data=tuple(external))
+
+
+def engine_signature(path: Path) -> ModelSignature:
+    """The I/O tensors of a serialized TensorRT engine (TensorRT 10's named-tensor API)."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailable(f"reading the engine {path} needs TensorRT: pip install tensorrt "
+                                 "(on a machine with an NVIDIA GPU)") from None
+    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise InvalidInput(f"{path} is not a TensorRT engine this TensorRT ({trt.__version__}) can load")
+    inputs, outputs = [], []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        dtype = engine.get_tensor_dtype(name).name
+        if dtype not in _TENSORRT_TO_TRITON:
+            raise InvalidInput(f"{path}: tensor '{name}' has TensorRT type {dtype}, which Triton has no type for")
+        spec = TensorSpec(name, _TENSORRT_TO_TRITON[dtype], tuple(engine.get_tensor_shape(name)))
+        (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
+    return ModelSignature(tuple(inputs), tuple(outputs), metadata={})

@@ -1,0 +1,41 @@
+"""Session fixtures for the deploy tests: the tiny qwen2_moe exported once, one repository,
+one real Triton Inference Server (skipped, with the reason, where it cannot start)."""
+
+import pytest
+from served import MODEL
+
+from moe_compile.compiler.loader import load_moe_model
+from moe_compile.errors import MoeCompileError
+from moe_compile.export.exporter import export_onnx
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model_dirs, tmp_path_factory):
+    """The onnxruntime-target export of the tiny qwen2_moe: what the python backend serves."""
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(load_moe_model(tiny_model_dirs["qwen2_moe"]), path, target="onnxruntime")
+    return path
+
+
+@pytest.fixture(scope="session")
+def served_repo(tiny_onnx, tmp_path_factory):
+    from moe_compile.deploy.repository import deploy
+
+    repo = tmp_path_factory.mktemp("served") / "repo"
+    deploy(tiny_onnx, repo, MODEL, backend="python", max_batch=8, instances=1)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton_server(served_repo):
+    pytest.importorskip("tritonclient", reason="tritonclient is not installed (pip install 'moe-compile[deploy]')")
+    from moe_compile.deploy.server import TritonServer
+
+    server = TritonServer(served_repo, startup_timeout=120)
+    try:
+        server.start()
+    except MoeCompileError as exc:
+        pytest.skip(f"Triton Inference Server cannot start on this machine: {exc}")
+    yield server
+    server.stop()
+
