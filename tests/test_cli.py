@@ -57,7 +57,7 @@ def test_inspect_every_tiny_model(model_type, tiny_model_dirs, capsys):
         assert layer["parameter_bytes"] > 4 * 8 * 3 * 32 * 16  # at least the routed experts in fp32
 
 
-@pytest.mark.parametrize("command", ["eval", "bench", "build model.onnx", "compile demo", "validate --engine e.plan"])
+@pytest.mark.parametrize("command", ["eval", "bench --engine e.plan", "build model.onnx", "compile demo", "validate --engine e.plan"])
 def test_commands_of_later_issues_say_so_in_one_line(command, capsys, tmp_path):
     argv = command.split()
     if command.split()[0] in ("build", "compile"):
