@@ -2,7 +2,7 @@
 
     check --out -> load the model -> apply the plan (rewrite) -> wrap with its KV cache
     -> torch.onnx (dynamo), translating each GroupedMoE call for the target
-    -> name each layer's MoE output -> the target's weight pass (onnxruntime: interleave fc1)
+    -> name each layer's MoE output -> the target's weight pass (onnxruntime: reorder experts, interleave fc1)
     -> strip trace metadata -> add moe_compile metadata -> check -> staged save and rename
 """
 
@@ -26,7 +26,7 @@ from moe_compile.compiler.rewrite import rewrite_model
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
-from .lowering import TARGETS, LoweringReport, moe_output_name, translation
+from .lowering import TARGETS, LoweringReport, moe_output_name, translation, weight_pass
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OPSET = 18
@@ -113,10 +113,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     layers = [spec.index for spec in moe_model.layers]
     onnx_model = _trace(model, DTYPES[dtype], report, layers)
     _name_moe_outputs(onnx_model, layers)
-    if target == "onnxruntime":
-        from .lowering.onnxruntime import interleave_gate_up
-
-        interleave_gate_up(onnx_model)
+    weight_pass(target)(onnx_model)
     _strip_trace_metadata(onnx_model)
     metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
                 "moe_compile.model_sha256": moe_model.fingerprint["sha256"],
