@@ -7,10 +7,13 @@ commands run one stage. Every user error ends with one line on stderr and exit c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from moe_compile import __version__
@@ -200,18 +203,38 @@ def _quiet_libraries() -> None:
             transformers_logging.disable_progress_bar()
 
 
+def _interrupt(signum: int, frame) -> None:
+    """SIGTERM as Ctrl-C: raise KeyboardInterrupt where the program is, so that every
+    `finally` and atomic.py's cleanup run and no temporary file outlives the run."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)
     try:
-        args = parser.parse_args(_with_default_command(argv, commands))
-        args.command_line = shlex.join(["moe-compile", *argv])  # recorded in the files a command writes
-        return args.handler(args)
+        with _sigterm_interrupts():
+            args = parser.parse_args(_with_default_command(argv, commands))
+            args.command_line = shlex.join(["moe-compile", *argv])  # recorded in the files a command writes
+            return args.handler(args)
     except MoeCompileError as exc:
         print(f"moe-compile: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("moe-compile: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if exc.args == ("SIGTERM",) else "SIGINT"
+        print(f"moe-compile: interrupted ({name}); outputs left as they were", file=sys.stderr)
+        return 128 + getattr(signal, name)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from moe_compile.atomic import check_writable
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_causal_lm
@@ -52,18 +53,6 @@ def compiled_model(moe_model: MoEModel, plan: str | Path | None, dtype: str = "f
         top_k = load_plan(plan, moe_model) if plan else {spec.index: spec.base_top_k for spec in moe_model.layers}
     model = rewrite_model(load_causal_lm(moe_model), moe_model, top_k)
     return model.to(DTYPES[dtype]).eval(), top_k
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before minutes of export, not after."""
-    if out.is_dir():
-        raise InvalidInput(f"--out {out} is a folder; give a file name such as model.onnx")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}."):
-            pass
-    except OSError as exc:
-        raise InvalidInput(f"cannot write --out {out} ({one_line(exc)})") from None
 
 
 def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
@@ -106,8 +95,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         raise InvalidInput(f"target '{target}' is not one of {', '.join(TARGETS)}")
     if dtype not in DTYPES:
         raise InvalidInput(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
-    out = Path(out)
-    _check_writable(out)
+    out = check_writable(out)
     model, top_k = compiled_model(moe_model, plan, dtype, top_k)
     report = LoweringReport(target)
     layers = [spec.index for spec in moe_model.layers]
