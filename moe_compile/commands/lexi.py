@@ -11,22 +11,13 @@ from rich.table import Table
 
 from moe_compile.atomic import check_writable, write_text_atomic
 from moe_compile.compiler.ir import MoEModel
-from moe_compile.compiler.lexi.cost import (
-    ActiveExperts,
-    MeasuredLatency,
-    RooflineLatency,
-)
+from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, RooflineLatency
 from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
+from moe_compile.jsonio import read_json_object
 from moe_compile.compiler.lexi.plots import plot_plan, plot_profile
-from moe_compile.compiler.lexi.profile import (
-    Profile,
-    ProfileOptions,
-    profile_from_json,
-    profile_model,
-)
+from moe_compile.compiler.lexi.profile import Profile, ProfileOptions, profile_from_json, profile_model
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
-from moe_compile.jsonio import read_json_object
 
 
 def profile_options(args: argparse.Namespace) -> ProfileOptions:

@@ -26,13 +26,7 @@ from moe_compile.compiler.loader import load_causal_lm
 from moe_compile.compiler.rewrite import rewrite_model
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 
-from .decoder import (
-    CausalLMWithCache,
-    dynamic_shapes,
-    example_inputs,
-    past_names,
-    present_names,
-)
+from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
 from .lowering import TARGETS, LoweringReport, moe_output_name, translation, weight_pass
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

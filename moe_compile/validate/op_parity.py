@@ -17,11 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from moe_compile.plugins.grouped_moe import (
-    GroupedMoEAttributes,
-    call_grouped_moe,
-    grouped_moe_reference,
-)
+from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference
 
 from .tolerances import TOLERANCES, Tolerance
 

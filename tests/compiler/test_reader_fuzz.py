@@ -15,8 +15,8 @@ from moe_compile.compiler.lexi.plan import PLAN_SCHEMA, load_plan
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import MoeCompileError
 
-FUZZ = {"deadline": None, "database": None, "derandomize": True,
-            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
+FUZZ = dict(deadline=None, database=None, derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)

@@ -22,7 +22,7 @@ from moe_compile.validate.runners import OnnxRuntimeRunner, TorchRunner
 from moe_compile.validate.tolerances import TOLERANCES
 
 EXPORTABLE = ["qwen2_moe", "qwen3_moe", "olmoe", "mixtral", "deepseek_v3", "gpt_oss"]
-FUZZ = {"deadline": None, "database": None, "suppress_health_check": list(HealthCheck)}
+FUZZ = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 _EXPORTS = Path(tempfile.mkdtemp(prefix="moe-compile-model-fuzz-"))
 
 
@@ -58,8 +58,8 @@ def _check(runners, batch: int, prompt: int, seed: int, same_token: bool) -> Non
         assert all(d.passed for d in diffs), [d for d in diffs if not d.passed][:2]
 
 
-INPUTS = {"batch": st.integers(1, 3), "prompt": st.one_of(st.just(1), st.integers(1, 126)),
-              "seed": st.integers(0, 2**31), "same_token": st.booleans()}
+INPUTS = dict(batch=st.integers(1, 3), prompt=st.one_of(st.just(1), st.integers(1, 126)),
+              seed=st.integers(0, 2**31), same_token=st.booleans())
 
 
 @pytest.mark.parametrize("model_type, target", [("qwen2_moe", "onnxruntime"), ("deepseek_v3", "onnx")])

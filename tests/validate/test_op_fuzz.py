@@ -11,15 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from op_cases import op_cases
 
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
-from moe_compile.validate.op_parity import (
-    OnnxRuntimeLowering,
-    OpCase,
-    check_case,
-    implementations,
-    reference_output,
-)
+from moe_compile.validate.op_parity import OnnxRuntimeLowering, OpCase, check_case, implementations, reference_output
 
-FUZZ = {"deadline": None, "database": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+FUZZ = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 @settings(max_examples=50, derandomize=True, **FUZZ)

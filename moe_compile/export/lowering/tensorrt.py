@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import onnxscript
 
-from moe_compile.export.schema import (
-    DOMAIN,
-    OP_TYPE,
-    VERSION,
-    attribute_values,
-    register_schema,
-)
+from moe_compile.export.schema import DOMAIN, OP_TYPE, VERSION, attribute_values, register_schema
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
 
 PLUGIN_VERSION = "1"
