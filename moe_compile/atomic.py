@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from moe_compile import interrupts
 from moe_compile.errors import InvalidInput, one_line
 
 
@@ -45,6 +46,7 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         tmp = Path(name)
     try:
         yield tmp
+        interrupts.raise_if_received()
         if directory and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from moe_compile import __version__
+from moe_compile import __version__, interrupts
 from moe_compile.errors import InvalidInput, MoeCompileError, NotBuiltYet, one_line
 
 DEFAULT_MODEL = "demo"
@@ -203,22 +203,25 @@ def _quiet_libraries() -> None:
             transformers_logging.disable_progress_bar()
 
 
-def _interrupt(signum: int, frame) -> None:
-    """SIGTERM as Ctrl-C: raise KeyboardInterrupt where the program is, so that every
-    `finally` and atomic.py's cleanup run and no temporary file outlives the run."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 @contextlib.contextmanager
-def _sigterm_interrupts():
+def _signals_interrupt():
+    """SIGINT and SIGTERM both stop the run as Ctrl-C does (interrupts.py)."""
+    interrupts.reset()
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {signum: signal.signal(signum, interrupts.on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted() -> int:
+    name = interrupts.received() or "SIGINT"
+    print(f"moe-compile: interrupted ({name}); outputs left as they were", file=sys.stderr)
+    return 128 + getattr(signal, name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,14 +230,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)
     try:
-        with _sigterm_interrupts():
+        with _signals_interrupt():
             args = parser.parse_args(_with_default_command(argv, commands))
             args.command_line = shlex.join(["moe-compile", *argv])  # recorded in the files a command writes
             return args.handler(args)
+    except KeyboardInterrupt:
+        return _interrupted()
     except MoeCompileError as exc:
+        if interrupts.received():
+            return _interrupted()
         print(f"moe-compile: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt as exc:
-        name = "SIGTERM" if exc.args == ("SIGTERM",) else "SIGINT"
-        print(f"moe-compile: interrupted ({name}); outputs left as they were", file=sys.stderr)
-        return 128 + getattr(signal, name)
+    except Exception:
+        if interrupts.received():
+            return _interrupted()
+        raise

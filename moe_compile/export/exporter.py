@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from moe_compile import interrupts
 from moe_compile.atomic import check_writable
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
@@ -176,6 +177,8 @@ def _save(onnx_model, out: Path) -> None:
                         location=f"{out.name}.data", size_threshold=1024)
         if external:
             onnx.checker.check_model(str(staged), full_check=True)
+        interrupts.raise_if_received()
+        if external:
             (staging / f"{out.name}.data").replace(out.parent / f"{out.name}.data")
         staged.replace(out)
     finally:
