@@ -9,6 +9,24 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from moe_compile import interrupts
+from moe_compile.errors import InvalidInput, one_line
+
+
+def check_writable(out: str | os.PathLike) -> Path:
+    """Raise InvalidInput unless a file can be written at `out`: before minutes of work, not
+    after. Creates the missing parent folders, as the write would."""
+    out = Path(out)
+    if out.is_dir():
+        raise InvalidInput(f"--out {out} is a folder; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}."):
+            pass
+    except OSError as exc:
+        raise InvalidInput(f"cannot write --out {out} ({one_line(exc)})") from None
+    return out
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
@@ -18,15 +36,17 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
     POSIX file systems. On any exception the temporary is removed and `target` is untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     if directory:
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     else:
+        check_writable(target)
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         os.close(fd)
         tmp = Path(name)
     try:
         yield tmp
+        interrupts.raise_if_received()
         if directory and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

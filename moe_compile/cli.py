@@ -7,13 +7,16 @@ commands run one stage. Every user error ends with one line on stderr and exit c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
-from moe_compile import __version__
+from moe_compile import __version__, interrupts
 from moe_compile.errors import InvalidInput, MoeCompileError, NotBuiltYet, one_line
 
 DEFAULT_MODEL = "demo"
@@ -231,18 +234,45 @@ def _quiet_libraries() -> None:
             transformers_logging.disable_progress_bar()
 
 
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM both stop the run as Ctrl-C does (interrupts.py)."""
+    interrupts.reset()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {signum: signal.signal(signum, interrupts.on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted() -> int:
+    name = interrupts.received() or "SIGINT"
+    print(f"moe-compile: interrupted ({name}); outputs left as they were", file=sys.stderr)
+    return 128 + getattr(signal, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)
     try:
-        args = parser.parse_args(_with_default_command(argv, commands))
-        args.command_line = shlex.join(["moe-compile", *argv])  # recorded in the files a command writes
-        return args.handler(args)
+        with _signals_interrupt():
+            args = parser.parse_args(_with_default_command(argv, commands))
+            args.command_line = shlex.join(["moe-compile", *argv])  # recorded in the files a command writes
+            return args.handler(args)
+    except KeyboardInterrupt:
+        return _interrupted()
     except MoeCompileError as exc:
+        if interrupts.received():
+            return _interrupted()
         print(f"moe-compile: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("moe-compile: interrupted", file=sys.stderr)
-        return 130
+    except Exception:
+        if interrupts.received():
+            return _interrupted()
+        raise

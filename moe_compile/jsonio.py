@@ -15,7 +15,7 @@ def read_json_object(path: str | Path, what: str) -> dict:
         raise InvalidInput(f"{what} '{path}' does not exist")
     try:
         doc = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise InvalidInput(f"{what} '{path}' is not valid JSON ({one_line(exc)})") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"{what} '{path}' must hold a JSON object, not {type(doc).__name__}")

@@ -122,6 +122,18 @@ def test_invalid_transformers_config_value(model_copy, capsys):
     (["export", "--target", "tflite", "--out", "m.onnx"], "invalid choice: 'tflite'"),
     (["inspect", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["profile"], "the following arguments are required: --out"),
+    (["profile", "--batch", "0", "--out", "p.json"], "--batch: 0 must be at least 1"),
+    (["profile", "--seq-len", "long", "--out", "p.json"], "--seq-len: 'long' is not a whole number"),
+    (["plan", "--budget", "0.5", "--solver", "simplex", "--out", "p.json"], "invalid choice: 'simplex'"),
+    (["plan", "--objective", "latency", "--target-ms", "1", "--tokens", "0", "--out", "p.json"],
+     "--tokens: 0 must be at least 1"),
+    (["plan", "--budget", "0.5", "--cost-model", "roofline-a100", "--out", "p.json"], "invalid choice: 'roofline-a100'"),
+    (["export", "--dtype", "fp8", "--out", "m.onnx"], "invalid choice: 'fp8'"),
+    (["demo", "--budget", "1.5", "--out", "m.onnx"], "--budget: 1.5 is outside (0, 1]"),
+    (["demo", "--budget", "0.5", "--plan", "p.json", "--out", "m.onnx"], "not allowed with argument"),
+    (["demo", "--precision", "fp4", "--out", "m.onnx"], "invalid choice: 'fp4'"),
+    (["demo", "--out", "model.txt"], "--out model.txt: give model.onnx (ONNX) or engine.plan (TensorRT)"),
+    (["validate", "demo"], "validate: give --onnx model.onnx"),
 ])
 def test_bad_command_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -146,9 +158,9 @@ def _plan_edit(**changes):
     return edit
 
 
-def _layer_edit(index, **changes):
+def _layer_edit(position, **changes):
     def edit(plan):
-        plan["layers"][index].update(changes)
+        plan["layers"][position].update(changes)
         return plan
     return edit
 
@@ -165,6 +177,12 @@ BROKEN_PLANS = {
     "top-k zero": (_layer_edit(3, top_k=0), "layer 3: top_k=0 is outside 1..16"),
     "top-k above E": (_layer_edit(5, top_k=17), "layer 5: top_k=17 is outside 1..16"),
     "top-k not a number": (_layer_edit(1, top_k="4"), "layer 1 has top_k '4', not a whole number"),
+    "index infinite": (lambda plan: json.dumps(plan).replace('"index": 0,', '"index": Infinity,'),
+                       "malformed layers (index inf is not a whole number)"),
+    "index not whole": (_layer_edit(2, index=2.5), "malformed layers (index 2.5 is not a whole number)"),
+    "layer twice": (_layer_edit(2, index=3), "malformed layers (layer 3 is listed twice)"),
+    "layer not an object": (lambda plan: {**plan, "layers": [3, *plan["layers"][1:]]}, "malformed layers (expected a list"),
+    "nested too deep": (lambda plan: "[" * 100_000, "is not valid JSON (maximum recursion depth exceeded"),
 }
 
 
@@ -213,3 +231,128 @@ def test_profile_of_another_model_is_refused(tiny_model_dirs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "was made for another model (olmoe" in err
     assert not (tmp_path / "p.json").exists()
+
+
+def _expect_refusal(argv, message, folder, capsys):
+    """One line on stderr naming the problem, exit code 2, nothing on stdout, `folder` unchanged."""
+    before = sorted(p.name for p in folder.iterdir())
+    capsys.readouterr()
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("moe-compile: error: "), err
+    assert message in err, err
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def _retensor(folder: Path, name: str, change) -> None:
+    tensors = load_file(_weights(folder))
+    tensors[name] = change(tensors[name]).contiguous()
+    save_file(tensors, _weights(folder), metadata={"format": "pt"})
+
+
+BROKEN_WEIGHTS = {  # found when a layer's weights are read, not from the headers
+    "router with too few experts": (
+        lambda f: _retensor(f, "model.layers.0.mlp.gate.weight", lambda t: t[:-1]),
+        "MoE layer 0: router_weight has shape [7, 32], expected [8, 32] from config.json"),
+    "router of the wrong width": (
+        lambda f: _retensor(f, "model.layers.0.mlp.gate.weight", lambda t: t[:, :-1]),
+        "MoE layer 0: router_weight has shape [8, 31], expected [8, 32] from config.json"),
+    "expert of the wrong shape": (
+        lambda f: _retensor(f, "model.layers.2.mlp.experts.3.down_proj.weight", lambda t: t[:, :-1]),
+        "MoE layer 2: the checkpoint's expert tensors do not fit together"),
+    "config.json is a folder": (
+        lambda f: ((f / "config.json").unlink(), (f / "config.json").mkdir()), "has no config.json"),
+    "model_type not a string": (lambda f: _edit_config(f, model_type=["qwen2_moe"]),
+                                "model_type ['qwen2_moe'] is not supported"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_WEIGHTS))
+def test_broken_weights_refused_by_profile(case, model_copy, tmp_path, capsys):
+    folder = model_copy()
+    breaker, message = BROKEN_WEIGHTS[case]
+    breaker(folder)
+    out = tmp_path / "out"
+    out.mkdir()
+    _expect_refusal(["profile", str(folder), *FAST_PROFILE, "--out", str(out / "profile.json")], message, out, capsys)
+
+
+def _onnx_file(path: Path, **metadata) -> Path:
+    """A valid ONNX file that is not a decoder (one Identity), with the given metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, path)
+    return path
+
+
+def _demo_metadata(**changes) -> dict:
+    from moe_compile.compiler.loader import load_moe_model
+
+    ir = load_moe_model("demo")
+    metadata = {"moe_compile.model_sha256": ir.fingerprint["sha256"], "moe_compile.dtype": "fp32",
+                "moe_compile.target": "onnx",
+                "moe_compile.top_k": json.dumps({str(spec.index): spec.base_top_k for spec in ir.layers})}
+    return {key: value for key, value in {**metadata, **changes}.items() if value is not None}
+
+
+BROKEN_ONNX = {
+    "missing": (lambda p: p, "does not exist"),
+    "a folder": (lambda p: (p.mkdir(), p)[1], "is a folder"),
+    "not protobuf": (lambda p: (p.write_bytes(os.urandom(512)), p)[1], "is not an ONNX model"),
+    "truncated": (lambda p: (_onnx_file(p, **_demo_metadata()), p.write_bytes(p.read_bytes()[:40]), p)[2],
+                  "is not an ONNX model"),
+    "no moe_compile metadata": (lambda p: _onnx_file(p), "was not exported by moe-compile"),
+    "another model's": (lambda p: _onnx_file(p, **_demo_metadata(**{"moe_compile.model_sha256": "0" * 64})),
+                        "was exported from another model"),
+    "top_k not JSON": (lambda p: _onnx_file(p, **_demo_metadata(**{"moe_compile.top_k": "{"})),
+                       "malformed moe_compile metadata (moe_compile.top_k is not JSON)"),
+    "top_k not a mapping": (lambda p: _onnx_file(p, **_demo_metadata(**{"moe_compile.top_k": "[1, 2]"})),
+                            "malformed moe_compile metadata (moe_compile.top_k is not a {layer: k} object)"),
+    "no dtype": (lambda p: _onnx_file(p, **_demo_metadata(**{"moe_compile.dtype": None})),
+                 "moe_compile.dtype is None, not one of fp32, fp16, bf16"),
+    "unknown dtype": (lambda p: _onnx_file(p, **_demo_metadata(**{"moe_compile.dtype": "fp8"})),
+                      "moe_compile.dtype is 'fp8'"),
+    "unknown target": (lambda p: _onnx_file(p, **_demo_metadata(**{"moe_compile.target": "tflite"})),
+                       "moe_compile.target is 'tflite'"),
+    "not a decoder": (lambda p: _onnx_file(p, **_demo_metadata()),
+                      "is not a decoder exported by moe-compile for this model (it lacks input_ids"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_ONNX))
+def test_broken_onnx_file_refused_by_validate(case, tmp_path, capsys):
+    make, message = BROKEN_ONNX[case]
+    path = make(tmp_path / "model.onnx")
+    _expect_refusal(["validate", "demo", "--onnx", str(path)], message, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("command", [["profile", *FAST_PROFILE], ["plan", "--budget", "0.5", *FAST_PROFILE],
+                                     ["export"], ["compile"]], ids=["profile", "plan", "export", "compile"])
+@pytest.mark.parametrize("where", ["folder", "below a file"])
+def test_unwritable_out_is_refused_before_any_work(command, where, tmp_path, capsys):
+    suffix = ".onnx" if command[0] in ("export", "compile") else ".json"
+    if where == "folder":
+        out, message = tmp_path / f"out{suffix}", "is a folder"
+        out.mkdir()
+    else:
+        (tmp_path / "file").write_text("x")
+        out, message = tmp_path / "file" / f"out{suffix}", "cannot write --out"
+    _expect_refusal([command[0], "demo", *command[1:], "--out", str(out)], message, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{", "is not valid JSON"),
+    (json.dumps({"schema": "moe-compile/plan/v1"}), "is not a moe-compile profile"),
+    (json.dumps([1]), "must hold a JSON object"),
+], ids=["not json", "a plan, not a profile", "not an object"])
+def test_broken_profile_file_refused_by_plan(content, message, tmp_path, capsys):
+    (tmp_path / "profile.json").write_text(content)
+    _expect_refusal(["plan", "demo", "--budget", "0.5", "--profile", str(tmp_path / "profile.json"),
+                     "--out", str(tmp_path / "plan.json")], message, tmp_path, capsys)

@@ -88,9 +88,11 @@ def run_compile(args: argparse.Namespace) -> int:
                           "--out model.onnx runs the pipeline up to ONNX and checks parity")
     if out.suffix != ".onnx":
         raise InvalidInput(f"--out {out}: give model.onnx (ONNX) or engine.plan (TensorRT)")
+    from moe_compile.atomic import check_writable
     from moe_compile.export.exporter import export_onnx
     from moe_compile.validate.parity import validate_onnx
 
+    check_writable(out)
     moe_model = load_moe_model(args.model)
     plan = args.plan
     if args.budget is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from moe_compile.atomic import write_text_atomic
+from moe_compile.atomic import check_writable, write_text_atomic
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, RooflineLatency
 from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
@@ -31,6 +31,8 @@ def _plot_path(out: str) -> Path:
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    check_writable(args.out)
+    check_writable(_plot_path(args.out))
     moe_model = load_moe_model(args.model)
     doc = profile_model(moe_model, profile_options(args)).to_json()
     plot_profile(doc, _plot_path(args.out))
@@ -64,6 +66,8 @@ def _profile_for_plan(args: argparse.Namespace, moe_model: MoEModel) -> Profile:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    check_writable(args.out)
+    check_writable(_plot_path(args.out))
     moe_model = load_moe_model(args.model)
     cost_model = _cost_model(args)
     budget = Budget(fraction=args.budget, sum_k=args.sum_k, target_ms=args.target_ms)

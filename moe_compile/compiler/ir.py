@@ -44,6 +44,22 @@ class ExpertWeights:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
+    def shape_problem(self, experts: int, hidden: int, intermediate: int) -> str | None:
+        """What does not fit the GroupedMoE layout of [E experts, H hidden, I intermediate], or None."""
+        expected = {"router_weight": (experts, hidden), "gate_up": (experts, 2 * intermediate, hidden),
+                    "down": (experts, hidden, intermediate), "router_bias": (experts,),
+                    "gate_up_bias": (experts, 2 * intermediate), "down_bias": (experts, hidden),
+                    "score_bias": (experts,)}
+        for name, shape in expected.items():
+            tensor = getattr(self, name)
+            if tensor is None:
+                continue
+            if tuple(tensor.shape) != shape:
+                return f"{name} has shape {list(tensor.shape)}, expected {list(shape)} from config.json"
+            if not tensor.is_floating_point():
+                return f"{name} is {str(tensor.dtype).removeprefix('torch.')}, not floating point"
+        return None
+
 
 @dataclass(frozen=True)
 class MoELayerSpec:

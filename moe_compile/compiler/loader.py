@@ -73,7 +73,14 @@ def fingerprint(model_type: str, config_dict: dict, checkpoint: SafetensorsCheck
 
 
 def _load_layer(adapter: MoEAdapter, checkpoint: SafetensorsCheckpoint, index: int) -> ExpertWeights:
-    weights = adapter.read_weights(checkpoint, index)
+    where = f"{checkpoint.folder}: MoE layer {index}"
+    try:
+        weights = adapter.read_weights(checkpoint, index)
+    except RuntimeError as exc:  # torch.cat / copy_ of checkpoint tensors whose shapes do not fit
+        raise InvalidInput(f"{where}: the checkpoint's expert tensors do not fit together ({one_line(exc)})") from None
+    problem = weights.shape_problem(adapter.num_experts(), adapter.config_int("hidden_size"), adapter.intermediate())
+    if problem:
+        raise InvalidInput(f"{where}: {problem}")
     for tensor in weights.tensors():
         checkpoint.meter.track(tensor)
     return weights

@@ -2,7 +2,7 @@
 
     check --out -> load the model -> apply the plan (rewrite) -> wrap with its KV cache
     -> torch.onnx (dynamo), translating each GroupedMoE call for the target
-    -> name each layer's MoE output -> the target's weight pass (onnxruntime: interleave fc1)
+    -> name each layer's MoE output -> the target's weight pass (onnxruntime: reorder experts, interleave fc1)
     -> strip trace metadata -> add moe_compile metadata -> check -> staged save and rename
 """
 
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from moe_compile import interrupts
+from moe_compile.atomic import check_writable
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_causal_lm
@@ -26,14 +28,8 @@ from moe_compile.compiler.rewrite import rewrite_model
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 
 from .complex_views import make_complex_views_exportable
-from .decoder import (
-    CausalLMWithCache,
-    dynamic_shapes,
-    example_inputs,
-    past_names,
-    present_names,
-)
-from .lowering import TARGETS, LoweringReport, moe_output_name, translation
+from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
+from .lowering import TARGETS, LoweringReport, moe_output_name, translation, weight_pass
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OPSET = 18
@@ -59,18 +55,6 @@ def compiled_model(moe_model: MoEModel, plan: str | Path | None, dtype: str = "f
         top_k = load_plan(plan, moe_model) if plan else {spec.index: spec.base_top_k for spec in moe_model.layers}
     model = rewrite_model(load_causal_lm(moe_model), moe_model, top_k)
     return model.to(DTYPES[dtype]).eval(), top_k
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before minutes of export, not after."""
-    if out.is_dir():
-        raise InvalidInput(f"--out {out} is a folder; give a file name such as model.onnx")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}."):
-            pass
-    except OSError as exc:
-        raise InvalidInput(f"cannot write --out {out} ({one_line(exc)})") from None
 
 
 def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
@@ -113,17 +97,13 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         raise InvalidInput(f"target '{target}' is not one of {', '.join(TARGETS)}")
     if dtype not in DTYPES:
         raise InvalidInput(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
-    out = Path(out)
-    _check_writable(out)
+    out = check_writable(out)
     model, top_k = compiled_model(moe_model, plan, dtype, top_k)
     report = LoweringReport(target)
     layers = [spec.index for spec in moe_model.layers]
     onnx_model = _trace(model, DTYPES[dtype], report, layers)
     _name_moe_outputs(onnx_model, layers)
-    if target == "onnxruntime":
-        from .lowering.onnxruntime import interleave_gate_up
-
-        interleave_gate_up(onnx_model)
+    weight_pass(target)(onnx_model)
     _strip_trace_metadata(onnx_model)
     metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
                 "moe_compile.model_sha256": moe_model.fingerprint["sha256"],
@@ -213,6 +193,8 @@ def _save(onnx_model, out: Path) -> None:
                         location=f"{out.name}.data", size_threshold=1024)
         if external:
             onnx.checker.check_model(str(staged), full_check=True)
+        interrupts.raise_if_received()
+        if external:
             (staging / f"{out.name}.data").replace(out.parent / f"{out.name}.data")
         staged.replace(out)
     finally:

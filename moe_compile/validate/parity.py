@@ -18,9 +18,9 @@ import torch
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.errors import InvalidInput, one_line
-from moe_compile.export.decoder import decoder_inputs, empty_past
+from moe_compile.export.decoder import decoder_inputs, empty_past, past_names
 from moe_compile.export.exporter import compiled_model
-from moe_compile.export.lowering import moe_output_name
+from moe_compile.export.lowering import TARGETS, moe_output_name
 
 from .compare import OutputDiff, compare_outputs
 from .generation import greedy_generate
@@ -53,6 +53,8 @@ class ParityReport:
 def onnx_metadata(path: Path) -> dict[str, str]:
     import onnx
 
+    if path.is_dir():
+        raise InvalidInput(f"ONNX file '{path}' is a folder")
     if not path.is_file():
         raise InvalidInput(f"ONNX file '{path}' does not exist")
     try:
@@ -62,7 +64,24 @@ def onnx_metadata(path: Path) -> dict[str, str]:
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     if "moe_compile.model_sha256" not in metadata:
         raise InvalidInput(f"{path} was not exported by moe-compile (no moe_compile metadata)")
+    _check_metadata(metadata, path)
     return metadata
+
+
+def _check_metadata(metadata: dict[str, str], path: Path) -> None:
+    """The moe_compile.* keys the exporter writes, with values it can write."""
+    def malformed(what: str) -> InvalidInput:
+        return InvalidInput(f"{path} has malformed moe_compile metadata ({what})")
+
+    for key, allowed in (("moe_compile.dtype", TOLERANCES), ("moe_compile.target", TARGETS)):
+        if metadata.get(key) not in allowed:
+            raise malformed(f"{key} is {metadata.get(key)!r}, not one of {', '.join(allowed)}")
+    try:
+        top_k = json.loads(metadata.get("moe_compile.top_k", ""))
+    except ValueError:
+        raise malformed("moe_compile.top_k is not JSON") from None
+    if not isinstance(top_k, dict) or not all(key.isdigit() and type(value) is int for key, value in top_k.items()):
+        raise malformed("moe_compile.top_k is not a {layer: k} object")
 
 
 def check_onnx_matches(metadata: dict, moe_model: MoEModel, plan, path: Path) -> dict[int, int]:
@@ -88,6 +107,7 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
     tolerance = TOLERANCES[dtype]
     model, _ = compiled_model(moe_model, None, dtype, top_k)
     reference, candidate = TorchRunner(model), OnnxRuntimeRunner(path)
+    _check_interface(candidate, reference, path)
 
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, model.config.vocab_size, (2, 7), generator=generator)
@@ -115,6 +135,16 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
         report.first_diverging_layer = next(
             (int(d.name.split(".")[1]) for d in report.layer_diffs if not d.passed), None)
     return report
+
+
+def _check_interface(candidate: OnnxRuntimeRunner, reference: TorchRunner, path: Path) -> None:
+    """The file must be a decoder with the exported names (its metadata alone proves nothing)."""
+    inputs = ["input_ids", "attention_mask", "position_ids", *past_names(reference.num_layers)]
+    missing = [name for name in inputs if name not in candidate.input_types]
+    missing += [name for name in reference.output_names if name not in candidate.output_names]
+    if missing:
+        raise InvalidInput(f"{path} is not a decoder exported by moe-compile for this model "
+                           f"(it lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})")
 
 
 def _layer_diffs(moe_model: MoEModel, model: torch.nn.Module, onnx_path: Path, feed: dict,

@@ -40,7 +40,7 @@ def supported_model_types() -> list[str]:
 
 def adapter_class(model_type: object) -> type[MoEAdapter]:
     _discover()
-    if model_type not in _REGISTRY:
+    if not isinstance(model_type, str) or model_type not in _REGISTRY:
         raise InvalidInput(
             f"model_type {model_type!r} is not supported (supported: {', '.join(supported_model_types())})")
     return _REGISTRY[model_type]

@@ -120,10 +120,7 @@ def load_plan(path: str | Path, moe_model: MoEModel) -> dict[int, int]:
         raise InvalidInput(f"{path} is not a moe-compile plan (schema {PLAN_SCHEMA!r} expected, "
                            f"found {doc.get('schema')!r})")
     check_same_model(doc.get("model"), moe_model, str(path))
-    try:
-        top_k = {int(layer["index"]): layer["top_k"] for layer in doc["layers"]}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidInput(f"{path}: malformed layers ({exc.__class__.__name__}: {exc})") from None
+    top_k = _planned_top_k(doc.get("layers"), path)
     expected = [spec.index for spec in moe_model.layers]
     if sorted(top_k) != expected:
         raise InvalidInput(f"{path} lists layers {sorted(top_k)}, but the model's MoE layers are {expected}")
@@ -135,6 +132,22 @@ def load_plan(path: str | Path, moe_model: MoEModel) -> dict[int, int]:
             spec.attributes.with_top_k(k).validate(spec.num_experts)
         except InvalidInput as exc:
             raise InvalidInput(f"{path}: layer {spec.index}: {exc}") from None
+    return top_k
+
+
+def _planned_top_k(layers: object, path: str | Path) -> dict[int, object]:
+    """The plan's `layers` -> {index: top_k as written}; the top_k values are checked later."""
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) and "index" in layer and "top_k" in layer
+                                               for layer in layers):
+        raise InvalidInput(f"{path}: malformed layers (expected a list of {{\"index\": ..., \"top_k\": ...}})")
+    top_k: dict[int, object] = {}
+    for layer in layers:
+        index = layer["index"]
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise InvalidInput(f"{path}: malformed layers (index {index!r} is not a whole number)")
+        if index in top_k:
+            raise InvalidInput(f"{path}: malformed layers (layer {index} is listed twice)")
+        top_k[index] = layer["top_k"]
     return top_k
 
 

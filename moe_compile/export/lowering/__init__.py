@@ -44,6 +44,16 @@ def moe_output_name(layer: int) -> str:
     return f"moe_output.{layer}"
 
 
+def weight_pass(target: str) -> Callable:
+    """What the target does to the GroupedMoE weights once the graph is built (in place on a
+    ModelProto): onnxruntime reorders and interleaves com.microsoft.MoE's experts; others nothing."""
+    if target == "onnxruntime":
+        from .onnxruntime import prepare_ort_moe_weights
+
+        return prepare_ort_moe_weights
+    return lambda onnx_model: None
+
+
 def translation(target: str, report: LoweringReport, layers: list[int]) -> Callable:
     """The custom translation for torch.onnx.export of `moe_compile::grouped_moe` on `target`.
 

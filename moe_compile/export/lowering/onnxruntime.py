@@ -5,7 +5,16 @@ the static top-k, `normalize_routing_weights` renormalises the top-k, and the ac
 SwiGLU: G = clamp(g, max=limit), L = clamp(l, -limit, limit), G * sigmoid(alpha * G) * (L + beta)
 (silu_glu: alpha 1, beta 0, no limit; gpt-oss' swiglu_clamp: its alpha, beta 1, its limit).
 fc1 is [E, 2I, H] with gate and up rows *interleaved* (swiglu_fusion=1, the only layout its
-CPU kernel takes), fc2 is [E, H, I]. `interleave_gate_up` rewrites the weights after export.
+CPU kernel takes), fc2 is [E, H, I].
+
+Its CPU kernel ranks experts with `std::partial_sort(..., std::greater<>())` over (probability,
+index) pairs, so equal probabilities go to the *higher* expert index, where our contract says
+the lower. The lowering therefore hands the node its experts in reverse order (router logits
+reversed by a Gather, weights reversed in the file), which turns its tie rule into ours.
+`prepare_ort_moe_weights` rewrites the weights after export (interleave, reverse).
+
+The kernel also turns a token with NaN probabilities into zeros; the op's rule for non-finite
+inputs (a NaN output row) is restored around the node (`standard.poison_nonfinite_tokens`).
 
 A layer whose routing it cannot express (sigmoid scores, score-correction bias, group-limited
 routing, routed scaling, a GELU gate) is lowered to standard ops instead; the report says why.
@@ -15,14 +24,17 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import onnxscript
+from onnxscript import opset18 as op
 
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
 
-from .standard import grouped_moe_standard
+from .standard import grouped_moe_standard, ints, poison_nonfinite_tokens
 
 MS_DOMAIN = "com.microsoft"
 _FC1_INPUTS = (2, 3)  # fc1_experts_weights, fc1_experts_bias
+_FC2_INPUTS = (4, 5)  # fc2_experts_weights, fc2_experts_bias
 
 
 def unsupported_reason(attrs: GroupedMoEAttributes, score_bias) -> str | None:
@@ -72,14 +84,18 @@ def lower_to_ort_moe(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down
     report.add("com.microsoft.MoE", attrs)
     clamped = attrs.activation == "swiglu_clamp"
     limit = {"swiglu_limit": attrs.swiglu_limit} if clamped else {}
-    return onnxscript.values.Opset(MS_DOMAIN, 1).MoE(
-        hidden, router_logits, w_gate_up, b_gate_up, w_down, b_down,
+    num_experts = w_gate_up.shape[0]
+    reversed_logits = op.Gather(router_logits, ints(*range(num_experts - 1, -1, -1)), axis=1)  # [T, E], E-1 first
+    out = onnxscript.values.Opset(MS_DOMAIN, 1).MoE(
+        hidden, reversed_logits, w_gate_up, b_gate_up, w_down, b_down,
         k=attrs.top_k, activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=int(attrs.normalize_topk),
         activation_alpha=attrs.swiglu_alpha if clamped else 1.0, activation_beta=1.0 if clamped else 0.0, **limit)
+    return poison_nonfinite_tokens(out, hidden, router_logits)
 
 
-def interleave_gate_up(onnx_model) -> None:
-    """[gate rows; up rows] -> g0 u0 g1 u1 ... in every com.microsoft.MoE's fc1 weights and bias."""
+def prepare_ort_moe_weights(onnx_model) -> None:
+    """In every com.microsoft.MoE: experts in reverse order (see the module docstring), and fc1's
+    [gate rows; up rows] -> g0 u0 g1 u1 ... (weights and bias)."""
     from onnx import numpy_helper
 
     initializers = {init.name: init for init in onnx_model.graph.initializer}
@@ -90,14 +106,14 @@ def interleave_gate_up(onnx_model) -> None:
     for node in onnx_model.graph.node:
         if node.domain != MS_DOMAIN or node.op_type != "MoE":
             continue
-        for position in _FC1_INPUTS:
+        for position in _FC1_INPUTS + _FC2_INPUTS:
             name = node.input[position] if position < len(node.input) else ""
             if not name:
                 continue
             if name not in initializers or consumers[name] != 1:
-                raise RuntimeError(f"fc1 input '{name}' of {node.name} is not an initializer of its own")
-            array = numpy_helper.to_array(initializers[name])
-            half = array.shape[1] // 2
-            interleaved = array.copy()
-            interleaved[:, 0::2], interleaved[:, 1::2] = array[:, :half], array[:, half:]
-            initializers[name].CopyFrom(numpy_helper.from_array(interleaved, name))
+                raise RuntimeError(f"expert input '{name}' of {node.name} is not an initializer of its own")
+            array = numpy_helper.to_array(initializers[name])[::-1]  # [E, ...], expert E-1 first
+            if position in _FC1_INPUTS:
+                half = array.shape[1] // 2
+                array = np.stack([array[:, :half], array[:, half:]], axis=2).reshape(array.shape)
+            initializers[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))

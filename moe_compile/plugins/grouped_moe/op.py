@@ -82,10 +82,13 @@ def call_grouped_moe(
     b_down: torch.Tensor | None = None,
     score_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Call the registered op with attributes taken from `attrs` (in the schema's order)."""
+    """Call the registered op with attributes taken from `attrs`."""
     return torch.ops.moe_compile.grouped_moe(
-        hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias,
-        attrs.top_k, attrs.scoring, attrs.normalize_topk, float(attrs.routed_scaling), attrs.activation,
-        float(attrs.swiglu_alpha), float(attrs.swiglu_limit), attrs.n_group, attrs.topk_group,
-        attrs.group_scoring,
-    )
+        hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias, *attribute_args(attrs))
+
+
+def attribute_args(attrs: GroupedMoEAttributes) -> tuple:
+    """The op's attributes as positional arguments, in the schema's order."""
+    return (attrs.top_k, attrs.scoring, attrs.normalize_topk, float(attrs.routed_scaling), attrs.activation,
+            float(attrs.swiglu_alpha), float(attrs.swiglu_limit), attrs.n_group, attrs.topk_group,
+            attrs.group_scoring)

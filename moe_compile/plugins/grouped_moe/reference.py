@@ -12,6 +12,12 @@
 
 Experts are visited in ascending order and each token's contributions are added in that
 order, in fp32, so the result is deterministic.
+
+Non-finite inputs: a token with a NaN or an infinity anywhere in its hidden row or its
+router-logit row gets an all-NaN output row; every other token is computed as usual. IEEE
+arithmetic alone would leave that row to each implementation's softmax, top-k and exp (ONNX
+Runtime's MoE kernel returns zeros for it), so the rule is stated, and every implementation
+applies it. Weights (and the score-correction bias) are assumed finite.
 """
 
 from __future__ import annotations
@@ -148,7 +154,8 @@ def grouped_moe_reference(
         rows = slots // k
         y = expert_forward(hidden[rows], expert, w_gate_up, w_down, b_gate_up, b_down, attrs)
         out.index_add_(0, rows, y.float() * flat_weights[slots, None])
-    return out.to(hidden.dtype)
+    nonfinite = ~(hidden.isfinite().all(dim=-1) & router_logits.isfinite().all(dim=-1))  # [T]
+    return out.masked_fill_(nonfinite[:, None], float("nan")).to(hidden.dtype)
 
 
 def expert_outputs_per_slot(

@@ -1,0 +1,142 @@
+"""Op-level parity: one GroupedMoE case through every implementation, compared with the reference.
+
+An implementation is a small object with a `name`, `skip_reason(case)` (why it cannot run a
+case here, or None) and `run(case)` -> the output as fp32 numpy. `IMPLEMENTATIONS` lists
+those of this machine; a new one (the Triton kernel, the TensorRT plugin) is one more entry,
+and the fuzz tests (tests/validate/test_op_fuzz.py) pick it up.
+
+    OpCase ──► grouped_moe_reference (the definition) ──► expected
+          └──► each implementation ──► got ──► mismatch(expected, got, tolerance of the dtype)
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference
+
+from .tolerances import TOLERANCES, Tolerance
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """The op's inputs (hidden and weights in one dtype; router_logits in that dtype too)."""
+
+    attrs: GroupedMoEAttributes
+    hidden: torch.Tensor  # [T, H]
+    router_logits: torch.Tensor  # [T, E]
+    w_gate_up: torch.Tensor  # [E, 2I, H]
+    w_down: torch.Tensor  # [E, H, I]
+    b_gate_up: torch.Tensor | None = None  # [E, 2I]
+    b_down: torch.Tensor | None = None  # [E, H]
+    score_bias: torch.Tensor | None = None  # [E] fp32
+
+    @property
+    def dtype(self) -> str:
+        return DTYPE_NAMES[self.hidden.dtype]
+
+    def weights(self) -> dict[str, torch.Tensor | None]:
+        return {"w_gate_up": self.w_gate_up, "w_down": self.w_down, "b_gate_up": self.b_gate_up,
+                "b_down": self.b_down, "score_bias": self.score_bias}
+
+    def describe(self) -> str:
+        tokens, hidden = self.hidden.shape
+        experts, inter2, _ = self.w_gate_up.shape
+        return (f"T={tokens} H={hidden} I={inter2 // 2} E={experts} {self.dtype} biases={self.b_gate_up is not None} "
+                f"score_bias={self.score_bias is not None} {self.attrs}")
+
+
+def reference_output(case: OpCase) -> np.ndarray:
+    return grouped_moe_reference(case.hidden, case.router_logits, attrs=case.attrs, **case.weights()).float().numpy()
+
+
+class TorchOp:
+    """`moe_compile::grouped_moe` through torch.library on `device`: whatever kernel is registered."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self.name = f"torch.library ({device})"
+
+    def skip_reason(self, case: OpCase) -> str | None:
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            return "no CUDA GPU"
+        return None
+
+    def run(self, case: OpCase) -> np.ndarray:
+        weights = {name: None if t is None else t.to(self.device) for name, t in case.weights().items()}
+        out = call_grouped_moe(case.hidden.to(self.device), case.router_logits.to(self.device), attrs=case.attrs,
+                               **weights)
+        return out.float().cpu().numpy()
+
+
+class OnnxRuntimeLowering:
+    """The op lowered for an export target (`onnx`: standard ops; `onnxruntime`: com.microsoft.MoE
+    where it can express the layer), as a one-op model (export/op_model.py) run by ONNX Runtime."""
+
+    DTYPES = ("fp32", "fp16")  # ONNX Runtime's CPU kernels have no bf16 MatMul
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.name = f"onnxruntime ({target} lowering)"
+
+    def skip_reason(self, case: OpCase) -> str | None:
+        return None if case.dtype in self.DTYPES else f"{case.dtype}: no ONNX Runtime CPU kernels"
+
+    def run(self, case: OpCase) -> np.ndarray:
+        from moe_compile.export.op_model import grouped_moe_onnx
+
+        model = grouped_moe_onnx(self.target, case.attrs, tuple(case.hidden.shape), case.weights(), case.hidden.dtype)
+        session = _session(model.SerializeToString())
+        (out,) = session.run(None, {"hidden": case.hidden.numpy(), "router_logits": case.router_logits.numpy()})
+        return out.astype(np.float32)
+
+
+def _session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # parity, not speed: keep the CPU for the rest
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+@functools.cache
+def implementations() -> tuple:
+    """Every GroupedMoE implementation this machine can run; add new ones here."""
+    return (TorchOp("cpu"), TorchOp("cuda"), OnnxRuntimeLowering("onnx"), OnnxRuntimeLowering("onnxruntime"))
+
+
+def mismatch(expected: np.ndarray, got: np.ndarray, tolerance: Tolerance) -> str | None:
+    """None when `got` matches: NaN exactly where `expected` is NaN, the same infinities, and
+    finite values within the tolerance; otherwise one line saying where it differs."""
+    if got.shape != expected.shape:
+        return f"shape {got.shape}, expected {expected.shape}"
+    nan_expected, nan_got = np.isnan(expected), np.isnan(got)
+    if (nan_expected != nan_got).any():
+        row = int(np.argwhere(nan_expected != nan_got)[0][0])
+        return f"NaN pattern differs first in token {row}: expected {expected[row, :4]}, got {got[row, :4]}"
+    finite = ~nan_expected
+    close = np.isclose(got[finite], expected[finite], rtol=tolerance.rtol, atol=tolerance.atol)
+    if not close.all():
+        diff = np.abs(got[finite] - expected[finite])
+        return f"max |diff| {diff.max():.3g} at {int(diff.argmax())} (rtol {tolerance.rtol:g}, atol {tolerance.atol:g})"
+    return None
+
+
+def check_case(case: OpCase, candidates=None) -> dict[str, str]:
+    """{implementation name: what differs} for every implementation that disagrees with the reference."""
+    expected = reference_output(case)
+    failures = {}
+    for implementation in candidates if candidates is not None else implementations():
+        if implementation.skip_reason(case):
+            continue
+        problem = mismatch(expected, implementation.run(case), TOLERANCES[case.dtype])
+        if problem:
+            failures[implementation.name] = problem
+    return failures
