@@ -1,8 +1,8 @@
 """Op-level parity: one GroupedMoE case through every implementation, compared with the reference.
 
 An implementation is a small object with a `name`, `skip_reason(case)` (why it cannot run a
-case here, or None) and `run(case)` -> the output as fp32 numpy. `IMPLEMENTATIONS` lists
-those of this machine; a new one (the Triton kernel, the TensorRT plugin) is one more entry,
+case here, or None) and `run(case)` -> the output as fp32 numpy. `implementations()` lists
+those of this machine; a new one (the TensorRT plugin) is one more entry,
 and the fuzz tests (tests/validate/test_op_fuzz.py) pick it up.
 
     OpCase ──► grouped_moe_reference (the definition) ──► expected
@@ -12,6 +12,7 @@ and the fuzz tests (tests/validate/test_op_fuzz.py) pick it up.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,35 @@ class TorchOp:
         return out.float().cpu().numpy()
 
 
+class TritonKernel:
+    """Our Triton kernels (plugins/grouped_moe/launcher.py): on a CUDA GPU, or on the CPU in
+    Triton's interpreter (TRITON_INTERPRET=1, which tests/conftest.py sets where there is no GPU)."""
+
+    name = "triton kernel"
+
+    def __init__(self) -> None:
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def skip_reason(self, case: OpCase) -> str | None:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "triton is not installed"
+        if self.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "no GPU and TRITON_INTERPRET is not 1"
+        if self.device == "cpu" and case.dtype == "bf16":
+            return "Triton 3.6's interpreter multiplies bf16 tl.dot operands as raw bits"
+        return None
+
+    def run(self, case: OpCase) -> np.ndarray:
+        from moe_compile.plugins.grouped_moe.launcher import grouped_moe_triton
+
+        weights = {name: None if t is None else t.to(self.device) for name, t in case.weights().items()}
+        out = grouped_moe_triton(case.hidden.to(self.device), case.router_logits.to(self.device), attrs=case.attrs,
+                                 **weights)
+        return out.float().cpu().numpy()
+
+
 class OnnxRuntimeLowering:
     """The op lowered for an export target (`onnx`: standard ops; `onnxruntime`: com.microsoft.MoE
     where it can express the layer), as a one-op model (export/op_model.py) run by ONNX Runtime."""
@@ -109,7 +139,8 @@ def _session(model_bytes: bytes):
 @functools.cache
 def implementations() -> tuple:
     """Every GroupedMoE implementation this machine can run; add new ones here."""
-    return (TorchOp("cpu"), TorchOp("cuda"), OnnxRuntimeLowering("onnx"), OnnxRuntimeLowering("onnxruntime"))
+    return (TorchOp("cpu"), TorchOp("cuda"), TritonKernel(), OnnxRuntimeLowering("onnx"),
+            OnnxRuntimeLowering("onnxruntime"))
 
 
 def mismatch(expected: np.ndarray, got: np.ndarray, tolerance: Tolerance) -> str | None:

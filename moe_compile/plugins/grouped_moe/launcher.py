@@ -111,7 +111,12 @@ def grouped_moe_triton(
         return out
     hidden = hidden.contiguous()
     b_gate_up, b_down, score_bias = (None if t is None else t.contiguous() for t in (b_gate_up, b_down, score_bias))
+    # The NaN/Inf rule of reference.py: a token with a non-finite hidden or router value gives a
+    # NaN row. Its router row is zeroed first so that routing still picks valid experts (a NaN
+    # compares false everywhere), and the row is overwritten at the end; no host sync.
+    nonfinite = ~(hidden.isfinite().all(dim=-1) & router_logits.isfinite().all(dim=-1))  # [T]
+    router_logits = router_logits.masked_fill(nonfinite[:, None], 0.0)
     buf = allocate(plan, hidden.dtype, hidden.device)
     route_and_align(router_logits.contiguous(), attrs, plan, buf, score_bias)
     experts_and_combine(hidden, w_gate_up, w_down, b_gate_up, b_down, attrs, plan, buf, out)
-    return out
+    return out.masked_fill_(nonfinite[:, None], float("nan"))
