@@ -174,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True)
     p.add_argument("--name", required=True)
 
-    p = command("eval", "held-out perplexity, optionally under a plan", _not_built("evaluation", 9))
+    p = command("eval", "held-out perplexity, optionally under a plan", _run("eval:run_eval"))
     _model_arg(p)
-    p.add_argument("--plan")
+    p.add_argument("--plan", help="a plan.json: score the model at its per-layer top-k")
+    p.add_argument("--text", help="UTF-8 text to score (default: the model folder's heldout.txt, else the demo's)")
     p.add_argument("--json", action="store_true")
     return parser
 

@@ -7,11 +7,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tiny_models
 
 
-def pytest_configure(config):
-    # The built-in demo is written to the cache folder: keep the tests' copy out of ~/.cache.
-    os.environ.setdefault("MOE_COMPILE_CACHE", str(Path(config.rootpath) / ".pytest_cache" / "moe-compile"))
-
-
 def _has_cuda() -> bool:
     import torch
 
