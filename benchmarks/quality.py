@@ -41,16 +41,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_corpus import Corpus, load_corpus  # noqa: E402
+from demo_corpus import Corpus, load_corpus
 
-from moe_compile.atomic import atomic_path, write_text_atomic  # noqa: E402
-from moe_compile.compiler.lexi.cost import ActiveExperts  # noqa: E402
-from moe_compile.compiler.lexi.plan import Budget, make_plan  # noqa: E402
-from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model  # noqa: E402
-from moe_compile.compiler.loader import load_causal_lm, load_moe_model  # noqa: E402
-from moe_compile.compiler.rewrite import StaticTopKMoE, rewrite_model  # noqa: E402
-from moe_compile.jsonio import read_json_object  # noqa: E402
-from moe_compile.validate.perplexity import eval_windows, load_tokenizer, perplexity, windows  # noqa: E402
+from moe_compile.atomic import atomic_path, write_text_atomic
+from moe_compile.compiler.lexi.cost import ActiveExperts
+from moe_compile.compiler.lexi.plan import Budget, make_plan
+from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
+from moe_compile.compiler.loader import load_causal_lm, load_moe_model
+from moe_compile.compiler.rewrite import StaticTopKMoE, rewrite_model
+from moe_compile.jsonio import read_json_object
+from moe_compile.validate.perplexity import (
+    eval_windows,
+    load_tokenizer,
+    perplexity,
+    windows,
+)
 
 BUDGETS = (0.5, 0.625, 0.75, 0.875)
 RANDOM_PLANS = 3

@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_corpus import Corpus, load_corpus  # noqa: E402
+from demo_corpus import Corpus, load_corpus
 
-from moe_compile.atomic import atomic_path, write_text_atomic  # noqa: E402
+from moe_compile.atomic import atomic_path, write_text_atomic
 
 END_OF_TEXT = "<|endoftext|>"
 

@@ -43,7 +43,7 @@ def load_tokenizer(folder: Path):
         raise InvalidInput(f"{folder} has no tokenizer.json: eval needs the model's tokenizer to score text")
     try:
         return Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises its own Exception type for a bad file
+    except Exception as exc:  # noqa: BLE001 (tokenizers raises a bare Exception for a bad file)
         raise InvalidInput(f"{path}: cannot read the tokenizer ({one_line(exc)})") from None
 
 

@@ -9,10 +9,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from demo_corpus import Corpus  # noqa: E402
-from train_demo import build_and_train, parse_args  # noqa: E402
+from demo_corpus import Corpus
+from train_demo import build_and_train, parse_args
 
-from moe_compile.cli import main  # noqa: E402
+from moe_compile.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,13 @@
 """Loading: single and sharded safetensors, the demo, and layer-at-a-time weight streaming."""
 
-import json
 
 import pytest
 import torch
+from tiny_models import save_tiny_model
 
 from moe_compile.compiler.checkpoint import ReadMeter
 from moe_compile.compiler.demo import DEMO_FOLDER, demo_config, training_record
 from moe_compile.compiler.loader import load_moe_model
-from tiny_models import save_tiny_model
 
 
 @pytest.fixture(scope="module")
