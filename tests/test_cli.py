@@ -41,7 +41,11 @@ def test_inspect_demo_table(capsys):
     assert code == 0
     assert "qwen2_moe: 8 MoE layers of 8" in out
     rows = [line for line in out.splitlines() if "MiB" in line]
-    assert len(rows) == 8 and "1.7 MiB" in rows[0]
+    config = demo_config()
+    hidden, inter, shared, experts = (config[k] for k in (
+        "hidden_size", "moe_intermediate_size", "shared_expert_intermediate_size", "num_experts"))
+    layer_bytes = 4 * (experts * hidden + experts * 3 * hidden * inter + 3 * hidden * shared + hidden)
+    assert len(rows) == 8 and f"{layer_bytes / 2**20:.1f} MiB" in rows[0]
 
 
 @pytest.mark.parametrize("model_type", supported_model_types())

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.console import Console
-
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_causal_lm, load_moe_model
 from moe_compile.compiler.rewrite import rewrite_model
@@ -35,7 +33,6 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
     else:
-        Console().print(f"held-out perplexity {result.perplexity:.4f} (loss {result.loss:.4f} nats over "
-                        f"{result.tokens} tokens, vocab {result.vocab_size})"
-                        + (f" under {args.plan}" if args.plan else ""))
+        print(f"held-out perplexity {result.perplexity:.4f} (loss {result.loss:.4f} nats over "
+              f"{result.tokens} tokens, vocab {result.vocab_size})" + (f" under {args.plan}" if args.plan else ""))
     return 0
