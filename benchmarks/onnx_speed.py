@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from moe_compile.compiler.demo import seeded_init
 from moe_compile.compiler.lexi.cost import ActiveExperts
 from moe_compile.compiler.lexi.plan import Budget, make_plan
 from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
@@ -40,6 +39,21 @@ CONFIG = {"vocab_size": 2048, "hidden_size": 512, "intermediate_size": 1024, "mo
 # Decode: batch 1 after a 16-token prompt, 64 steps. Prefill: one 512-token prompt.
 DECODE, PREFILL = Workload(1, 16, 64), Workload(1, 512, 1)
 RESULTS = Path(__file__).parent / "results"
+
+
+def seeded_init(model: torch.nn.Module, seed: int) -> None:
+    """Fill every parameter from one generator: norms 1, biases small, weights ~ N(0, 1/fan_in)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif param.dim() == 1:
+                param.normal_(0.0, 0.02, generator=generator)
+            elif "embed_tokens" in name:
+                param.normal_(0.0, 1.0, generator=generator)
+            else:
+                param.normal_(0.0, param.shape[-1] ** -0.5, generator=generator)
 
 
 def write_model(folder: Path) -> None:

@@ -208,9 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-timeout", type=_positive_float, default=120.0, help="seconds to wait for ready")
     p.add_argument("--json", action="store_true", help="print the addresses as one JSON line")
 
-    p = command("eval", "held-out perplexity, optionally under a plan", _not_built("evaluation", 9))
+    p = command("eval", "held-out perplexity, optionally under a plan", _run("eval:run_eval"))
     _model_arg(p)
-    p.add_argument("--plan")
+    p.add_argument("--plan", help="a plan.json: score the model at its per-layer top-k")
+    p.add_argument("--text", help="UTF-8 text to score (default: the model folder's heldout.txt, else the demo's)")
     p.add_argument("--json", action="store_true")
     return parser
 

@@ -8,8 +8,6 @@ sys.path.insert(0, str(Path(__file__).parent))  # tiny_models
 
 
 def pytest_configure(config):
-    # The built-in demo is written to the cache folder: keep the tests' copy out of ~/.cache.
-    os.environ.setdefault("MOE_COMPILE_CACHE", str(Path(config.rootpath) / ".pytest_cache" / "moe-compile"))
     # Without a GPU the grouped-MoE Triton kernels run in Triton's CPU interpreter; triton reads
     # the switch when a kernel module is imported, so it is set before any test module loads.
     if not _has_cuda():

@@ -8,7 +8,7 @@ import pytest
 
 from moe_compile.cli import main
 from moe_compile.compiler.adapters import supported_model_types
-from moe_compile.compiler.demo import DEMO_CONFIG
+from moe_compile.compiler.demo import DEMO_FOLDER, demo_config
 from tiny_models import TINY_CONFIGS, tiny_config
 
 
@@ -24,12 +24,13 @@ def test_inspect_demo_json(capsys):
     summary = json.loads(out)
     assert summary["model_type"] == "qwen2_moe"
     layers = summary["layers"]
-    assert [layer["index"] for layer in layers] == list(range(DEMO_CONFIG["num_hidden_layers"]))
-    hidden, inter, shared, experts = (DEMO_CONFIG[k] for k in (
+    config = demo_config()
+    assert [layer["index"] for layer in layers] == list(range(config["num_hidden_layers"]))
+    hidden, inter, shared, experts = (config[k] for k in (
         "hidden_size", "moe_intermediate_size", "shared_expert_intermediate_size", "num_experts"))
     for layer in layers:
         assert (layer["experts"], layer["top_k"], layer["hidden"], layer["intermediate"],
-                layer["shared_intermediate"]) == (experts, DEMO_CONFIG["num_experts_per_tok"], hidden, inter, shared)
+                layer["shared_intermediate"]) == (experts, config["num_experts_per_tok"], hidden, inter, shared)
         # router + routed experts (gate, up, down) + shared expert (gate, up, down) + its gate, fp32
         assert layer["parameter_bytes"] == 4 * (experts * hidden + experts * 3 * hidden * inter
                                                 + 3 * hidden * shared + hidden)
@@ -40,7 +41,11 @@ def test_inspect_demo_table(capsys):
     assert code == 0
     assert "qwen2_moe: 8 MoE layers of 8" in out
     rows = [line for line in out.splitlines() if "MiB" in line]
-    assert len(rows) == 8 and "1.7 MiB" in rows[0]
+    config = demo_config()
+    hidden, inter, shared, experts = (config[k] for k in (
+        "hidden_size", "moe_intermediate_size", "shared_expert_intermediate_size", "num_experts"))
+    layer_bytes = 4 * (experts * hidden + experts * 3 * hidden * inter + 3 * hidden * shared + hidden)
+    assert len(rows) == 8 and f"{layer_bytes / 2**20:.1f} MiB" in rows[0]
 
 
 @pytest.mark.parametrize("model_type", supported_model_types())
@@ -57,7 +62,7 @@ def test_inspect_every_tiny_model(model_type, tiny_model_dirs, capsys):
         assert layer["parameter_bytes"] > 4 * 8 * 3 * 32 * 16  # at least the routed experts in fp32
 
 
-@pytest.mark.parametrize("command", ["eval", "bench --engine e.plan", "build model.onnx", "compile demo", "validate --engine e.plan"])
+@pytest.mark.parametrize("command", ["bench --engine e.plan", "build model.onnx", "compile demo", "validate --engine e.plan"])
 def test_commands_of_later_issues_say_so_in_one_line(command, capsys, tmp_path):
     argv = command.split()
     if command.split()[0] in ("build", "compile"):
@@ -86,3 +91,37 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("moe-compile ")
+
+
+@pytest.fixture(scope="module")
+def short_text(tmp_path_factory):
+    """The first part of the demo's held-out text: enough windows to compare, fast to score."""
+    path = tmp_path_factory.mktemp("text") / "short.txt"
+    path.write_text((DEMO_FOLDER / "heldout.txt").read_text(encoding="utf-8")[:12000], encoding="utf-8")
+    return path
+
+
+def test_eval_json(capsys, short_text):
+    code, out, err = run(capsys, "eval", "--text", str(short_text), "--json")
+    assert code == 0 and err == ""
+    result = json.loads(out)
+    assert result["vocab_size"] == demo_config()["vocab_size"] and 1 < result["perplexity"] < result["vocab_size"]
+
+
+def test_eval_under_a_plan_scores_the_rewritten_model(capsys, short_text, tmp_path):
+    plan = tmp_path / "plan.json"
+    assert main(["plan", "--sum-k", "12", "--batch", "1", "--seq-len", "8", "--draws", "1", "--out", str(plan)]) == 0
+    capsys.readouterr()
+    base = json.loads(run(capsys, "eval", "--text", str(short_text), "--json")[1])["perplexity"]
+    code, out, err = run(capsys, "eval", "demo", "--plan", str(plan), "--text", str(short_text))
+    assert code == 0 and err == "" and f"under {plan}" in out
+    planned = json.loads(run(capsys, "eval", "--plan", str(plan), "--text", str(short_text), "--json")[1])
+    assert planned["perplexity"] > base  # 12 of 32 active experts cost quality
+
+
+@pytest.mark.parametrize("plan_text, message", [("{}", "is not a moe-compile plan"), ("[", "is not valid JSON")])
+def test_eval_refuses_a_bad_plan_in_one_line(plan_text, message, capsys, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(plan_text)
+    code, out, err = run(capsys, "eval", "--plan", str(plan), "--json")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err

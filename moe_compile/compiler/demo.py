@@ -1,76 +1,30 @@
-"""The built-in `demo` model: a small Qwen2-MoE-style model whose weights come from a fixed seed.
+"""The built-in `demo` model: a small Qwen2-MoE language model trained on real text.
 
-It is written once, as an ordinary Hugging Face folder (config.json + model.safetensors), into
-the cache folder ($MOE_COMPILE_CACHE, default ~/.cache/moe-compile), so that the demo goes
-through exactly the same loading path as a user's model.
+benchmarks/train_demo.py trains it (on the docs of a pinned PyPI sdist; see
+benchmarks/demo_corpus.py) and writes demo_model/ beside this module: config.json,
+model.safetensors, tokenizer.json, heldout.txt (the held-out text `moe-compile eval` scores)
+and training.json (data provenance, steps, wall time, loss history, held-out perplexity).
+It is an ordinary Hugging Face folder, read in place from the installed package, so the
+demo goes through exactly the same loading path as a user's model.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 
-import torch
+from moe_compile.jsonio import read_json_object
 
-from moe_compile import __version__
-from moe_compile.atomic import atomic_path
-
-DEMO_SEED = 2509_02753
-DEMO_CONFIG = {
-    "model_type": "qwen2_moe",
-    "vocab_size": 512,
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "moe_intermediate_size": 64,
-    "shared_expert_intermediate_size": 128,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_experts": 16,
-    "num_experts_per_tok": 4,
-    "norm_topk_prob": False,
-    "decoder_sparse_step": 1,
-    "mlp_only_layers": [],
-    "max_position_embeddings": 1024,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MOE_COMPILE_CACHE") or Path.home() / ".cache" / "moe-compile")
+DEMO_FOLDER = Path(__file__).with_name("demo_model")
 
 
 def demo_model_folder() -> Path:
-    key = hashlib.sha256(json.dumps([DEMO_CONFIG, DEMO_SEED, __version__], sort_keys=True).encode()).hexdigest()
-    folder = cache_root() / f"demo-{key[:12]}"
-    if not (folder / "config.json").is_file():
-        _write_demo(folder)
-    return folder
+    return DEMO_FOLDER
 
 
-def seeded_init(model: torch.nn.Module, seed: int) -> None:
-    """Fill every parameter from one generator: norms 1, biases small, weights ~ N(0, 1/fan_in)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            if name.endswith("norm.weight"):
-                param.fill_(1.0)
-            elif param.dim() == 1:
-                param.normal_(0.0, 0.02, generator=generator)
-            elif "embed_tokens" in name:
-                param.normal_(0.0, 1.0, generator=generator)
-            else:
-                param.normal_(0.0, param.shape[-1] ** -0.5, generator=generator)
+def demo_config() -> dict:
+    return read_json_object(DEMO_FOLDER / "config.json", "config")
 
 
-def _write_demo(folder: Path) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    fields = {key: value for key, value in DEMO_CONFIG.items() if key != "model_type"}
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(DEMO_CONFIG["model_type"], **fields))
-    seeded_init(model, DEMO_SEED)
-    with atomic_path(folder, directory=True) as tmp:
-        model.save_pretrained(tmp)
+def training_record() -> dict:
+    """What benchmarks/train_demo.py recorded: data provenance, steps, wall time, held-out perplexity."""
+    return read_json_object(DEMO_FOLDER / "training.json", "training record")
