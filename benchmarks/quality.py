@@ -109,12 +109,13 @@ def prune_block(block: nn.Module, kept: list[int]) -> None:
 class Study:
     """The demo, its held-out windows, and ways to score it under a per-layer k or a pruning."""
 
-    def __init__(self, corpus: Corpus, model: str, held_out_windows: int) -> None:
+    def __init__(self, corpus: Corpus, model: str, held_out_windows: int | None) -> None:
         self.moe_model = load_moe_model(model)
         self.base = [spec.base_top_k for spec in self.moe_model.layers]
         self.vocab_size = int(self.moe_model.config.vocab_size)
         every = eval_windows(self.moe_model.path)
-        self.held_out = every[:: max(1, every.shape[0] // held_out_windows)][:held_out_windows]
+        count = held_out_windows or every.shape[0]
+        self.held_out = every[:: max(1, every.shape[0] // count)][:count]
         self.cost_windows = self.held_out[:COST_WINDOWS]
         tokenizer = load_tokenizer(self.moe_model.path)
         self.calibration = windows(tokenizer.encode(Corpus.joined(corpus.calibration)).ids)
@@ -281,7 +282,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "moe-compile" / "corpus")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--windows", type=int, default=40, help="held-out windows scored, evenly spaced")
+    parser.add_argument("--windows", type=int, default=None,
+                        help="score only this many evenly spaced held-out windows (default: all of them)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
