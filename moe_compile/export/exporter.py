@@ -117,13 +117,16 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
 @contextlib.contextmanager
 def _quiet_exporter():
     """torch.onnx warns about things that do not concern our graphs (torchvision ops, axis
-    renames, deprecated pytree specs): keep them off the user's terminal."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    renames, deprecated pytree specs), and torch logs its own tracebacks when tracing fails (an
+    interrupt inside fake-tensor dispatch, for one): keep them all off the user's terminal, where
+    a failed export is our one line."""
+    names = ("torch", "torch.onnx", "torch.export", "torch._export", "torch._subclasses", "onnxscript")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for logger in loggers:
-            logger.setLevel(logging.ERROR)
+            logger.setLevel(logging.CRITICAL)
         try:
             yield
         finally:
