@@ -70,10 +70,7 @@ class TorchOp:
         return None
 
     def run(self, case: OpCase) -> np.ndarray:
-        weights = {name: None if t is None else t.to(self.device) for name, t in case.weights().items()}
-        out = call_grouped_moe(case.hidden.to(self.device), case.router_logits.to(self.device), attrs=case.attrs,
-                               **weights)
-        return out.float().cpu().numpy()
+        return _run_on(self.device, call_grouped_moe, case)
 
 
 class TritonKernel:
@@ -99,10 +96,14 @@ class TritonKernel:
     def run(self, case: OpCase) -> np.ndarray:
         from moe_compile.plugins.grouped_moe.launcher import grouped_moe_triton
 
-        weights = {name: None if t is None else t.to(self.device) for name, t in case.weights().items()}
-        out = grouped_moe_triton(case.hidden.to(self.device), case.router_logits.to(self.device), attrs=case.attrs,
-                                 **weights)
-        return out.float().cpu().numpy()
+        return _run_on(self.device, grouped_moe_triton, case)
+
+
+def _run_on(device: str, function, case: OpCase) -> np.ndarray:
+    """`function(hidden, router_logits, attrs=..., **weights)` with the case on `device`, as fp32 numpy."""
+    weights = {name: None if t is None else t.to(device) for name, t in case.weights().items()}
+    out = function(case.hidden.to(device), case.router_logits.to(device), attrs=case.attrs, **weights)
+    return out.float().cpu().numpy()
 
 
 class OnnxRuntimeLowering:
