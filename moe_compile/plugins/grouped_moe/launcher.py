@@ -12,7 +12,14 @@ import torch
 from . import kernels
 from .attributes import ACTIVATIONS, GroupedMoEAttributes
 from .configs import KernelConfig, lookup_config
-from .launch_plan import COMBINE_BLOCK_H, SCAN_BLOCKS, SCAN_CHUNKS, LaunchPlan, next_power_of_2
+from .launch_plan import (
+    COMBINE_BLOCK_H,
+    SCAN_BLOCKS,
+    SCAN_CHUNKS,
+    LaunchPlan,
+    next_power_of_2,
+)
+from .reference import nonfinite_tokens
 
 _DTYPES = {"int32": torch.int32, "float32": torch.float32}
 
@@ -114,7 +121,7 @@ def grouped_moe_triton(
     # The NaN/Inf rule of reference.py: a token with a non-finite hidden or router value gives a
     # NaN row. Its router row is zeroed first so that routing still picks valid experts (a NaN
     # compares false everywhere), and the row is overwritten at the end; no host sync.
-    nonfinite = ~(hidden.isfinite().all(dim=-1) & router_logits.isfinite().all(dim=-1))  # [T]
+    nonfinite = nonfinite_tokens(hidden, router_logits)  # [T]
     router_logits = router_logits.masked_fill(nonfinite[:, None], 0.0)
     buf = allocate(plan, hidden.dtype, hidden.device)
     route_and_align(router_logits.contiguous(), attrs, plan, buf, score_bias)

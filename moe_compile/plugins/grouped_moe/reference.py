@@ -154,8 +154,12 @@ def grouped_moe_reference(
         rows = slots // k
         y = expert_forward(hidden[rows], expert, w_gate_up, w_down, b_gate_up, b_down, attrs)
         out.index_add_(0, rows, y.float() * flat_weights[slots, None])
-    nonfinite = ~(hidden.isfinite().all(dim=-1) & router_logits.isfinite().all(dim=-1))  # [T]
-    return out.masked_fill_(nonfinite[:, None], float("nan")).to(hidden.dtype)
+    return out.masked_fill_(nonfinite_tokens(hidden, router_logits)[:, None], float("nan")).to(hidden.dtype)
+
+
+def nonfinite_tokens(hidden: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
+    """[T] bool: the tokens the NaN/Inf rule poisons (a NaN or an infinity in the hidden or router row)."""
+    return ~(hidden.isfinite().all(dim=-1) & router_logits.isfinite().all(dim=-1))
 
 
 def expert_outputs_per_slot(
