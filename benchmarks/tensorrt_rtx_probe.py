@@ -1,7 +1,7 @@
 """Can TensorRT-RTX be moe-compile's second TensorRT flavour (issue #7, item 4b)? Probes what its
 PyPI wheels do on this machine (no GPU needed) and prints one JSON document.
 
-    pip install tensorrt-rtx-cu13        # the bindings + libs wheels (tensorrt-rtx-cu12 for CUDA 12)
+    pip install tensorrt-rtx-cu13        # beside moe-compile; bindings + libs wheels (-cu12: CUDA 12)
     python benchmarks/tensorrt_rtx_probe.py [--onnx DECODER.onnx]
 
 Probes (docs/tensorrt-rtx.md reads their results):
@@ -163,15 +163,17 @@ def _engine_contents(data: bytes, field_names) -> dict:
 
 def build(spec: dict) -> None:
     """Parse spec["model"], build it for spec["target"] (and write it to spec["engine_out"], if
-    given); with spec["fields"], register our creator first. Prints the result as one JSON line while TensorRT's objects are still alive: after a
-    failed build with a Python plugin, the process aborts when they are freed."""
+    given); with spec["fields"], register our creator first. Prints the result as one JSON line
+    while TensorRT's objects are still alive: after a failed build with a Python plugin, the
+    process aborts when they are freed."""
     import tensorrt_rtx as trt
 
     logger = _collecting_logger(trt)
     received, calls = {}, collections.Counter()
     result = {}
     if spec.get("fields") is not None:
-        _, result["creator_registered"] = _register_grouped_moe_creator(trt, spec["fields"], received, calls)
+        # The creator stays referenced by this frame for the whole build.
+        _creator, result["creator_registered"] = _register_grouped_moe_creator(trt, spec["fields"], received, calls)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
