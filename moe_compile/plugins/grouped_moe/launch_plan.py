@@ -19,6 +19,7 @@ MAX_ROUTE_TOKENS = 16
 SCAN_CHUNKS = 64  # chunk rows the scan kernel reads a round
 SCAN_BLOCKS = 64  # row blocks the scan kernel assigns an expert a round
 COMBINE_BLOCK_H = 1024
+ROUTE_BLOCK_HC = 128  # hidden columns the route kernel checks for NaN/Inf a round
 
 
 def cdiv(a: int, b: int) -> int:
@@ -38,6 +39,9 @@ class LaunchPlan:
     top_k: int
     n_group: int
     config: KernelConfig
+    # One chunk of tokens: route aligns alone (four launches). Off for the TensorRT engine,
+    # whose token count is only known at run time, so its launches are always the six.
+    decode_shortcut: bool = True
 
     @property
     def block_e(self) -> int:
@@ -67,7 +71,7 @@ class LaunchPlan:
     @property
     def single_chunk(self) -> bool:
         """One route program aligns everything itself: the scan and scatter kernels are not launched."""
-        return self.chunks == 1
+        return self.decode_shortcut and self.chunks == 1
 
     @property
     def max_padded(self) -> int:
@@ -97,6 +101,7 @@ class LaunchPlan:
             "slot_rank": ((self.slots,), "int32"),
             "chunk_counts": ((self.chunks, self.experts), "int32"),
             "chunk_offsets": ((self.chunks, self.experts), "int32"),
+            "nonfinite": ((self.tokens,), "int32"),
             "expert_counts": ((self.experts,), "int32"),
             "expert_start": ((self.experts,), "int32"),
             "block_expert": ((self.max_blocks,), "int32"),
