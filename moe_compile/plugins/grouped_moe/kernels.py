@@ -190,10 +190,12 @@ def _route_kernel(logits_ptr, hidden_ptr, score_bias_ptr,
 
 
 @triton.jit
-def _scan_kernel(chunk_counts_ptr,
+def _scan_kernel(chunk_counts_ptr, topk_ids_ptr,
                  num_chunks, num_experts, max_blocks,
                  chunk_offsets_ptr, expert_counts_ptr, expert_start_ptr, block_expert_ptr,
                  BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+    """topk_ids_ptr is not read: its length, the slot count, is how the TensorRT plugin sizes
+    block_expert (a plugin's output shapes are functions of its input shapes only)."""
     experts = tl.arange(0, BLOCK_E)
     expert_ok = experts < num_experts
     carry = tl.zeros((BLOCK_E,), tl.int32)

@@ -44,7 +44,8 @@ def route_and_align(hidden: torch.Tensor, router_logits: torch.Tensor, attrs: Gr
     if plan.single_chunk:
         return
     kernels._scan_kernel[grids["scan"]](
-        buf["chunk_counts"], plan.chunks, plan.experts, plan.max_blocks, buf["chunk_offsets"], *placement,
+        buf["chunk_counts"], buf["topk_ids"], plan.chunks, plan.experts, plan.max_blocks, buf["chunk_offsets"],
+        *placement,
         **constexprs["scan"])
     kernels._scatter_kernel[grids["scatter"]](
         buf["topk_ids"], buf["slot_rank"], buf["chunk_offsets"], buf["expert_start"], plan.slots, plan.experts,
