@@ -20,7 +20,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .stages import StageLaunch
+from moe_compile.plugins.grouped_moe.configs import KernelConfig
+from moe_compile.plugins.grouped_moe.launch_plan import SizeOps
+
+from .stages import GEMM_STAGES, Stage, StageLaunch, StageLayer
 
 ACT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # name -> Triton's
 _FIXED_DTYPES = {"int32": "i32", "float32": "fp32"}
@@ -102,3 +105,35 @@ def compile_stage(launch: StageLaunch, act_dtype: str, arch: int = 90) -> StageK
                        block=meta.num_warps * 32, shared_mem=meta.shared,
                        extra_args=tuple(launch.ints[name] for name in params if name in launch.ints), params=params,
                        scratch_bytes=meta.global_scratch_size + getattr(meta, "profile_scratch_size", 0))
+
+
+def gemm_tactics(layer: StageLayer, device_name: str | None) -> list[KernelConfig]:
+    """The GEMM kernel configs tactic 1, 2, ... stand for (StageLayer.gemm_configs, with the
+    device's tuned table if it has one)."""
+    from moe_compile.plugins.grouped_moe.configs import tuned_table
+
+    return layer.gemm_configs(tuned_table(layer.experts, layer.inter, device_name) if device_name else None)
+
+
+def stage_kernel(stage: Stage, layer: StageLayer, tokens, act_dtype: str, tactic: int, ops: SizeOps, arch: int,
+                 device_name: str | None) -> StageKernel:
+    """The plugins' aot_impl: the stage's kernel for activations `act_dtype` and `tactic`, with T
+    the symbolic `tokens` (combined by `ops`), compiled for sm_<arch>."""
+    config = None
+    if stage.launch in GEMM_STAGES:
+        config = gemm_tactics(layer, device_name)[max(tactic, 1) - 1]  # tactic 0, TensorRT's default: the first
+    launch = layer.launch(stage, tokens, fp32=act_dtype == "float32", config=config, ops=ops)
+    return compile_stage(launch, act_dtype, arch)
+
+
+def device_name() -> str | None:
+    """The current CUDA device's name (the tuned tables are per device), None without one."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def current_arch() -> int:
+    from triton.runtime import driver
+
+    return driver.active.get_current_target().arch
