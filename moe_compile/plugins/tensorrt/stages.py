@@ -76,11 +76,11 @@ def _layer_attribute_types() -> dict[str, type]:
     stores them), then the layer's shape and the expansion's choices."""
     hints = {"int": int, "bool": int, "float": float, "str": str}
     op = {f.name: hints[f.type] for f in dataclasses.fields(GroupedMoEAttributes)}
-    return {**op, "experts": int, "hidden": int, "inter": int, "block_m": int,
+    return {**op, "num_experts": int, "hidden_size": int, "inter_size": int, "block_m": int,
             "has_score_bias": int, "has_gate_up_bias": int, "has_down_bias": int}
 
 
-# Every stage node carries all of these, in this order: TensorRT's ONNX parser hands the plugin
+# Every stage node carries all of these (named apart from the stages' tensors), in this order: TensorRT's ONNX parser hands the plugin
 # its fields in the order the plugin registered them, and the AOT implementation receives them
 # positionally in that order.
 ATTRIBUTE_TYPES = _layer_attribute_types()
@@ -101,7 +101,8 @@ class StageLayer:
     has_down_bias: bool = False
 
     def node_attributes(self) -> dict[str, int | float | str]:
-        values = {**self.attrs.as_dict(), "experts": self.experts, "hidden": self.hidden, "inter": self.inter,
+        values = {**self.attrs.as_dict(), "num_experts": self.experts, "hidden_size": self.hidden,
+                  "inter_size": self.inter,
                   "block_m": self.block_m, "has_score_bias": self.has_score_bias,
                   "has_gate_up_bias": self.has_gate_up_bias, "has_down_bias": self.has_down_bias}
         return {name: kind(values[name]) for name, kind in ATTRIBUTE_TYPES.items()}
@@ -115,7 +116,8 @@ class StageLayer:
         kinds = {f.name: f.type for f in dataclasses.fields(GroupedMoEAttributes)}
         attrs = GroupedMoEAttributes(**{name: bool(values[name]) if kinds[name] == "bool" else values[name]
                                         for name in op_fields})
-        return cls(attrs, int(values["experts"]), int(values["hidden"]), int(values["inter"]), int(values["block_m"]),
+        return cls(attrs, int(values["num_experts"]), int(values["hidden_size"]), int(values["inter_size"]),
+                   int(values["block_m"]),
                    bool(values["has_score_bias"]), bool(values["has_gate_up_bias"]), bool(values["has_down_bias"]))
 
     def config(self, gemm: KernelConfig | None = None) -> KernelConfig:
