@@ -62,7 +62,7 @@ class AutoTuneCombination:
 def _no_two_ints(fn):
     def op(a, b):
         if isinstance(a, int) and isinstance(b, int):
-            raise ValueError("Both arguments cannot be 'int's")
+            raise ValueError("Both arguments cannot be 'int's")  # noqa: TRY004 (as TensorRT)
         return fn(a, b)
     return op
 

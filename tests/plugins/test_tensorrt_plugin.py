@@ -116,7 +116,7 @@ def aot_artefacts(tmp_path_factory):
 
 
 def _entry_parameters(ptx: str, name: str) -> int:
-    entry = re.search(rf"\.visible \.entry {re.escape(name)}\((.*?)\)", ptx, re.S)
+    entry = re.search(rf"\.visible \.entry {re.escape(name)}\((.*?)\)", ptx, re.DOTALL)
     assert entry, f"no .visible .entry {name}"
     return entry.group(1).count(".param")
 
@@ -128,7 +128,7 @@ def test_aot_impl_hands_tensorrt_sm90_ptx_and_the_plans_launch(aot_artefacts):
     for stage in STAGES:
         got = result[stage.plugin]
         ptx = (out / f"{stage.plugin}.ptx").read_text()
-        assert re.search(r"^\.target sm_90a?$", ptx, re.M) and got["name"] == stage.kernel
+        assert re.search(r"^\.target sm_90a?$", ptx, re.MULTILINE) and got["name"] == stage.kernel
         config = gemm_config if stage.launch in GEMM_STAGES else None
         symbolic = LAYER.launch(stage, Sym.tokens(), fp32=False, ops=SYM_OPS, config=config)
         passed_ints = [n for n, v in symbolic.ints.items() if not (isinstance(v, int) and v == 1)]  # 1: constexpr
