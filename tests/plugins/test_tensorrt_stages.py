@@ -33,7 +33,8 @@ def make_inputs(tokens, experts, hidden=40, inter=24, dtype=torch.float32, bias=
          "w_gate_up": torch.randn(experts, 2 * inter, hidden, generator=g) / hidden ** 0.5,
          "w_down": torch.randn(experts, hidden, inter, generator=g) / inter ** 0.5}
     if bias:
-        x.update(b_gate_up=torch.randn(experts, 2 * inter, generator=g), b_down=torch.randn(experts, hidden, generator=g))
+        x.update(b_gate_up=torch.randn(experts, 2 * inter, generator=g),
+                 b_down=torch.randn(experts, hidden, generator=g))
     if score_bias:
         x["score_bias"] = torch.randn(experts, generator=g) * 0.3
     return {name: t.to(dtype) for name, t in x.items()}

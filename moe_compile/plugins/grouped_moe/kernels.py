@@ -275,8 +275,8 @@ def _gate_up_kernel(hidden_ptr, w_ptr, bias_ptr, sorted_ids_ptr, block_expert_pt
                     expert_start_ptr,
                     top_k, num_experts, max_blocks, stride_we, stride_wn, stride_wk, stride_be,
                     inter_ptr,
-                    SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr, HIDDEN: tl.constexpr, INTER: tl.constexpr, ACTIVATION: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                    SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr, HIDDEN: tl.constexpr, INTER: tl.constexpr,
+                    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     block, column = _tile(max_blocks, INTER, BLOCK_N, GROUP_M)
     expert, real_expert, slots, row_ok = _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,

@@ -30,9 +30,11 @@ _MIN_VERSION = (10, 8)
 _INSTALL = "install TensorRT >= 10.8 with its Python bindings (pip install tensorrt, NVIDIA's index)"
 _TRT_TYPE_NAMES = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16"}
 
+
 def register_plugins() -> None:
     """Register the six plugins with TensorRT (once per process; later calls do nothing)."""
     _register_all(_plugin_module())
+
 
 def _plugin_module():
     try:
@@ -45,30 +47,33 @@ def _plugin_module():
         raise BackendUnavailable(f"TensorRT {trt.__version__} has no AOT Python plugins: {_INSTALL}")
     return trtp
 
+
 @functools.cache
 def _register_all(trtp) -> None:
     for stage in STAGES:
         _register_stage(trtp, stage)
 
+
 def _parameters(names, annotation) -> list[inspect.Parameter]:
     return [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation) for name in names]
+
 
 def _attribute_parameters() -> list[inspect.Parameter]:
     return [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind)
             for name, kind in ATTRIBUTE_TYPES.items()]
 
-def _layer(values: dict) -> StageLayer:
-    return StageLayer.from_node_attributes(values)
 
 def _split(stage: Stage, args: tuple) -> tuple[tuple, StageLayer]:
     """A positional call (input descriptors, then every attribute in ATTRIBUTE_TYPES order)."""
     descs, values = args[:len(stage.inputs)], args[len(stage.inputs):]
-    return descs, _layer(dict(zip(ATTRIBUTE_TYPES, values, strict=True)))
+    return descs, StageLayer.from_node_attributes(dict(zip(ATTRIBUTE_TYPES, values, strict=True)))
+
 
 def _act_dtype(stage: Stage, descs, layer: StageLayer):
     """TensorRT's dtype of the activations, from the first input that has it; None if none has."""
     inputs = layer.launch(stage, 1, fp32=False).inputs.values()
     return next((desc.dtype for desc, (_, dtype) in zip(descs, inputs, strict=True) if dtype == "act"), None)
+
 
 def _act_name(stage: Stage, descs, layer: StageLayer) -> str:
     """The activations' dtype name ("float32", ...); a stage without activations has no use for it."""
@@ -78,9 +83,11 @@ def _act_name(stage: Stage, descs, layer: StageLayer) -> str:
     dtype = _act_dtype(stage, descs, layer)
     return "float32" if dtype is None else names[dtype]
 
+
 def _tokens(stage: Stage, descs, layer: StageLayer):
     """The stage's T, a TensorRT shape expression."""
     return layer.tokens(stage, descs[stage.inputs.index(stage.token_input)].shape_expr[0])
+
 
 def _register_stage(trtp, stage: Stage) -> None:
     import tensorrt as trt
@@ -89,7 +96,7 @@ def _register_stage(trtp, stage: Stage) -> None:
     fixed_types = {"int32": trt.int32, "float32": trt.float32}
 
     def describe(*descs, **attributes):  # TensorRT passes the attributes by name here
-        layer = _layer(attributes)
+        layer = StageLayer.from_node_attributes(attributes)
         act = _act_dtype(stage, descs, layer)
         launch = layer.launch(stage, _tokens(stage, descs, layer), fp32=False, ops=lifted_ops(trtp.cdiv, trtp.min))
         return tuple(trtp.from_shape_expr(shape, dtype=act if dtype == "act" else fixed_types[dtype])
@@ -125,6 +132,7 @@ def _register_stage(trtp, stage: Stage) -> None:
         _parameters(stage.inputs, trtp.TensorDesc) + _attribute_parameters()
         + _parameters(["outputs"], outputs_type) + _parameters(["tactic"], int))
     trtp.aot_impl(plugin_id)(aot_impl)
+
 
 def autotune_combinations(trtp, stage: Stage, layer: StageLayer) -> list:
     """One combination over every I/O position: the activations fp32|fp16|bf16 together, every

@@ -80,9 +80,9 @@ def _layer_attribute_types() -> dict[str, type]:
             "has_score_bias": int, "has_gate_up_bias": int, "has_down_bias": int}
 
 
-# Every stage node carries all of these (named apart from the stages' tensors), in this order: TensorRT's ONNX parser hands the plugin
-# its fields in the order the plugin registered them, and the AOT implementation receives them
-# positionally in that order.
+# Every stage node carries all of these (named apart from the stages' tensors), in this order:
+# TensorRT's ONNX parser hands the plugin its fields in the order the plugin registered them,
+# and the AOT implementation receives them positionally in that order.
 ATTRIBUTE_TYPES = _layer_attribute_types()
 
 
