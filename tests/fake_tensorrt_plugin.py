@@ -78,10 +78,10 @@ class PluginDef:
                 if self.attrs:
                     raise ValueError("TensorDescs and attributes cannot be interspersed")
                 self.tensors.append(name)
-            elif param.annotation in ATTRIBUTE_KINDS:
+            elif param.annotation in ATTRIBUTE_KINDS and name not in ("outputs", "stream", "tactic"):
                 self.attrs[name] = param.annotation
             else:
-                raise ValueError(f"argument {name}: unsupported annotation {param.annotation}")
+                raise ValueError(f"argument {name}: unsupported annotation {param.annotation} or a reserved name")
         outputs = sig.return_annotation
         if typing.get_origin(outputs) is not tuple or not all(a is TensorDesc for a in typing.get_args(outputs)):
             raise ValueError("the return annotation must be Tuple[TensorDesc, ...]")

@@ -112,10 +112,13 @@ class StageLayer:
         missing = set(ATTRIBUTE_TYPES) - set(values)
         if missing:
             raise InvalidInput(f"stage attributes missing: {', '.join(sorted(missing))}")
-        op_fields = [f.name for f in dataclasses.fields(GroupedMoEAttributes)]
         kinds = {f.name: f.type for f in dataclasses.fields(GroupedMoEAttributes)}
-        attrs = GroupedMoEAttributes(**{name: bool(values[name]) if kinds[name] == "bool" else values[name]
-                                        for name in op_fields})
+
+        def op_value(name):  # a string field may arrive NUL-terminated (a C plugin field)
+            value = values[name]
+            return bool(value) if kinds[name] == "bool" else value.rstrip("\0") if kinds[name] == "str" else value
+
+        attrs = GroupedMoEAttributes(**{name: op_value(name) for name in kinds})
         return cls(attrs, int(values["num_experts"]), int(values["hidden_size"]), int(values["inter_size"]),
                    int(values["block_m"]),
                    bool(values["has_score_bias"]), bool(values["has_gate_up_bias"]), bool(values["has_down_bias"]))
