@@ -4,14 +4,16 @@ into AOT plugin layers; bad nodes are refused by name before anything changes.""
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from moe_compile.errors import InvalidInput
 from moe_compile.export.schema import DOMAIN, OP_TYPE, attribute_values, register_schema
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
 from moe_compile.plugins.grouped_moe.configs import default_config
 from moe_compile.plugins.tensorrt.expand import expand_grouped_moe
-from moe_compile.plugins.tensorrt.stages import ATTRIBUTE_TYPES, STAGES, StageLayer
+from moe_compile.plugins.tensorrt.pipeline import run_stage, triton_launch
+from moe_compile.plugins.tensorrt.stages import ATTRIBUTE_TYPES, STAGES, StageLayer, stage_named
 
 E, H, I = 8, 32, 16
 
@@ -24,7 +26,7 @@ def grouped_moe_model(layers: list[dict], dtype=TensorProto.FLOAT) -> onnx.Model
     np_dtype = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}[dtype]
 
     def weight(name, *shape):
-        return numpy_helper.from_array(rng.standard_normal(shape).astype(np_dtype), name)
+        return numpy_helper.from_array((rng.standard_normal(shape) / shape[-1] ** 0.5).astype(np_dtype), name)
 
     nodes, inits, hidden = [], [], "hidden"
     for index, spec in enumerate(layers):
@@ -127,3 +129,45 @@ def test_weights_without_a_static_shape_are_refused():
     model.graph.input.append(helper.make_tensor_value_info(weights.name, TensorProto.FLOAT, ["E", 2 * I, H]))
     with pytest.raises(InvalidInput, match=r"^node 'moe_layer_0': w_gate_up needs a static 3-d shape"):
         expand_grouped_moe(model)
+
+
+def run_expanded(model: onnx.ModelProto, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Evaluate an expanded model's stage nodes in order in Triton's interpreter: each node's layer
+    from its attributes, its stage from its op_type, its tensors by the node's input names."""
+    values = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in model.graph.initializer}
+    values.update(feeds)
+    for node in model.graph.node:
+        stage = stage_named(node.op_type)
+        layer = StageLayer.from_node_attributes({k: v.decode() if isinstance(v, bytes) else v
+                                                 for k, v in attrs_of(node).items()})
+        names = dict(zip(stage.inputs, node.input, strict=True)) | dict(zip(stage.outputs, node.output, strict=True))
+        tensors = {name: values[onnx_name] for name, onnx_name in names.items() if onnx_name in values}
+        run_stage(layer, stage, tensors, feeds["hidden"].dtype, triton_launch)
+        values.update({names[name]: tensors[name] for name in stage.outputs})
+    return values
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 50])  # 50: four route chunks at E = 8
+def test_the_expanded_stage_nodes_compute_the_layers(tokens):
+    """Two chained layers (biases; sigmoid group-limited routing with a score bias), a NaN token."""
+    first = GroupedMoEAttributes(top_k=2, activation="gelu_glu")
+    second = GroupedMoEAttributes(top_k=3, scoring="sigmoid", normalize_topk=True, routed_scaling=2.5, n_group=4,
+                                  topk_group=2, group_scoring="sum_top2")
+    model = grouped_moe_model([{**attribute_values(first), "biases": True},
+                               {**attribute_values(second), "score_bias": True}])
+    weights = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in model.graph.initializer}
+    g = torch.Generator().manual_seed(tokens)
+    feeds = {"hidden": torch.randn(tokens, H, generator=g), "router_logits": torch.randn(tokens, E, generator=g)}
+    feeds["hidden"][tokens // 2, 1] = float("nan")
+    values = run_expanded(expand_grouped_moe(model), feeds)
+
+    def layer(index, attrs, hidden, **optional):
+        return grouped_moe_reference(hidden, feeds["router_logits"], weights[f"w_gate_up_{index}"],
+                                     weights[f"w_down_{index}"], attrs,
+                                     **{name: weights[f"{name}_{index}"] for name in optional})
+
+    want = layer(1, second, layer(0, first, feeds["hidden"], b_gate_up=1, b_down=1), score_bias=1)
+    got = values["moe_1"]
+    assert torch.equal(got.isnan(), want.isnan()) and got[tokens // 2].isnan().all()
+    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=0,
+                               atol=2e-5 * want.nan_to_num().abs().max().item())

@@ -14,13 +14,13 @@ import torch
 
 from moe_compile.plugins.grouped_moe.configs import KernelConfig
 
-from .stages import NODE_INPUTS, NODE_OUTPUT, STAGES, StageLaunch, StageLayer
+from .stages import GEMM_STAGES, NODE_INPUTS, NODE_OUTPUT, STAGES, Stage, StageLaunch, StageLayer
 
 _FIXED_DTYPES = {"int32": torch.int32, "float32": torch.float32}
 StageLauncher = Callable[[StageLaunch, list], None]
 
 
-def node_tensors(layer: StageLayer, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def node_tensors(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The node's inputs, an absent optional one replaced by the one-element stand-in the
     expanded graph carries (stages.NODE_INPUTS)."""
     hidden = inputs["hidden"]
@@ -28,19 +28,26 @@ def node_tensors(layer: StageLayer, inputs: dict[str, torch.Tensor]) -> dict[str
             else torch.zeros(1, dtype=hidden.dtype, device=hidden.device) for name in NODE_INPUTS}
 
 
+def run_stage(layer: StageLayer, stage: Stage, tensors: dict[str, torch.Tensor], act_dtype: torch.dtype,
+              launch: StageLauncher, gemm_config: KernelConfig | None = None) -> None:
+    """One stage: its outputs allocated (as TensorRT allocates a layer's outputs) and added to
+    `tensors`, which holds its inputs by stage tensor name; T from its token input."""
+    first = tensors[stage.token_input]
+    stage_launch = layer.launch(stage, layer.tokens(stage, first.shape[0]), fp32=act_dtype == torch.float32,
+                                config=gemm_config if stage.launch in GEMM_STAGES else None)
+    for name, (shape, dtype) in stage_launch.outputs.items():
+        tensors[name] = torch.empty(shape, dtype=act_dtype if dtype == "act" else _FIXED_DTYPES[dtype],
+                                    device=first.device)
+    launch(stage_launch, [*(tensors[name] for name in stage_launch.inputs), *stage_launch.ints.values(),
+                          *(tensors[name] for name in stage_launch.outputs)])
+
+
 def run_stages(layer: StageLayer, inputs: dict[str, torch.Tensor], launch: StageLauncher,
                gemm_config: KernelConfig | None = None) -> torch.Tensor:
     """The layer's output [T, H] for `inputs` (GroupedMoE's input names; all of one float dtype)."""
-    tensors = node_tensors(layer, inputs)
-    hidden = tensors["hidden"]
+    tensors = node_tensors(inputs)
     for stage in STAGES:
-        config = gemm_config if stage.launch in ("gate_up", "down") else None
-        stage_launch = layer.launch(stage, hidden.shape[0], fp32=hidden.dtype == torch.float32, config=config)
-        for name, (shape, dtype) in stage_launch.outputs.items():
-            tensors[name] = torch.empty(shape, dtype=hidden.dtype if dtype == "act" else _FIXED_DTYPES[dtype],
-                                        device=hidden.device)
-        launch(stage_launch, [*(tensors[name] for name in stage_launch.inputs), *stage_launch.ints.values(),
-                              *(tensors[name] for name in stage_launch.outputs)])
+        run_stage(layer, stage, tensors, tensors["hidden"].dtype, launch, gemm_config)
     return tensors[NODE_OUTPUT]
 
 
