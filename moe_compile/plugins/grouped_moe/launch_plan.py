@@ -106,7 +106,7 @@ class LaunchPlan:
         return {
             "route": (self.chunks,),
             **alignment,
-            "gate_up": (self.max_blocks * cdiv(self.inter, self.config.BLOCK_N),),  # constants: plain cdiv
+            "gate_up": (self.max_blocks * cdiv(self.inter, self.config.BLOCK_N),),
             "down": (self.max_blocks * cdiv(self.hidden, self.config.BLOCK_N),),
             "combine": (self.tokens, cdiv(self.hidden, COMBINE_BLOCK_H)),
         }
