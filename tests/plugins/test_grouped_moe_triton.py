@@ -71,7 +71,7 @@ def test_routing_variants(attrs, score_bias):
     want_weights, want_experts = route(inputs["router_logits"], attrs, inputs.get("score_bias"))
     plan = launch_plan(inputs["hidden"], inputs["w_gate_up"], attrs, SMALL)
     buf = allocate(plan, inputs["hidden"].dtype, inputs["hidden"].device)
-    route_and_align(inputs["router_logits"], attrs, plan, buf, inputs.get("score_bias"))
+    route_and_align(inputs["hidden"], inputs["router_logits"], attrs, plan, buf, inputs.get("score_bias"))
     assert buf["topk_ids"].view(64, -1).tolist() == want_experts.tolist()  # same experts, best first
     torch.testing.assert_close(buf["topk_weights"].view(64, -1), want_weights, rtol=1e-5, atol=1e-6)
     assert_matches_reference(inputs, attrs)
@@ -115,7 +115,7 @@ def test_alignment_groups_slots_by_expert_in_block_sized_runs(tokens):
     inputs = make_inputs(tokens, 8, routing="uneven", seed=6)
     plan = launch_plan(inputs["hidden"], inputs["w_gate_up"], attrs, SMALL)
     buf = allocate(plan, inputs["hidden"].dtype, inputs["hidden"].device)
-    route_and_align(inputs["router_logits"], attrs, plan, buf)
+    route_and_align(inputs["hidden"], inputs["router_logits"], attrs, plan, buf)
     ids = buf["topk_ids"].long()
     counts = torch.bincount(ids, minlength=8)
     assert buf["expert_counts"].tolist() == counts.tolist()

@@ -6,8 +6,9 @@ device result between launches, so recording needs no GPU and no interpreter).
 `compile_launch` turns one recorded launch into PTX and a cubin for a GPU architecture with
 Triton's own compiler, giving it the specialisations Triton's JIT would make at run time
 (16-byte aligned pointers, integers divisible by 16, integers equal to 1 folded), without
-which the GEMMs lose their pipelined loads. The TensorRT plugin (#7) embeds these with the
-grids of `launch_plan.LaunchPlan`.
+which the GEMMs lose their pipelined loads. This is the launcher's view (any T, the decode
+shortcut included); the TensorRT plugins compile their six stages, T symbolic, with the same
+rule in plugins/tensorrt/aot_kernel.py, and tests check both against the launcher.
 """
 
 from __future__ import annotations

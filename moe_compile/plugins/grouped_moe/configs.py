@@ -76,6 +76,11 @@ def _warn_untuned(name: str) -> None:
                   "`python -m moe_compile.plugins.grouped_moe.tune` on this device)", stacklevel=3)
 
 
+def tuned_table(experts: int, inter: int, device_name: str, directory: Path = CONFIG_DIR) -> dict[int, KernelConfig]:
+    """The tuned table for the shape and device (token count -> config); empty if there is none."""
+    return _read_table(directory / config_file_name(experts, inter, device_name)) or {}
+
+
 def lookup_config(tokens: int, experts: int, inter: int, top_k: int, device_name: str,
                   directory: Path = CONFIG_DIR) -> KernelConfig:
     """The tuned config for the nearest token count (ties to the smaller), or the default with a warning."""

@@ -1,13 +1,14 @@
 """The grouped-MoE Triton kernels: six (four at decode) launches, grids computable from the shapes.
 
-    router_logits [T, E]
-      │ 1 _route_kernel     grid (chunks,)  BLOCK_T tokens a program: softmax | sigmoid, score bias
+    router_logits [T, E], hidden [T, H]
+      │ 1 _route_kernel     grid (chunks,)  BLOCK_T tokens a program: the NaN/Inf flag of each
+      │                     token (its logits then count as zeros); softmax | sigmoid, score bias
       │                     (choice only), group-limited routing, top-k (ties to the lower
       │                     index), normalise, routed scaling; per chunk: expert counts and
       │                     each slot's rank among the chunk's slots of its expert.
       │                     One chunk only (T <= BLOCK_T, decode): it also does 2 and 3 itself,
       │                     in registers, and those two are not launched
-      ▼ topk_ids [S], topk_weights [S], slot_rank [S], chunk_counts [chunks, E]     S = T*k
+      ▼ topk_ids [S], topk_weights [S], slot_rank [S], chunk_counts [chunks, E], nonfinite [T]    S = T*k
       │ 2 _scan_kernel      grid (1,)       exclusive scan of chunk_counts over chunks; each
       │                     expert's rows padded to BLOCK_M; the expert of every row block
       ▼ chunk_offsets [chunks, E], expert_counts [E], expert_start [E], block_expert [max_blocks]
@@ -19,8 +20,13 @@
       │ 5 _down_kernel      grid (max_blocks * cdiv(H, BLOCK_N),)  inter @ W_down[e]^T (+ b),
       │                     times the slot's routing weight
       ▼ per_slot [S, H]
-      │ 6 _combine_kernel   grid (T, cdiv(H, BLOCK_H))  out[t] = Σ_j per_slot[t*k + j], j = 0..k-1
+      │ 6 _combine_kernel   grid (T, cdiv(H, BLOCK_H))  out[t] = Σ_j per_slot[t*k + j], j = 0..k-1;
+      │                     NaN where nonfinite[t]
       ▼ out [T, H]
+
+Parameters come in the order TensorRT's AOT plugin passes them (plugins/tensorrt/stages.py):
+input pointers, then runtime ints, then output pointers, then constexprs. Floats are
+constexprs (TensorRT passes int32 scalars only).
 
 No host synchronisation anywhere: the alignment (2, 3) writes into worst-case buffers
 (`launch.LaunchPlan`), and GEMM programs whose row block lies past the padded total find
@@ -40,6 +46,11 @@ import triton.language as tl
 
 # Added to the normaliser, as reference._NORMALISER_EPS.
 NORMALISER_EPS = tl.constexpr(1e-20)
+
+
+@triton.jit
+def _nonfinite(x):
+    return ~(tl.abs(x) < float("inf"))  # NaN compares false
 
 
 @triton.jit
@@ -114,15 +125,24 @@ def _place_experts(counts, experts, expert_ok, expert_counts_ptr, expert_start_p
 
 
 @triton.jit
-def _route_kernel(logits_ptr, score_bias_ptr, topk_ids_ptr, topk_weights_ptr, slot_rank_ptr, chunk_counts_ptr,
-                  expert_counts_ptr, expert_start_ptr, block_expert_ptr, sorted_ids_ptr,
-                  num_tokens, num_experts, stride_logits, routed_scaling, max_blocks,
-                  K: tl.constexpr, SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr, HAS_SCORE_BIAS: tl.constexpr,
-                  N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr, GROUP_SUM_TOP2: tl.constexpr,
-                  SINGLE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr,
-                  BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Routing, and the chunk's counts and ranks for kernels 2-3; with one chunk only (decode),
-    the whole alignment in registers, so that kernels 2-3 are not launched."""
+def _route_kernel(logits_ptr, hidden_ptr, score_bias_ptr,
+                  num_tokens, num_experts, stride_logits, stride_hidden,
+                  topk_ids_ptr, topk_weights_ptr, slot_rank_ptr, chunk_counts_ptr, nonfinite_ptr,
+                  expert_counts_ptr, expert_start_ptr, block_expert_ptr, sorted_ids_ptr, max_blocks,
+                  K: tl.constexpr, SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr, ROUTED_SCALING: tl.constexpr,
+                  HAS_SCORE_BIAS: tl.constexpr, N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr,
+                  GROUP_SUM_TOP2: tl.constexpr, SINGLE_CHUNK: tl.constexpr, HIDDEN: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_G: tl.constexpr, BLOCK_HC: tl.constexpr):
+    """Routing, the NaN/Inf flag of each token, and the chunk's counts and ranks for kernels 2-3;
+    with one chunk only (decode), the whole alignment in registers, so that kernels 2-3 are not
+    launched. The four pointers and the int after nonfinite_ptr are read by that decode path only
+    (the multi-chunk launch, the TensorRT plugin's, passes None: they are not kernel parameters then).
+
+    NaN/Inf rule (reference.py): a token with a non-finite value in its router or hidden row is
+    routed as if its logits were all zero (so that its slots still name valid experts; a NaN
+    compares false everywhere) and flagged in nonfinite; kernel 6 writes its row as NaN.
+    """
     chunk = tl.program_id(0)
     tokens = chunk * BLOCK_T + tl.arange(0, BLOCK_T)
     experts = tl.arange(0, BLOCK_E)
@@ -130,6 +150,14 @@ def _route_kernel(logits_ptr, score_bias_ptr, topk_ids_ptr, topk_weights_ptr, sl
     expert_ok = experts < num_experts
     logits = tl.load(logits_ptr + tokens[:, None] * stride_logits + experts[None, :],
                      mask=token_ok[:, None] & expert_ok[None, :], other=0.0).to(tl.float32)
+    finite = tl.sum(_nonfinite(logits).to(tl.int32), axis=1) == 0
+    for first in tl.range(0, HIDDEN, BLOCK_HC):
+        cols = first + tl.arange(0, BLOCK_HC)
+        x = tl.load(hidden_ptr + tokens[:, None] * stride_hidden + cols[None, :],
+                    mask=token_ok[:, None] & (cols < HIDDEN)[None, :], other=0.0).to(tl.float32)
+        finite = finite & (tl.sum(_nonfinite(x).to(tl.int32), axis=1) == 0)
+    tl.store(nonfinite_ptr + tokens, (~finite).to(tl.int32), mask=token_ok)
+    logits = tl.where(finite[:, None], logits, 0.0)
     if SIGMOID:
         scores = tl.sigmoid(logits)
     else:
@@ -146,7 +174,7 @@ def _route_kernel(logits_ptr, score_bias_ptr, topk_ids_ptr, topk_weights_ptr, sl
     weights = tl.where(chosen, scores, 0.0)
     if NORMALIZE:
         weights = weights / (tl.sum(weights, axis=1)[:, None] + NORMALISER_EPS)
-    weights = weights * routed_scaling
+    weights = weights * ROUTED_SCALING
     slots = tokens[:, None] * K + slot_of
     tl.store(topk_ids_ptr + slots, tl.zeros(chosen.shape, tl.int32) + experts[None, :], mask=chosen)
     tl.store(topk_weights_ptr + slots, weights, mask=chosen)
@@ -162,9 +190,12 @@ def _route_kernel(logits_ptr, score_bias_ptr, topk_ids_ptr, topk_weights_ptr, sl
 
 
 @triton.jit
-def _scan_kernel(chunk_counts_ptr, chunk_offsets_ptr, expert_counts_ptr, expert_start_ptr, block_expert_ptr,
+def _scan_kernel(chunk_counts_ptr, topk_ids_ptr,
                  num_chunks, num_experts, max_blocks,
+                 chunk_offsets_ptr, expert_counts_ptr, expert_start_ptr, block_expert_ptr,
                  BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+    """topk_ids_ptr is not read: its length, the slot count, is how the TensorRT plugin sizes
+    block_expert (a plugin's output shapes are functions of its input shapes only)."""
     experts = tl.arange(0, BLOCK_E)
     expert_ok = experts < num_experts
     carry = tl.zeros((BLOCK_E,), tl.int32)
@@ -182,8 +213,9 @@ def _scan_kernel(chunk_counts_ptr, chunk_offsets_ptr, expert_counts_ptr, expert_
 
 
 @triton.jit
-def _scatter_kernel(topk_ids_ptr, slot_rank_ptr, chunk_offsets_ptr, expert_start_ptr, sorted_ids_ptr,
-                    num_slots, num_experts, SLOTS_PER_CHUNK: tl.constexpr, BLOCK_S: tl.constexpr):
+def _scatter_kernel(topk_ids_ptr, slot_rank_ptr, chunk_offsets_ptr, expert_start_ptr,
+                    num_slots, num_experts,
+                    sorted_ids_ptr, SLOTS_PER_CHUNK: tl.constexpr, BLOCK_S: tl.constexpr):
     chunk = tl.program_id(0)
     slots = chunk * SLOTS_PER_CHUNK + tl.arange(0, BLOCK_S)
     mask = (tl.arange(0, BLOCK_S) < SLOTS_PER_CHUNK) & (slots < num_slots)
@@ -222,7 +254,7 @@ def _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr, expe
 
 
 @triton.jit
-def _activate(gate, up, swiglu_alpha, swiglu_limit, ACTIVATION: tl.constexpr):
+def _activate(gate, up, SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr, ACTIVATION: tl.constexpr):
     """fp32 gate, up [M, N] -> act(gate) * up, as reference.activate. ACTIVATION is the index in
     attributes.ACTIVATIONS (an int: every Triton front end, AOT included, takes int constexprs)."""
     if ACTIVATION == 0:  # silu_glu
@@ -233,17 +265,18 @@ def _activate(gate, up, swiglu_alpha, swiglu_limit, ACTIVATION: tl.constexpr):
         inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
         return gate * tl.sigmoid(2.0 * inner) * up
     else:  # swiglu_clamp (gpt-oss)
-        gate = tl.minimum(gate, swiglu_limit)
-        up = tl.minimum(tl.maximum(up, -swiglu_limit), swiglu_limit)
-        return gate * tl.sigmoid(gate * swiglu_alpha) * (up + 1.0)
+        gate = tl.minimum(gate, SWIGLU_LIMIT)
+        up = tl.minimum(tl.maximum(up, -SWIGLU_LIMIT), SWIGLU_LIMIT)
+        return gate * tl.sigmoid(gate * SWIGLU_ALPHA) * (up + 1.0)
 
 
 @triton.jit
 def _gate_up_kernel(hidden_ptr, w_ptr, bias_ptr, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
-                    expert_start_ptr, inter_ptr,
+                    expert_start_ptr,
                     top_k, num_experts, max_blocks, stride_we, stride_wn, stride_wk, stride_be,
-                    swiglu_alpha, swiglu_limit, HIDDEN: tl.constexpr, INTER: tl.constexpr, ACTIVATION: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                    inter_ptr,
+                    SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr, HIDDEN: tl.constexpr, INTER: tl.constexpr,
+                    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     block, column = _tile(max_blocks, INTER, BLOCK_N, GROUP_M)
     expert, real_expert, slots, row_ok = _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
@@ -272,7 +305,7 @@ def _gate_up_kernel(hidden_ptr, w_ptr, bias_ptr, sorted_ids_ptr, block_expert_pt
             up += tl.load(bias + INTER, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         dtype = inter_ptr.dtype.element_ty
         # Round gate and up to the activation dtype first: the reference's linear output is in it.
-        h = _activate(gate.to(dtype).to(tl.float32), up.to(dtype).to(tl.float32), swiglu_alpha, swiglu_limit,
+        h = _activate(gate.to(dtype).to(tl.float32), up.to(dtype).to(tl.float32), SWIGLU_ALPHA, SWIGLU_LIMIT,
                       ACTIVATION)
         tl.store(inter_ptr + slots[:, None] * INTER + cols[None, :], h.to(dtype),
                  mask=row_ok[:, None] & col_ok[None, :])
@@ -280,8 +313,9 @@ def _gate_up_kernel(hidden_ptr, w_ptr, bias_ptr, sorted_ids_ptr, block_expert_pt
 
 @triton.jit
 def _down_kernel(inter_ptr, w_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, block_expert_ptr,
-                 expert_counts_ptr, expert_start_ptr, per_slot_ptr,
+                 expert_counts_ptr, expert_start_ptr,
                  num_experts, max_blocks, stride_we, stride_wn, stride_wk, stride_be,
+                 per_slot_ptr,
                  HIDDEN: tl.constexpr, INTER: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     block, column = _tile(max_blocks, HIDDEN, BLOCK_N, GROUP_M)
@@ -309,11 +343,12 @@ def _down_kernel(inter_ptr, w_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, b
 
 
 @triton.jit
-def _combine_kernel(per_slot_ptr, out_ptr, hidden_size, K: tl.constexpr, BLOCK_H: tl.constexpr):
+def _combine_kernel(per_slot_ptr, nonfinite_ptr, hidden_size, out_ptr, K: tl.constexpr, BLOCK_H: tl.constexpr):
     token = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden_size
     acc = tl.zeros((BLOCK_H,), tl.float32)
     for j in range(K):
         acc += tl.load(per_slot_ptr + (token * K + j) * hidden_size + cols, mask=mask, other=0.0).to(tl.float32)
+    acc = tl.where(tl.load(nonfinite_ptr + token) != 0, float("nan"), acc)  # the NaN/Inf rule, see kernel 1
     tl.store(out_ptr + token * hidden_size + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)

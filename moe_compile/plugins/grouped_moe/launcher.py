@@ -10,16 +10,9 @@ from __future__ import annotations
 import torch
 
 from . import kernels
-from .attributes import ACTIVATIONS, GroupedMoEAttributes
+from .attributes import GroupedMoEAttributes
 from .configs import KernelConfig, lookup_config
-from .launch_plan import (
-    COMBINE_BLOCK_H,
-    SCAN_BLOCKS,
-    SCAN_CHUNKS,
-    LaunchPlan,
-    next_power_of_2,
-)
-from .reference import nonfinite_tokens
+from .launch_plan import LaunchPlan
 
 _DTYPES = {"int32": torch.int32, "float32": torch.float32}
 
@@ -34,55 +27,50 @@ def allocate(plan: LaunchPlan, act_dtype: torch.dtype, device: torch.device) -> 
             for name, (shape, dtype) in plan.buffers().items()}
 
 
-def route_and_align(router_logits: torch.Tensor, attrs: GroupedMoEAttributes, plan: LaunchPlan,
+def route_and_align(hidden: torch.Tensor, router_logits: torch.Tensor, attrs: GroupedMoEAttributes, plan: LaunchPlan,
                     buf: dict[str, torch.Tensor], score_bias: torch.Tensor | None = None) -> None:
-    """Kernels 1-3 (1 alone for a single chunk): routing into topk_ids/topk_weights, then the
-    expert-sorted, BLOCK_M-aligned rows."""
+    """Kernels 1-3 (1 alone for a single chunk): routing into topk_ids/topk_weights and the
+    NaN/Inf flags, then the expert-sorted, BLOCK_M-aligned rows."""
     grids = plan.grids()
+    constexprs = plan.constexprs(attrs, score_bias=score_bias is not None, gate_up_bias=False, down_bias=False,
+                                 fp32=hidden.dtype == torch.float32)
     placement = (buf["expert_counts"], buf["expert_start"], buf["block_expert"])
+    decode_only = (*placement, buf["sorted_ids"], plan.max_blocks) if plan.single_chunk else (None,) * 5
     kernels._route_kernel[grids["route"]](
-        router_logits, buf["topk_weights"] if score_bias is None else score_bias,  # stand-in, never read
-        buf["topk_ids"], buf["topk_weights"], buf["slot_rank"], buf["chunk_counts"], *placement, buf["sorted_ids"],
-        plan.tokens, plan.experts, router_logits.stride(0), float(attrs.routed_scaling), plan.max_blocks,
-        K=attrs.top_k, SIGMOID=attrs.scoring == "sigmoid", NORMALIZE=bool(attrs.normalize_topk),
-        HAS_SCORE_BIAS=score_bias is not None, N_GROUP=plan.n_group, TOPK_GROUP=attrs.topk_group,
-        GROUP_SUM_TOP2=attrs.group_scoring == "sum_top2", SINGLE_CHUNK=plan.single_chunk,
-        BLOCK_M=plan.config.BLOCK_M, BLOCK_B=SCAN_BLOCKS, BLOCK_T=plan.block_t, BLOCK_E=plan.block_e,
-        BLOCK_G=plan.block_g)
+        router_logits, hidden, buf["topk_weights"] if score_bias is None else score_bias,  # stand-in, never read
+        plan.tokens, plan.experts, router_logits.stride(0), hidden.stride(0),
+        buf["topk_ids"], buf["topk_weights"], buf["slot_rank"], buf["chunk_counts"], buf["nonfinite"], *decode_only,
+        **constexprs["route"])
     if plan.single_chunk:
         return
     kernels._scan_kernel[grids["scan"]](
-        buf["chunk_counts"], buf["chunk_offsets"], *placement, plan.chunks, plan.experts, plan.max_blocks,
-        BLOCK_M=plan.config.BLOCK_M, BLOCK_C=SCAN_CHUNKS, BLOCK_E=plan.block_e, BLOCK_B=SCAN_BLOCKS)
+        buf["chunk_counts"], buf["topk_ids"], plan.chunks, plan.experts, plan.max_blocks, buf["chunk_offsets"],
+        *placement,
+        **constexprs["scan"])
     kernels._scatter_kernel[grids["scatter"]](
-        buf["topk_ids"], buf["slot_rank"], buf["chunk_offsets"], buf["expert_start"], buf["sorted_ids"],
-        plan.slots, plan.experts, SLOTS_PER_CHUNK=plan.slots_per_chunk,
-        BLOCK_S=next_power_of_2(plan.slots_per_chunk))
+        buf["topk_ids"], buf["slot_rank"], buf["chunk_offsets"], buf["expert_start"], plan.slots, plan.experts,
+        buf["sorted_ids"], **constexprs["scatter"])
 
 
 def experts_and_combine(hidden: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
                         b_gate_up: torch.Tensor | None, b_down: torch.Tensor | None, attrs: GroupedMoEAttributes,
                         plan: LaunchPlan, buf: dict[str, torch.Tensor], out: torch.Tensor) -> None:
     """Kernels 4-6: both GEMMs over the aligned rows, then the per-token sum into `out`."""
-    grids, config = plan.grids(), plan.config
-    blocks = config.as_dict()  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, GROUP_M
-    # fp32 inputs: exact fp32 products (no TF32); the setting does not apply to 16-bit inputs.
-    shapes = {"HIDDEN": plan.hidden, "INTER": plan.inter,
-              "PRECISION": "ieee" if hidden.dtype == torch.float32 else "tf32"}
+    grids = plan.grids()
+    constexprs = plan.constexprs(attrs, score_bias=False, gate_up_bias=b_gate_up is not None,
+                                 down_bias=b_down is not None, fp32=hidden.dtype == torch.float32)
     rows = (buf["sorted_ids"], buf["block_expert"], buf["expert_counts"], buf["expert_start"])
     stand_in = buf["topk_weights"]  # for an absent bias: never read
     kernels._gate_up_kernel[grids["gate_up"]](
-        hidden, w_gate_up, stand_in if b_gate_up is None else b_gate_up, *rows, buf["inter"],
+        hidden, w_gate_up, stand_in if b_gate_up is None else b_gate_up, *rows,
         attrs.top_k, plan.experts, plan.max_blocks, *w_gate_up.stride(),
-        0 if b_gate_up is None else b_gate_up.stride(0), float(attrs.swiglu_alpha), float(attrs.swiglu_limit),
-        ACTIVATION=ACTIVATIONS.index(attrs.activation), HAS_BIAS=b_gate_up is not None,
-        **shapes, **blocks)
+        0 if b_gate_up is None else b_gate_up.stride(0), buf["inter"], **constexprs["gate_up"], **plan.options())
     kernels._down_kernel[grids["down"]](
-        buf["inter"], w_down, stand_in if b_down is None else b_down, buf["topk_weights"], *rows, buf["per_slot"],
-        plan.experts, plan.max_blocks, *w_down.stride(), 0 if b_down is None else b_down.stride(0),
-        HAS_BIAS=b_down is not None, **shapes, **blocks)
-    kernels._combine_kernel[grids["combine"]](buf["per_slot"], out, plan.hidden, K=attrs.top_k,
-                                              BLOCK_H=COMBINE_BLOCK_H)
+        buf["inter"], w_down, stand_in if b_down is None else b_down, buf["topk_weights"], *rows,
+        plan.experts, plan.max_blocks, *w_down.stride(), 0 if b_down is None else b_down.stride(0), buf["per_slot"],
+        **constexprs["down"], **plan.options())
+    kernels._combine_kernel[grids["combine"]](buf["per_slot"], buf["nonfinite"], plan.hidden, out,
+                                              **constexprs["combine"])
 
 
 def launch_plan(hidden: torch.Tensor, w_gate_up: torch.Tensor, attrs: GroupedMoEAttributes,
@@ -118,12 +106,8 @@ def grouped_moe_triton(
         return out
     hidden = hidden.contiguous()
     b_gate_up, b_down, score_bias = (None if t is None else t.contiguous() for t in (b_gate_up, b_down, score_bias))
-    # The NaN/Inf rule of reference.py: a token with a non-finite hidden or router value gives a
-    # NaN row. Its router row is zeroed first so that routing still picks valid experts (a NaN
-    # compares false everywhere), and the row is overwritten at the end; no host sync.
-    nonfinite = nonfinite_tokens(hidden, router_logits)  # [T]
-    router_logits = router_logits.masked_fill(nonfinite[:, None], 0.0)
     buf = allocate(plan, hidden.dtype, hidden.device)
-    route_and_align(router_logits.contiguous(), attrs, plan, buf, score_bias)
+    # The NaN/Inf rule of reference.py is applied by the kernels (route flags, combine writes NaN).
+    route_and_align(hidden, router_logits.contiguous(), attrs, plan, buf, score_bias)
     experts_and_combine(hidden, w_gate_up, w_down, b_gate_up, b_down, attrs, plan, buf, out)
-    return out.masked_fill_(nonfinite[:, None], float("nan"))
+    return out
