@@ -5,8 +5,8 @@ For each layer below, every stage's kernel is built by the plugins' own aot_impl
 grid and int32 arguments as expressions in T. The PTX is loaded with the CUDA driver
 (cuda-python: cuModuleLoadData, cuModuleGetFunction) and the six stages are launched in order
 with cuLaunchKernel, with exactly the parameters TensorRT passes: input pointers, the extra
-int32 arguments evaluated for T, output pointers; then two null pointers for the global and
-profile scratch parameters Triton appends (aot_kernel.py: the kernels need neither, checked).
+int32 arguments evaluated for T, output pointers; nothing more (aot_kernel.py drops the two
+scratch parameters Triton appends, which the kernels never read).
 Stage tensors are allocated by `plugins.tensorrt.pipeline.run_stages` from stages.py's shapes,
 as TensorRT allocates the tensors between plugin layers. Each output is compared with the
 PyTorch reference (NaN rows included); more than 48 KiB of shared memory is opted into with
@@ -36,7 +36,8 @@ import torch
 from moe_compile.atomic import write_text_atomic
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
 from moe_compile.plugins.grouped_moe.configs import default_config
-from moe_compile.plugins.tensorrt.aot_kernel import StageKernel, current_arch, device_name, stage_kernel
+from moe_compile.plugins.tensorrt.aot_kernel import (StageKernel, current_arch, device_name, entry_parameters,
+                                                     stage_kernel)
 from moe_compile.plugins.tensorrt.pipeline import run_stages
 from moe_compile.plugins.tensorrt.stages import GEMM_STAGES, STAGES, StageLaunch, StageLayer
 from moe_compile.plugins.tensorrt.symbolic import SYM_OPS, Sym, evaluate
@@ -44,7 +45,6 @@ from moe_compile.plugins.tensorrt.symbolic import SYM_OPS, Sym, evaluate
 RESULTS = Path(__file__).parent / "results"
 TOLERANCE = {"bfloat16": 4e-2, "float32": 2e-5}  # of the reference output's largest magnitude
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-TRITON_SCRATCH_PARAMS = 2  # global and profile scratch pointers, appended by Triton >= 3.5
 DEFAULT_SHARED_LIMIT = 48 * 1024
 
 
@@ -94,15 +94,10 @@ def kernel_params(kernel: StageKernel, launch: StageLaunch, args: list, tokens: 
     if extra != expected:
         raise AssertionError(f"{launch.stage.plugin}: extra args {extra} != stage ints {expected}")
     values = [t.data_ptr() for t in pointers[:len(launch.inputs)]] + extra \
-        + [t.data_ptr() for t in pointers[len(launch.inputs):]] + [0] * TRITON_SCRATCH_PARAMS
+        + [t.data_ptr() for t in pointers[len(launch.inputs):]]
     types = [ctypes.c_void_p] * len(launch.inputs) + [ctypes.c_int32] * len(extra) \
-        + [ctypes.c_void_p] * (len(launch.outputs) + TRITON_SCRATCH_PARAMS)
+        + [ctypes.c_void_p] * len(launch.outputs)
     return values, types
-
-
-def ptx_parameter_count(kernel: StageKernel) -> int:
-    entry = re.search(rf"\.visible \.entry {re.escape(kernel.kernel_name)}\((.*?)\)", kernel.ptx, re.DOTALL)
-    return entry.group(1).count(".param") if entry else -1
 
 
 class DriverLauncher:
@@ -215,7 +210,7 @@ def main(argv=None) -> dict:
     for layer in (layer for layer in LAYERS if layer.name in args.layers):
         kernels = compile_layer(layer, arch, gpu_name)
         for plugin, kernel in kernels.items():
-            if kernel.scratch_bytes or ptx_parameter_count(kernel) != len(kernel.params) + TRITON_SCRATCH_PARAMS:
+            if len(entry_parameters(kernel.ptx, kernel.kernel_name)) != len(kernel.params):
                 raise AssertionError(f"{layer.name}/{plugin}: the PTX does not take what TensorRT passes")
         launcher = None if args.dry_run else DriverLauncher(kernels)
         for tokens in layer.tokens:

@@ -19,6 +19,7 @@ import fake_tensorrt_plugin
 from moe_compile.errors import BackendUnavailable
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
 from moe_compile.plugins.tensorrt import plugin
+from moe_compile.plugins.tensorrt.aot_kernel import drop_scratch_parameters, entry_parameters
 from moe_compile.plugins.tensorrt.stages import ATTRIBUTE_TYPES, GEMM_STAGES, PLUGIN_NAMESPACE, STAGES, StageLayer
 from moe_compile.plugins.tensorrt.symbolic import SYM_OPS, Sym, evaluate
 
@@ -115,12 +116,6 @@ def aot_artefacts(tmp_path_factory):
     return out, json.loads((out / "aot_impl.json").read_text())
 
 
-def _entry_parameters(ptx: str, name: str) -> int:
-    entry = re.search(rf"\.visible \.entry {re.escape(name)}\((.*?)\)", ptx, re.DOTALL)
-    assert entry, f"no .visible .entry {name}"
-    return entry.group(1).count(".param")
-
-
 def test_aot_impl_hands_tensorrt_sm90_ptx_and_the_plans_launch(aot_artefacts):
     out, result = aot_artefacts
     assert list(result) == [stage.plugin for stage in STAGES]
@@ -132,9 +127,11 @@ def test_aot_impl_hands_tensorrt_sm90_ptx_and_the_plans_launch(aot_artefacts):
         config = gemm_config if stage.launch in GEMM_STAGES else None
         symbolic = LAYER.launch(stage, Sym.tokens(), fp32=False, ops=SYM_OPS, config=config)
         passed_ints = [n for n, v in symbolic.ints.items() if not (isinstance(v, int) and v == 1)]  # 1: constexpr
-        # TensorRT passes inputs, extra ints, outputs; Triton appends global and profile scratch
+        # TensorRT passes inputs, extra ints, outputs, and the PTX declares exactly those
+        # (Triton's two scratch pointers are dropped: aot_kernel.drop_scratch_parameters)
         passed = len(symbolic.inputs) + len(passed_ints) + len(symbolic.outputs)
-        assert _entry_parameters(ptx, got["name"]) == passed + 2
+        assert f".visible .entry {got['name']}(" in ptx
+        assert len(entry_parameters(ptx, got["name"])) == passed
         for tokens in TOKEN_COUNTS:
             plan = LAYER.plan(tokens, config)
             assert tuple(got["grids"][str(tokens)]) == (*plan.grids()[stage.launch], 1, 1)[:3], (stage.plugin, tokens)
@@ -151,3 +148,28 @@ def test_real_tensorrt_registers_the_six():
     plugin.register_plugins()
     for stage in STAGES:
         assert hasattr(getattr(trtp.op, PLUGIN_NAMESPACE), stage.plugin)
+
+
+PTX_ENTRY = """.visible .entry k(
+\t.param .u64 .ptr .global .align 1 k_param_0,
+\t.param .u32 k_param_1,
+\t.param .u64 .ptr .global .align 1 k_param_2,
+\t.param .u64 .ptr .global .align 1 k_param_3
+)
+.reqntid 128
+{
+\tld.param.b64 \t%rd1, [k_param_0];
+\tld.param.b32 \t%r1, [k_param_1];
+\tld.param.b64 \t%rd2, [k_param_2];
+\tBODY
+}
+"""
+
+
+def test_scratch_parameters_are_dropped_only_when_unread():
+    ptx = PTX_ENTRY.replace("BODY", "ret;")
+    trimmed = drop_scratch_parameters(ptx, "k", 3)
+    assert entry_parameters(trimmed, "k") == entry_parameters(ptx, "k")[:3]
+    assert trimmed == ptx.replace(",\n\t.param .u64 .ptr .global .align 1 k_param_3", "")
+    with pytest.raises(ValueError, match=r"reads parameters beyond the 2 TensorRT passes: \['k_param_2'\]"):
+        drop_scratch_parameters(ptx, "k", 2)

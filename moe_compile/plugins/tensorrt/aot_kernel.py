@@ -12,12 +12,15 @@ not vectorised) and constant ints divisible by 16 are marked so. Ints that depen
 plain i32: the engine serves every T of its profile with one PTX.
 
 Triton appends two pointer parameters of its own (global and profile scratch) that TensorRT
-does not pass; a kernel may only be used if it needs neither (`StageKernel.scratch_bytes` == 0).
+does not pass. Our kernels need neither (`scratch_bytes` == 0), so `drop_scratch_parameters`
+removes them from the PTX entry, after checking the body never reads them: the PTX then
+declares exactly the parameters TensorRT passes, and the driver reads nothing past them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from moe_compile.plugins.grouped_moe.configs import KernelConfig
@@ -37,8 +40,8 @@ class StageKernel:
     block: int  # threads per program
     shared_mem: int  # bytes of dynamic shared memory
     extra_args: tuple  # the int32 arguments between the input and the output pointers
-    params: tuple[str, ...]  # what TensorRT passes, in order: pipeline tensors and int parameters by name
-    scratch_bytes: int  # global + profile scratch Triton would allocate: must be 0
+    params: tuple[str, ...]  # what TensorRT passes, in order: pipeline tensors and int parameters by name;
+    # exactly the PTX entry's parameters
 
 
 def _pointer(dtype: str, act_dtype: str) -> str:
@@ -101,10 +104,34 @@ def compile_stage(launch: StageLaunch, act_dtype: str, arch: int = 90) -> StageK
     compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
                               options=launch.options)
     meta = compiled.metadata
-    return StageKernel(kernel_name=meta.name, ptx=compiled.asm["ptx"], grid=(*launch.grid, 1, 1)[:3],
-                       block=meta.num_warps * 32, shared_mem=meta.shared,
-                       extra_args=tuple(launch.ints[name] for name in params if name in launch.ints), params=params,
-                       scratch_bytes=meta.global_scratch_size + getattr(meta, "profile_scratch_size", 0))
+    scratch_bytes = meta.global_scratch_size + getattr(meta, "profile_scratch_size", 0)
+    if scratch_bytes:
+        raise RuntimeError(f"{meta.name} needs {scratch_bytes} bytes of Triton scratch, which TensorRT cannot give")
+    return StageKernel(kernel_name=meta.name, ptx=drop_scratch_parameters(compiled.asm["ptx"], meta.name, len(params)),
+                       grid=(*launch.grid, 1, 1)[:3], block=meta.num_warps * 32, shared_mem=meta.shared,
+                       extra_args=tuple(launch.ints[name] for name in params if name in launch.ints), params=params)
+
+
+def entry_parameters(ptx: str, name: str) -> list[str]:
+    """The parameter declarations of PTX entry `name`, one line each, in order."""
+    entry = re.search(rf"\.entry {re.escape(name)}\((.*?)\)", ptx, re.DOTALL)
+    if entry is None:
+        raise ValueError(f"no entry {name} in the PTX")
+    return [line.strip().rstrip(",") for line in entry.group(1).splitlines() if line.strip()]
+
+
+def drop_scratch_parameters(ptx: str, name: str, passed: int) -> str:
+    """`ptx` with entry `name` declaring only its first `passed` parameters.
+
+    The others are Triton's scratch pointers; each must be unread in the body (else ValueError).
+    """
+    declared = entry_parameters(ptx, name)
+    dropped = [line.split()[-1] for line in declared[passed:]]
+    if read := [param for param in dropped if f"[{param}]" in ptx]:
+        raise ValueError(f"{name} reads parameters beyond the {passed} TensorRT passes: {read}")
+    declaration = ",\n".join(f"\t{line}" for line in declared[:passed])
+    return re.sub(rf"(\.entry {re.escape(name)}\().*?\)", lambda m: f"{m.group(1)}\n{declaration}\n)", ptx,
+                  count=1, flags=re.DOTALL)
 
 
 def gemm_tactics(layer: StageLayer, device_name: str | None) -> list[KernelConfig]:
