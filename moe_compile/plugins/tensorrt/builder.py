@@ -328,7 +328,8 @@ def _parse(trt, log, staged: Path, onnx_path: Path):
     parser = trt.OnnxParser(network, log)
     if not parser.parse_from_file(str(staged)):
         error = parser.get_error(0) if parser.num_errors else None
-        where = f" at node '{error.node_name()}'" if error is not None and error.node_name() else ""
+        node = error.node_name() if error is not None and hasattr(error, "node_name") else ""
+        where = f" at node '{node}'" if node else ""
         what = error.desc() if error is not None else (log.last_error() or "no error was reported")
         raise InvalidInput(f"TensorRT's ONNX parser cannot read {onnx_path}{where}: {one_line(Exception(what))}")
     return builder, network, parser
@@ -383,11 +384,9 @@ def _progress(trt, config, enabled: bool):
                 with contextlib.suppress(Exception):
                     bars.remove_task(self.tasks.pop(phase_name))
 
-        config.progress_monitor = RichProgress()
-        try:
-            yield
-        finally:
-            config.progress_monitor = None
+        monitor = RichProgress()  # referenced here for as long as the build can call it
+        config.progress_monitor = monitor
+        yield
 
 
 def _inspect(trt, log, engine_bytes: bytes, model, onnx_path: Path, out: Path, precision: str | None,
