@@ -158,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
                    help="the precision you expect: the engine keeps the ONNX file's types, and a mismatch is refused "
                         "(default: the file's)")
-    p.add_argument("--max-batch", type=_positive_int, default=8, help="largest batch the engine takes")
-    p.add_argument("--max-seq", type=_positive_int, default=1024,
-                   help="longest context (cached + new tokens) the engine takes")
+    p.add_argument("--max-batch", type=_positive_int, help="largest batch the engine takes (default: 8)")
+    p.add_argument("--max-seq", type=_positive_int,
+                   help="longest context, cached + new tokens, the engine takes (default: 1024)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file: read if it exists, written after the build")
     p.add_argument("--json", action="store_true", help="print the build summary as JSON")
 

@@ -384,7 +384,8 @@ BAD_BUILDS = {  # refused before TensorRT is needed, so the same on every machin
     "out is a folder": (lambda t: (_onnx_file(t / "m.onnx"), ["--out", str(t)]), "is a folder; give a file name"),
     "out below a file": (lambda t: (_onnx_file(t / "m.onnx"), ["--out", str(_blocked_out(t))]), "cannot write --out"),
     "max-batch zero": (lambda t: (_onnx_file(t / "m.onnx"), ["--max-batch", "0"]), "--max-batch: 0 must be at least 1"),
-    "max-seq not a number": (lambda t: (_onnx_file(t / "m.onnx"), ["--max-seq", "long"]), "'long' is not a whole number"),
+    "max-seq not a number": (lambda t: (_onnx_file(t / "m.onnx"), ["--max-seq", "long"]),
+                             "'long' is not a whole number"),
     "precision mismatch": (lambda t: (_onnx_file(t / "m.onnx"), ["--precision", "bf16"]),
                            "--precision bf16: {t}/m.onnx holds fp32 tensors"),
     "unknown precision": (lambda t: (_onnx_file(t / "m.onnx"), ["--precision", "int8"]), "invalid choice: 'int8'"),
@@ -419,7 +420,8 @@ def test_pipeline_to_an_engine_without_tensorrt_writes_nothing(extra, tmp_path, 
 def test_build_of_a_good_file_without_tensorrt_is_one_line(tmp_path, capsys):
     onnx_path = _onnx_file(tmp_path / "m.onnx")
     _expect_refusal(["build", str(onnx_path), "--out", str(tmp_path / "engine.plan")],
-                    "build needs TensorRT, which is not installed: pip install 'moe-compile[tensorrt]'", tmp_path, capsys)
+                    "build needs TensorRT, which is not installed: pip install 'moe-compile[tensorrt]'",
+                    tmp_path, capsys)
 
 
 def test_pipeline_refuses_another_target_for_an_engine(tmp_path, capsys):

@@ -17,8 +17,8 @@ from moe_compile.atomic import check_writable
 def run_build(args: argparse.Namespace) -> int:
     from moe_compile.plugins.tensorrt.builder import build_engine
 
-    summary = build_engine(args.onnx, args.out, precision=args.precision, max_batch=args.max_batch,
-                           max_seq=args.max_seq, timing_cache=args.timing_cache)
+    sizes = {name: value for name, value in (("max_batch", args.max_batch), ("max_seq", args.max_seq)) if value}
+    summary = build_engine(args.onnx, args.out, precision=args.precision, timing_cache=args.timing_cache, **sizes)
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
     else:
@@ -59,7 +59,7 @@ def compile_engine(args: argparse.Namespace, out: Path) -> int:
     from moe_compile.compiler.loader import load_moe_model
     from moe_compile.errors import InvalidInput
     from moe_compile.export.exporter import export_onnx
-    from moe_compile.plugins.tensorrt.builder import build_engine, require_tensorrt
+    from moe_compile.plugins.tensorrt.builder import DEFAULT_MAX_SEQ, build_engine, require_tensorrt
     from moe_compile.validate.parity import validate_engine
 
     if args.target not in (None, "tensorrt"):
@@ -74,7 +74,9 @@ def compile_engine(args: argparse.Namespace, out: Path) -> int:
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:
         onnx_path = Path(folder) / "model.onnx"
         export_onnx(moe_model, onnx_path, target="tensorrt", plan=plan, dtype=args.precision)
-        summary = build_engine(onnx_path, out, precision=args.precision)
+        # the engine's context: build's default, or the model's own when that is shorter
+        context = min(DEFAULT_MAX_SEQ, getattr(moe_model.config, "max_position_embeddings", None) or DEFAULT_MAX_SEQ)
+        summary = build_engine(onnx_path, out, precision=args.precision, max_seq=context)
     Console().print(summary_table(summary.to_json()))
     report = validate_engine(moe_model, out, plan=plan, new_tokens=8)
     print_parity(report, as_json=False)

@@ -79,7 +79,8 @@ def test_an_axis_that_is_not_a_decoder_axis_is_refused():
 
 
 def test_one_symbol_for_two_decoder_axes_is_refused():
-    inputs = [_value("input_ids", ["b", "s"], TensorProto.INT64), _value("attention_mask", ["b", "s"], TensorProto.INT64)]
+    inputs = [_value("input_ids", ["b", "s"], TensorProto.INT64),
+              _value("attention_mask", ["b", "s"], TensorProto.INT64)]
     with pytest.raises(InvalidInput, match="'s', which also names the sequence_length axis"):
         profile_shapes(inputs, max_batch=2, max_seq=8)
 

@@ -36,6 +36,7 @@ INSTALL = ("pip install 'moe-compile[tensorrt]' (tensorrt>=10.8 from NVIDIA's in
 # ONNX TensorProto element types of the three precisions
 ONNX_FLOAT_TYPES = {1: "fp32", 10: "fp16", 16: "bf16"}
 ENGINE_NAME_PREFIX = "moe_compile:"
+DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQ = 8, 1024  # `build`'s defaults (its --help repeats them)
 
 
 def require_tensorrt(what: str):
@@ -232,8 +233,9 @@ def summarize_layers(info: dict, plugin_ops: dict[str, str]) -> tuple[int, dict[
 # --- the build -------------------------------------------------------------------------------
 
 
-def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str | None = None, max_batch: int = 8,
-                 max_seq: int = 1024, timing_cache: str | Path | None = None, progress: bool = True) -> BuildSummary:
+def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH, max_seq: int = DEFAULT_MAX_SEQ,
+                 timing_cache: str | Path | None = None, progress: bool = True) -> BuildSummary:
     onnx_path, out = Path(onnx_path), Path(out)
     header = read_onnx_header(onnx_path)
     found = check_precision(precision, onnx_precision(header), onnx_path)
