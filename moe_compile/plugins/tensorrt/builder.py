@@ -166,8 +166,14 @@ def graph_inputs(model) -> list:
 
 
 def engine_name(onnx_model) -> str:
+    """TensorRT stores the network's name in the engine to be read back at run time (at most
+    4095 bytes); ours carries the ONNX file's moe_compile metadata."""
     metadata = {prop.key: prop.value for prop in onnx_model.metadata_props if prop.key.startswith("moe_compile.")}
-    return ENGINE_NAME_PREFIX + json.dumps(metadata, sort_keys=True) if metadata else onnx_model.graph.name
+    name = ENGINE_NAME_PREFIX + json.dumps(metadata, sort_keys=True) if metadata else onnx_model.graph.name
+    if len(name.encode()) > 4095:
+        raise InvalidInput(f"the model's moe_compile metadata ({len(name.encode())} bytes) does not fit in an engine "
+                           "name (4095 bytes)")
+    return name
 
 
 def metadata_from_engine_name(name: str) -> dict[str, str]:
