@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from moe_compile import __version__, interrupts
-from moe_compile.errors import InvalidInput, MoeCompileError, NotBuiltYet, one_line
+from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 
 DEFAULT_MODEL = "demo"
 
@@ -67,13 +67,6 @@ def _run(target: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-def _not_built(what: str, issue: int) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        raise NotBuiltYet(f"{args.command}: {what} is not built yet (issue #{issue}); `moe-compile inspect` works now")
-
-    return handler
-
-
 # --- the parser -------------------------------------------------------------------------------
 
 
@@ -108,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    p = command("compile", "the whole pipeline: plan, rewrite, export, check (default command)",
+    p = command("compile", "the whole pipeline: plan, rewrite, export, (build,) check (default command)",
                 _run("export:run_compile"))
     _model_arg(p)
     p.add_argument("--out", required=True, help="model.onnx (export + parity check) or engine.plan (TensorRT)")
@@ -116,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--plan", help="a plan.json from `moe-compile plan`")
     budget.add_argument("--budget", type=_fraction, help="fraction of the base active experts to keep (LExI)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
-    p.add_argument("--target", choices=("onnxruntime", "onnx", "tensorrt"), default="onnxruntime",
-                   help="how GroupedMoE nodes are lowered in model.onnx")
+    p.add_argument("--target", choices=("onnxruntime", "onnx", "tensorrt"),
+                   help="how GroupedMoE nodes are lowered (default: onnxruntime for model.onnx; an engine "
+                        "is always built from the tensorrt target)")
 
     p = command("inspect", "list the MoE layers of a model", _run("inspect:run_inspect"))
     _model_arg(p)
@@ -157,24 +151,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 
-    p = command("build", "build a TensorRT engine from an exported ONNX model", _not_built("the TensorRT build", 7))
-    p.add_argument("onnx")
-    p.add_argument("--out", required=True)
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
+    p = command("build", "build a TensorRT engine from an exported ONNX model (GroupedMoE nodes run as our plugins)",
+                _run("build:run_build"))
+    p.add_argument("onnx", help="model.onnx from `moe-compile export --target tensorrt` (or any ONNX model)")
+    p.add_argument("--out", required=True, help="engine.plan, written only after a successful build")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                   help="the precision you expect: the engine keeps the ONNX file's types, and a mismatch is refused "
+                        "(default: the file's)")
+    p.add_argument("--max-batch", type=_positive_int, help="largest batch the engine takes (default: 8)")
+    p.add_argument("--max-seq", type=_positive_int,
+                   help="longest context, cached + new tokens, the engine takes (default: 1024)")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file: read if it exists, written after the build")
+    p.add_argument("--json", action="store_true", help="print the build summary as JSON")
 
     p = command("validate", "numeric parity of an exported model with the PyTorch reference",
                 _run("export:run_validate"))
     _model_arg(p)
     p.add_argument("--plan", help="the plan the model was exported with (checked against the file)")
     p.add_argument("--onnx", help="model.onnx from `moe-compile export`")
-    p.add_argument("--engine", help="engine.plan (issue #7)")
+    p.add_argument("--engine", help="engine.plan from `moe-compile build` (needs TensorRT and a GPU)")
     p.add_argument("--json", action="store_true")
 
     p = command("bench", "throughput and latency of every available backend", _run("bench:run_bench"))
     _model_arg(p)
     p.add_argument("--plan", help="also run at this plan's per-layer top-k, side by side with the base top-k")
     p.add_argument("--onnx", help="an onnxruntime-target model.onnx to run (otherwise exported to a temporary folder)")
-    p.add_argument("--engine", help="engine.plan (issue #7)")
+    p.add_argument("--engine", help="engine.plan from `moe-compile build`, run by the tensorrt backend")
     p.add_argument("--backends", type=lambda text: [b.strip() for b in text.split(",")],
                    help="comma-separated subset: transformers, pytorch, onnxruntime-cpu, pytorch-cuda, "
                         "onnxruntime-cuda, tensorrt (default: every one available here)")

@@ -21,10 +21,6 @@ class BackendUnavailable(MoeCompileError):
     """A backend (TensorRT, a GPU, ONNX Runtime) the command needs is not installed."""
 
 
-class NotBuiltYet(MoeCompileError):
-    """A documented command whose implementation has not landed yet."""
-
-
 def one_line(exc: BaseException) -> str:
     """An exception's message folded onto one line (for wrapping third-party errors)."""
     return " ".join(str(exc).split()) or exc.__class__.__name__

@@ -1,5 +1,6 @@
 """Every malformed input ends with one line on stderr, exit code 2, no traceback, no output."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -356,3 +357,73 @@ def test_broken_profile_file_refused_by_plan(content, message, tmp_path, capsys)
     (tmp_path / "profile.json").write_text(content)
     _expect_refusal(["plan", "demo", "--budget", "0.5", "--profile", str(tmp_path / "profile.json"),
                      "--out", str(tmp_path / "plan.json")], message, tmp_path, capsys)
+
+
+def _image_onnx(path: Path) -> Path:
+    """A valid ONNX file with a dynamic axis that is no decoder axis (an image height)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "height", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "height", 8])])
+    onnx.save(helper.make_model(graph), path)
+    return path
+
+
+def _blocked_out(folder: Path) -> Path:
+    (folder / "file").write_text("x")
+    return folder / "file" / "engine.plan"
+
+
+BAD_BUILDS = {  # refused before TensorRT is needed, so the same on every machine
+    "missing": (lambda t: (t / "nope.onnx", []), "ONNX file '{t}/nope.onnx' does not exist"),
+    "a folder": (lambda t: ((t / "dir.onnx").mkdir() or t / "dir.onnx", []), "is a folder"),
+    "not ONNX": (lambda t: ((t / "junk.onnx").write_bytes(os.urandom(512)) and t / "junk.onnx", []),
+                 "junk.onnx is not an ONNX model"),
+    "out is a folder": (lambda t: (_onnx_file(t / "m.onnx"), ["--out", str(t)]), "is a folder; give a file name"),
+    "out below a file": (lambda t: (_onnx_file(t / "m.onnx"), ["--out", str(_blocked_out(t))]), "cannot write --out"),
+    "max-batch zero": (lambda t: (_onnx_file(t / "m.onnx"), ["--max-batch", "0"]), "--max-batch: 0 must be at least 1"),
+    "max-seq not a number": (lambda t: (_onnx_file(t / "m.onnx"), ["--max-seq", "long"]),
+                             "'long' is not a whole number"),
+    "precision mismatch": (lambda t: (_onnx_file(t / "m.onnx"), ["--precision", "bf16"]),
+                           "--precision bf16: {t}/m.onnx holds fp32 tensors"),
+    "unknown precision": (lambda t: (_onnx_file(t / "m.onnx"), ["--precision", "int8"]), "invalid choice: 'int8'"),
+    "axis without a range": (lambda t: (_image_onnx(t / "image.onnx"), []),
+                             "input 'x' axis 2 is dynamic ('height') but not a batch, sequence or past axis"),
+    "timing cache is a folder": (lambda t: (_onnx_file(t / "m.onnx"), ["--timing-cache", str(t)]),
+                                 "--timing-cache {t} is a folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BUILDS))
+def test_bad_build_is_refused_before_tensorrt(case, tmp_path, capsys):
+    make, message = BAD_BUILDS[case]
+    onnx_path, extra = make(tmp_path)
+    argv = ["build", str(onnx_path), "--out", str(tmp_path / "engine.plan"), *extra]
+    if "--out" in extra:
+        argv = ["build", str(onnx_path), *extra]
+    _expect_refusal(argv, message.format(t=tmp_path), tmp_path, capsys)
+
+
+NO_TENSORRT = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+
+
+@NO_TENSORRT
+@pytest.mark.parametrize("extra", [[], ["--budget", "0.5"], ["--precision", "bf16"]], ids=["base", "budget", "bf16"])
+def test_pipeline_to_an_engine_without_tensorrt_writes_nothing(extra, tmp_path, capsys):
+    _expect_refusal(["demo", "--out", str(tmp_path / "engine.plan"), *extra],
+                    "--out engine.plan (a TensorRT engine) needs TensorRT, which is not installed", tmp_path, capsys)
+
+
+@NO_TENSORRT
+def test_build_of_a_good_file_without_tensorrt_is_one_line(tmp_path, capsys):
+    onnx_path = _onnx_file(tmp_path / "m.onnx")
+    _expect_refusal(["build", str(onnx_path), "--out", str(tmp_path / "engine.plan")],
+                    "build needs TensorRT, which is not installed: pip install 'moe-compile[tensorrt]'",
+                    tmp_path, capsys)
+
+
+def test_pipeline_refuses_another_target_for_an_engine(tmp_path, capsys):
+    _expect_refusal(["demo", "--target", "onnx", "--out", str(tmp_path / "engine.plan")],
+                    "--target onnx: an engine is built from the tensorrt target", tmp_path, capsys)

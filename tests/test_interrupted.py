@@ -94,3 +94,23 @@ def test_signal_to_python_m_moe_compile_export(signum, tiny_model_dirs, tmp_path
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     _check_interrupted(process.returncode, stderr, tmp_path, signum)
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_signal_inside_native_code_is_recorded_not_raised(name):
+    """interrupts.deferred (around TensorRT's build, whose progress callback polls `received`):
+    the signal is recorded, nothing is raised through native frames, the handlers come back."""
+    from moe_compile import interrupts
+
+    before = signal.getsignal(getattr(signal, name))
+    interrupts.reset()
+    try:
+        with interrupts.deferred():
+            os.kill(os.getpid(), getattr(signal, name))
+            time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+            assert interrupts.received() == name
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.raise_if_received()
+    finally:
+        interrupts.reset()
+    assert signal.getsignal(getattr(signal, name)) is before

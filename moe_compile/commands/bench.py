@@ -28,20 +28,37 @@ def _given_onnx(ir, path: str, settings: list, precision: str) -> dict:
     """--onnx: the setting it was exported at (checked against the model and the plan)."""
     from pathlib import Path
 
-    from moe_compile.validate.parity import check_onnx_matches, onnx_metadata
+    from moe_compile.validate.parity import onnx_metadata
 
     metadata = onnx_metadata(Path(path))
-    top_k = check_onnx_matches(metadata, ir, None, Path(path))
     if metadata["moe_compile.target"] == "tensorrt":
         raise InvalidInput(f"{path} is a tensorrt-target export (plugin nodes): ONNX Runtime cannot run it")
+    return _setting_of(metadata, ir, Path(path), settings, precision)
+
+
+def _given_engine(ir, path: str, settings: list, precision: str) -> dict:
+    """--engine: the setting it was built at, from the metadata the build put in the engine."""
+    from pathlib import Path
+
+    from moe_compile.validate.parity import engine_metadata
+    from moe_compile.validate.runners import load_engine
+
+    return _setting_of(engine_metadata(load_engine(path), Path(path)), ir, Path(path), settings, precision)
+
+
+def _setting_of(metadata: dict, ir, path, settings: list, precision: str) -> dict:
+    """{setting name: path} for the setting whose top-k the file was made at."""
+    from moe_compile.validate.parity import check_metadata_matches
+
+    top_k = check_metadata_matches(metadata, ir, None, path)
     if metadata["moe_compile.dtype"] != precision:
-        raise InvalidInput(f"{path} is a {metadata['moe_compile.dtype']} export; run bench with "
+        raise InvalidInput(f"{path} is {metadata['moe_compile.dtype']}; run bench with "
                            f"--precision {metadata['moe_compile.dtype']}")
     matching = [setting.name for setting in settings if setting.top_k == top_k]
     if not matching:
-        raise InvalidInput(f"{path} was exported with other per-layer top-k than the model's base top-k"
+        raise InvalidInput(f"{path} was made with other per-layer top-k than the model's base top-k"
                            + (" and the plan" if len(settings) > 1 else ""))
-    return {matching[0]: Path(path)}
+    return {matching[0]: path}
 
 
 def _check_workload(ir, args: argparse.Namespace, backends: list) -> None:
@@ -74,10 +91,10 @@ def run_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     model = BenchModel(ir, args.precision, threads,
-                       _given_onnx(ir, args.onnx, settings, args.precision) if args.onnx else {})
+                       _given_onnx(ir, args.onnx, settings, args.precision) if args.onnx else {},
+                       _given_engine(ir, args.engine, settings, args.precision) if args.engine else {})
     workloads = [Workload(b, p, args.new_tokens) for b in sorted(args.batch) for p in sorted(args.prompt)]
-    runs = [(backend, setting) for backend in backends for setting in settings
-            if not (backend.base_only and setting.name != "base")]
+    runs = [(backend, setting) for backend in backends for setting in settings if backend.runs(setting, model)]
     rows = []
     console = Console(stderr=True)
     try:

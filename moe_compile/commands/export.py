@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moe_compile.compiler.loader import load_moe_model
-from moe_compile.errors import InvalidInput, NotBuiltYet
+from moe_compile.errors import InvalidInput
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -35,23 +35,28 @@ def _lowering_table(report: dict) -> Table:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from moe_compile.validate.parity import validate_onnx
+    from moe_compile.validate.parity import validate_engine, validate_onnx
 
+    if bool(args.onnx) == bool(args.engine):
+        raise InvalidInput("validate: give --onnx model.onnx (from `moe-compile export`) or --engine engine.plan "
+                           "(from `moe-compile build`)")
     if args.engine:
-        raise NotBuiltYet("validate --engine: TensorRT engines are not built yet (issue #7)")
-    if not args.onnx:
-        raise InvalidInput("validate: give --onnx model.onnx (from `moe-compile export`)")
-    report = validate_onnx(load_moe_model(args.model), args.onnx, plan=args.plan)
-    _print_parity(report, args.json)
+        report = validate_engine(load_moe_model(args.model), args.engine, plan=args.plan)
+    else:
+        report = validate_onnx(load_moe_model(args.model), args.onnx, plan=args.plan)
+    print_parity(report, args.json)
     return 0 if report.passed else 1
 
 
-def _print_parity(report, as_json: bool) -> None:
+_RUNTIMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+
+
+def print_parity(report, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        table = Table(title=f"parity: PyTorch vs ONNX Runtime, {report.onnx} ({report.target}, {report.dtype}, "
-                            f"rtol {report.tolerance['rtol']:g}, atol {report.tolerance['atol']:g})")
+        table = Table(title=f"parity: PyTorch vs {_RUNTIMES[report.runtime]}, {report.file} ({report.target}, "
+                            f"{report.dtype}, rtol {report.tolerance['rtol']:g}, atol {report.tolerance['atol']:g})")
         for column in ("step", "output", "max |diff|", "max rel", "ok"):
             table.add_column(column)
         for step, diffs in (("prefill", report.prefill), ("decode", report.decode), ("layer", report.layer_diffs)):
@@ -66,7 +71,7 @@ def _print_parity(report, as_json: bool) -> None:
     if not report.passed:
         where = (f"; first diverging MoE layer: {report.first_diverging_layer}"
                  if report.first_diverging_layer is not None else "")
-        print(f"moe-compile: validate: {report.onnx} does not match the PyTorch reference{where}", file=sys.stderr)
+        print(f"moe-compile: validate: {report.file} does not match the PyTorch reference{where}", file=sys.stderr)
 
 
 def _grouped(diffs: list) -> list[tuple[str, list]]:
@@ -81,11 +86,13 @@ def _grouped(diffs: list) -> list[tuple[str, list]]:
 
 
 def run_compile(args: argparse.Namespace) -> int:
-    """plan (with --budget) -> rewrite -> export -> parity check; engines come with issue #7."""
+    """plan (with --budget) -> rewrite -> export -> parity check in ONNX Runtime; for
+    --out engine.plan, commands/build.py's compile_engine (export, build, check the engine)."""
     out = Path(args.out)
     if out.suffix == ".plan":
-        raise NotBuiltYet("compile: TensorRT engines (--out *.plan) are not built yet (issue #7); "
-                          "--out model.onnx runs the pipeline up to ONNX and checks parity")
+        from moe_compile.commands.build import compile_engine
+
+        return compile_engine(args, out)
     if out.suffix != ".onnx":
         raise InvalidInput(f"--out {out}: give model.onnx (ONNX) or engine.plan (TensorRT)")
     from moe_compile.atomic import check_writable
@@ -96,15 +103,15 @@ def run_compile(args: argparse.Namespace) -> int:
     moe_model = load_moe_model(args.model)
     plan = args.plan
     if args.budget is not None:
-        plan = _write_plan(moe_model, args.budget, out, args.command_line)
-    result = export_onnx(moe_model, out, target=args.target, plan=plan, dtype=args.precision)
+        plan = write_plan(moe_model, args.budget, out, args.command_line)
+    result = export_onnx(moe_model, out, target=args.target or "onnxruntime", plan=plan, dtype=args.precision)
     Console().print(_lowering_table(result.to_json()))
     report = validate_onnx(moe_model, out, plan=plan)
-    _print_parity(report, as_json=False)
+    print_parity(report, as_json=False)
     return 0 if report.passed else 1
 
 
-def _write_plan(moe_model, budget: float, out: Path, command: str) -> Path:
+def write_plan(moe_model, budget: float, out: Path, command: str) -> Path:
     from moe_compile.atomic import write_text_atomic
     from moe_compile.compiler.lexi.cost import ActiveExperts
     from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
+from moe_compile.errors import InvalidInput, one_line
 
 # ONNX TensorProto element type -> Triton data type (the names in model_config.proto).
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 5: "TYPE_INT16", 6: "TYPE_INT32",
@@ -65,15 +65,11 @@ def onnx_signature(path: Path) -> ModelSignature:
 
 def engine_signature(path: Path) -> ModelSignature:
     """The I/O tensors of a serialized TensorRT engine (TensorRT 10's named-tensor API)."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BackendUnavailable(f"reading the engine {path} needs TensorRT: pip install tensorrt "
-                                 "(on a machine with an NVIDIA GPU)") from None
-    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
-    if engine is None:
-        raise InvalidInput(f"{path} is not a TensorRT engine this TensorRT ({trt.__version__}) can load")
+    from moe_compile.validate.runners import load_engine
+
+    engine = load_engine(path)  # checks TensorRT and a GPU first
+    import tensorrt as trt
+
     inputs, outputs = [], []
     for index in range(engine.num_io_tensors):
         name = engine.get_tensor_name(index)

@@ -99,8 +99,25 @@ def example_inputs(model: nn.Module, dtype: torch.dtype, batch: int = 2, past_le
     return decoder_inputs(model, torch.randint(0, vocab, (batch, sequence), generator=generator), past)
 
 
+_INPUT_AXES = {"input_ids": {0: BATCH, 1: SEQUENCE}, "attention_mask": {0: BATCH, 1: TOTAL},
+               "position_ids": {0: BATCH, 1: SEQUENCE}}
+_PAST_AXES = {0: BATCH, 2: PAST}
+
+
+def dynamic_axes(input_name: str) -> dict[int, str]:
+    """The dynamic axes of a decoder input and what each one is (BATCH, SEQUENCE, PAST, TOTAL);
+    empty for a name the decoder does not take. The export traces with these and the TensorRT
+    builder reads them back to give each axis its range."""
+    if input_name.startswith("past_key_values."):
+        return dict(_PAST_AXES)
+    return dict(_INPUT_AXES.get(input_name, {}))
+
+
 def dynamic_shapes(num_layers: int) -> tuple:
-    batch, sequence = torch.export.Dim(BATCH), torch.export.Dim(SEQUENCE)
-    past, total = torch.export.Dim(PAST), torch.export.Dim(TOTAL)
-    return ({0: batch, 1: sequence}, {0: batch, 1: total}, {0: batch, 1: sequence},
-            tuple({0: batch, 2: past} for _ in range(2 * num_layers)))
+    dims = {name: torch.export.Dim(name) for name in (BATCH, SEQUENCE, PAST, TOTAL)}
+
+    def shape(input_name: str) -> dict:
+        return {axis: dims[role] for axis, role in dynamic_axes(input_name).items()}
+
+    return (shape("input_ids"), shape("attention_mask"), shape("position_ids"),
+            tuple(shape(name) for name in past_names(num_layers)))

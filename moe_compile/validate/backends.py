@@ -5,7 +5,7 @@
     pytorch-cuda      the same on the GPU (the op's CUDA implementation, where one is registered)
     onnxruntime-cpu   the onnxruntime-target ONNX in ONNX Runtime, CPU provider
     onnxruntime-cuda  the same ONNX with ONNX Runtime's CUDA provider
-    tensorrt          the engine (--engine)
+    tensorrt          the engine given with --engine, at the top-k it was built for
 
 Which exist is decided when `bench` runs; asking for one that is not there is one line, exit 2.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from moe_compile.compiler.ir import MoEModel
-from moe_compile.errors import BackendUnavailable, InvalidInput, NotBuiltYet
+from moe_compile.errors import BackendUnavailable, InvalidInput
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,15 @@ class TopKSetting:
 
 @dataclass
 class BenchModel:
-    """What every backend builds its runner from: the model, its dtype, and ONNX files per setting
-    (given with --onnx, or exported on first use into a folder removed at the end)."""
+    """What every backend builds its runner from: the model, its dtype, ONNX files per setting
+    (given with --onnx, or exported on first use into a folder removed at the end) and the
+    engine given with --engine, under the setting it was built for."""
 
     ir: MoEModel
     dtype: str = "fp32"
     threads: int | None = None
     onnx_files: dict[str, Path] = field(default_factory=dict)
+    engine_files: dict[str, Path] = field(default_factory=dict)
     _exports: tempfile.TemporaryDirectory | None = None
 
     def onnx_for(self, setting: TopKSetting) -> Path:
@@ -84,6 +86,12 @@ class Backend:
     build: Callable[[BenchModel, TopKSetting], object]
     base_only: bool = False  # the transformers baseline knows no plan
     runs_onnx: bool = False  # its ONNX file is exported before the backend is measured
+    runs_engine: bool = False  # it runs only the settings an engine was given for
+
+    def runs(self, setting: TopKSetting, model: BenchModel) -> bool:
+        if self.base_only:
+            return setting.name == "base"
+        return setting.name in model.engine_files if self.runs_engine else True
 
 
 def _torch_model(model: BenchModel, setting: TopKSetting):
@@ -119,6 +127,12 @@ def _onnxruntime(provider: str) -> Callable:
     return build
 
 
+def _tensorrt(model: BenchModel, setting: TopKSetting):
+    from .runners import TensorRTRunner
+
+    return TensorRTRunner(model.engine_files[setting.name])
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -133,8 +147,9 @@ def _onnxruntime_providers() -> list[str]:
     return onnxruntime.get_available_providers()
 
 
-def available_backends() -> dict[str, Backend]:
-    """Every backend this machine can run now, in the order they are reported."""
+def available_backends(engine: str | None = None) -> dict[str, Backend]:
+    """Every backend this machine can run now, in the order they are reported (tensorrt: when
+    an engine is given, which select_backends has checked TensorRT and a GPU for)."""
     backends = [Backend("transformers", "cpu", _transformers, base_only=True), Backend("pytorch", "cpu", _pytorch("cpu"))]
     providers = _onnxruntime_providers()
     if "CPUExecutionProvider" in providers:
@@ -143,6 +158,8 @@ def available_backends() -> dict[str, Backend]:
         backends.append(Backend("pytorch-cuda", "cuda", _pytorch("cuda")))
     if "CUDAExecutionProvider" in providers:
         backends.append(Backend("onnxruntime-cuda", "cuda", _onnxruntime("CUDAExecutionProvider"), runs_onnx=True))
+    if engine:
+        backends.append(Backend("tensorrt", "cuda", _tensorrt, runs_engine=True))
     return {backend.name: backend for backend in backends}
 
 
@@ -153,9 +170,15 @@ _NEEDS = {"onnxruntime-cpu": "onnxruntime (pip install onnxruntime)", "pytorch-c
 
 def select_backends(names: list[str] | None, engine: str | None) -> list[Backend]:
     """The backends to run: the ones named (each must be available), or all available."""
-    if engine or (names and "tensorrt" in names):
-        raise NotBuiltYet("bench --engine: TensorRT engines are not built yet (issue #7)")
-    available = available_backends()
+    if names and "tensorrt" in names and not engine:
+        raise InvalidInput("the tensorrt backend runs an engine: give --engine engine.plan")
+    if engine and names and "tensorrt" not in names:
+        raise InvalidInput("--engine is run by the tensorrt backend: add tensorrt to --backends")
+    if engine:
+        from moe_compile.plugins.tensorrt.builder import require_tensorrt
+
+        require_tensorrt("bench --engine")
+    available = available_backends(engine)
     if not names:
         return list(available.values())
     unknown = [name for name in names if name not in KNOWN_BACKENDS]

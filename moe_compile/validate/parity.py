@@ -1,8 +1,12 @@
-"""`moe-compile validate`: the ONNX model against the PyTorch reference, end to end.
+"""`moe-compile validate`: an ONNX model (in ONNX Runtime) or a TensorRT engine against the
+PyTorch reference, end to end.
 
     prefill (empty past) -> decode one step -> greedy generation of N tokens
-    each compared with the dtype's tolerance; on a mismatch, a debug export with every MoE
+    each compared with the dtype's tolerance; on an ONNX mismatch, a debug export with every MoE
     block's output exposed names the first layer that diverges.
+
+Both files carry moe-compile's metadata (the ONNX file in metadata_props, an engine in its
+name), checked against the model and the plan the same way; the comparison sees only runners.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from moe_compile.export.lowering import TARGETS, moe_output_name
 
 from .compare import OutputDiff, compare_outputs
 from .generation import greedy_generate
-from .runners import OnnxRuntimeRunner, TorchRunner
+from .runners import OnnxRuntimeRunner, TensorRTRunner, TorchRunner
 from .tolerances import TOLERANCES
 
 
 @dataclass
 class ParityReport:
-    onnx: str
+    file: str
+    runtime: str  # onnxruntime | tensorrt
     target: str
     dtype: str
     tolerance: dict
@@ -68,6 +73,17 @@ def onnx_metadata(path: Path) -> dict[str, str]:
     return metadata
 
 
+def engine_metadata(engine, path: Path) -> dict[str, str]:
+    """The metadata `moe-compile build` put in the engine's name (the ONNX file's)."""
+    from moe_compile.plugins.tensorrt.builder import metadata_from_engine_name
+
+    metadata = metadata_from_engine_name(engine.name)
+    if "moe_compile.model_sha256" not in metadata:
+        raise InvalidInput(f"{path} was not built by moe-compile (the engine has no moe_compile metadata)")
+    _check_metadata(metadata, path)
+    return metadata
+
+
 def _check_metadata(metadata: dict[str, str], path: Path) -> None:
     """The moe_compile.* keys the exporter writes, with values it can write."""
     def malformed(what: str) -> InvalidInput:
@@ -84,7 +100,7 @@ def _check_metadata(metadata: dict[str, str], path: Path) -> None:
         raise malformed("moe_compile.top_k is not a {layer: k} object")
 
 
-def check_onnx_matches(metadata: dict, moe_model: MoEModel, plan, path: Path) -> dict[int, int]:
+def check_metadata_matches(metadata: dict, moe_model: MoEModel, plan, path: Path) -> dict[int, int]:
     if metadata["moe_compile.model_sha256"] != moe_model.fingerprint["sha256"]:
         raise InvalidInput(f"{path} was exported from another model, not {moe_model.path}")
     top_k = {int(k): v for k, v in json.loads(metadata["moe_compile.top_k"]).items()}
@@ -97,16 +113,41 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
                   new_tokens: int = 32, seed: int = 0) -> ParityReport:
     path = Path(onnx_path)
     metadata = onnx_metadata(path)
-    top_k = check_onnx_matches(metadata, moe_model, plan, path)
-    dtype, target = metadata["moe_compile.dtype"], metadata["moe_compile.target"]
-    if target == "tensorrt":
-        raise InvalidInput(f"{path} is a tensorrt-target export (plugin nodes): validate it as an engine, "
-                           "or export --target onnxruntime|onnx to check it in ONNX Runtime")
-    if dtype == "bf16":
+    top_k = check_metadata_matches(metadata, moe_model, plan, path)
+    if metadata["moe_compile.target"] == "tensorrt":
+        raise InvalidInput(f"{path} is a tensorrt-target export (plugin nodes): build it and validate the engine "
+                           "(--engine), or export --target onnxruntime|onnx to check it in ONNX Runtime")
+    if metadata["moe_compile.dtype"] == "bf16":
         raise InvalidInput("ONNX Runtime on the CPU does not run bf16 models: validate an fp32 or fp16 export")
+    model, _ = compiled_model(moe_model, None, metadata["moe_compile.dtype"], top_k)
+    report, prefill_feed = _compare_runners(model, OnnxRuntimeRunner(path), path, metadata, new_tokens, seed)
+    if not report.passed:
+        tolerance = TOLERANCES[report.dtype]
+        report.layer_diffs = _layer_diffs(moe_model, model, path, prefill_feed, tolerance)
+        report.first_diverging_layer = next(
+            (int(d.name.split(".")[1]) for d in report.layer_diffs if not d.passed), None)
+    return report
+
+
+def validate_engine(moe_model: MoEModel, engine_path: str | Path, plan: str | Path | None = None,
+                    new_tokens: int = 32, seed: int = 0) -> ParityReport:
+    """The engine against the reference at the engine's own top-k and dtype (its metadata). The
+    reference runs on the CPU, as for ONNX Runtime, so both sides are the ones validate knows."""
+    path = Path(engine_path)
+    candidate = TensorRTRunner(path)
+    metadata = engine_metadata(candidate.engine, path)
+    top_k = check_metadata_matches(metadata, moe_model, plan, path)
+    model, _ = compiled_model(moe_model, None, metadata["moe_compile.dtype"], top_k)
+    return _compare_runners(model, candidate, path, metadata, new_tokens, seed)[0]
+
+
+def _compare_runners(model: torch.nn.Module, candidate, path: Path, metadata: dict, new_tokens: int,
+                     seed: int) -> tuple[ParityReport, dict]:
+    """Prefill, one decode step and greedy generation through the reference and `candidate`;
+    the report and the prefill feed (for a per-layer look on a mismatch)."""
+    dtype = metadata["moe_compile.dtype"]
     tolerance = TOLERANCES[dtype]
-    model, _ = compiled_model(moe_model, None, dtype, top_k)
-    reference, candidate = TorchRunner(model), OnnxRuntimeRunner(path)
+    reference = TorchRunner(model)
     _check_interface(candidate, reference, path)
 
     generator = torch.Generator().manual_seed(seed)
@@ -124,23 +165,19 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
 
     empty = [t.float().numpy() for t in nothing]
     tokens_ref = greedy_generate(reference, prompt.numpy(), new_tokens, empty)
-    tokens_onnx = greedy_generate(candidate, prompt.numpy(), new_tokens, empty)
-    differs = np.flatnonzero((tokens_ref != tokens_onnx).any(axis=0))
+    tokens_candidate = greedy_generate(candidate, prompt.numpy(), new_tokens, empty)
+    differs = np.flatnonzero((tokens_ref != tokens_candidate).any(axis=0))
     report = ParityReport(
-        onnx=str(path), target=target, dtype=dtype, tolerance=asdict(tolerance), prefill=prefill, decode=decode,
-        generated_tokens=new_tokens, generation_identical=not differs.size,
-        first_generation_difference=int(differs[0]) if differs.size else None)
-    if not report.passed:
-        report.layer_diffs = _layer_diffs(moe_model, model, path, prefill_feed, tolerance)
-        report.first_diverging_layer = next(
-            (int(d.name.split(".")[1]) for d in report.layer_diffs if not d.passed), None)
-    return report
+        file=str(path), runtime=candidate.name, target=metadata["moe_compile.target"], dtype=dtype,
+        tolerance=asdict(tolerance), prefill=prefill, decode=decode, generated_tokens=new_tokens,
+        generation_identical=not differs.size, first_generation_difference=int(differs[0]) if differs.size else None)
+    return report, prefill_feed
 
 
-def _check_interface(candidate: OnnxRuntimeRunner, reference: TorchRunner, path: Path) -> None:
+def _check_interface(candidate, reference: TorchRunner, path: Path) -> None:
     """The file must be a decoder with the exported names (its metadata alone proves nothing)."""
     inputs = ["input_ids", "attention_mask", "position_ids", *past_names(reference.num_layers)]
-    missing = [name for name in inputs if name not in candidate.input_types]
+    missing = [name for name in inputs if name not in candidate.input_names]
     missing += [name for name in reference.output_names if name not in candidate.output_names]
     if missing:
         raise InvalidInput(f"{path} is not a decoder exported by moe-compile for this model "

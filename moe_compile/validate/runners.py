@@ -55,6 +55,7 @@ class OnnxRuntimeRunner:
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise InvalidInput(f"{path}: ONNX Runtime cannot load it ({one_line(exc)})") from None
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
+        self.input_names = list(self.input_types)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -65,3 +66,77 @@ class OnnxRuntimeRunner:
 
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def load_engine(path: str | Path):
+    """A serialized TensorRT engine, deserialized. An engine whose plugins were built ahead of
+    time (`aot_impl`) carries their compiled kernels, so no plugin code is registered first."""
+    from moe_compile.plugins.tensorrt.builder import error_logger, require_tensorrt
+
+    path = Path(path)
+    trt = require_tensorrt(f"running the engine {path}")
+    if path.is_dir():
+        raise InvalidInput(f"engine file '{path}' is a folder")
+    if not path.is_file():
+        raise InvalidInput(f"engine file '{path}' does not exist")
+    log = error_logger(trt)
+    engine = trt.Runtime(log).deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise InvalidInput(f"{path} is not a TensorRT engine this TensorRT ({trt.__version__}) and GPU can load"
+                           + (f" ({log.last_error()})" if log.last_error() else ""))
+    return engine
+
+
+class TensorRTRunner:
+    """An engine behind the runner interface: each input copied to the GPU in the engine's type,
+    its shape set, the outputs allocated at the shapes TensorRT infers from them, one
+    `execute_async_v3` on a stream of our own (TensorRT warns about the default stream)."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.engine = load_engine(self.path)
+        import tensorrt as trt  # load_engine has checked that it is there
+
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        unknown = [n for n in names if self.engine.get_tensor_dtype(n).name not in _TORCH_TYPES]
+        if unknown:
+            raise InvalidInput(f"{path}: tensor '{unknown[0]}' has TensorRT type "
+                               f"{self.engine.get_tensor_dtype(unknown[0]).name}, which moe-compile does not feed")
+        self.dtypes = {n: getattr(torch, _TORCH_TYPES[self.engine.get_tensor_dtype(n).name]) for n in names}
+        self.stream = torch.cuda.Stream()
+        self._empty = torch.empty(1, device="cuda")  # the address given for a tensor with no elements
+
+    def _address(self, tensor: torch.Tensor) -> int:
+        return tensor.data_ptr() if tensor.numel() else self._empty.data_ptr()
+
+    def _set_input(self, name: str, tensor: torch.Tensor) -> None:
+        if not self.context.set_input_shape(name, tuple(tensor.shape)):
+            low, _, high = (tuple(shape) for shape in self.engine.get_tensor_profile_shape(name, 0))
+            raise InvalidInput(f"{self.path}: input '{name}' of shape {tuple(tensor.shape)} is outside the engine's "
+                               f"profile ({low} to {high}); build it with a larger --max-batch or --max-seq")
+        self.context.set_tensor_address(name, self._address(tensor))
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.cuda.stream(self.stream):
+            inputs = {name: torch.from_numpy(np.ascontiguousarray(feed[name])).to("cuda", self.dtypes[name])
+                      for name in self.input_names}
+            for name, tensor in inputs.items():
+                self._set_input(name, tensor)
+            outputs = {name: torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
+                                         device="cuda") for name in self.output_names}
+            for name, tensor in outputs.items():
+                self.context.set_tensor_address(name, self._address(tensor))
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT could not run {self.path}")
+        self.stream.synchronize()
+        return {name: (out.float() if out.is_floating_point() else out).cpu().numpy() for name, out in outputs.items()}
+
+
+# tensorrt.DataType member name -> torch dtype name
+_TORCH_TYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
+                "BOOL": "bool", "UINT8": "uint8", "INT8": "int8"}

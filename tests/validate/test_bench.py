@@ -141,7 +141,8 @@ def test_bench_runs_a_given_onnx_file_for_its_setting(tiny_model_dirs, half_plan
                                                                       ("onnxruntime-cpu", "plan")]
 
 
-@pytest.mark.parametrize("case", ["unknown backend", "engine", "batch zero", "batch not a number",
+@pytest.mark.parametrize("case", ["unknown backend", "tensorrt without an engine", "engine without tensorrt",
+                                  "batch zero", "batch not a number",
                                   "too long for the model", "bf16 on onnxruntime-cpu", "onnx of another model",
                                   "onnx at other top-k", "missing plan"])
 def test_bad_bench_input_is_one_line(case, tiny_model_dirs, half_plan, tmp_path, capsys):
@@ -153,7 +154,8 @@ def test_bad_bench_input_is_one_line(case, tiny_model_dirs, half_plan, tmp_path,
         export_onnx(ir, tmp_path / "m.onnx", target="onnxruntime", top_k={spec.index: 1 for spec in ir.layers})
     argv, message = {
         "unknown backend": (["--backends", "pytorch,tensorflow"], "unknown backend 'tensorflow'"),
-        "engine": (["--engine", str(tmp_path / "e.plan")], "TensorRT engines are not built yet"),
+        "tensorrt without an engine": (["--backends", "tensorrt"], "the tensorrt backend runs an engine: give --engine"),
+        "engine without tensorrt": (["--engine", str(tmp_path / "e.plan")], "add tensorrt to --backends"),
         "batch zero": (["--batch", "1,0"], "--batch: 0 must be at least 1"),
         "batch not a number": (["--batch", "one"], "--batch: 'one' is not a whole number"),
         "too long for the model": (["--prompt", "1000", "--new-tokens", "100"], "more than the model's max_position"),
