@@ -170,12 +170,13 @@ def _stage_decoder(folder: Path, backend: str, artifact: Path, signature: ModelS
 
 
 def tensorrt_readme(name: str) -> str:
-    """What the server needs for the GroupedMoE plugin of a TensorRT engine."""
+    """What the server needs for the GroupedMoE plugins of a TensorRT engine."""
+    from moe_compile.plugins.tensorrt.stages import PLUGIN_NAMESPACE, PLUGIN_VERSION, STAGES
+
+    plugins = ", ".join(f"`{PLUGIN_NAMESPACE}::{stage.plugin}`" for stage in STAGES)
     return (f"# {name}: a moe-compile TensorRT engine\n\n"
-            "Each MoE layer of this engine is one GroupedMoE plugin layer (namespace `moe_compile`, "
-            "version 1). An engine that embeds the plugin's kernel needs nothing more. Otherwise the "
-            "server must load the plugin library before it loads the engine:\n\n"
-            "    tritonserver --model-repository=REPO \\\n"
-            "        --backend-config=tensorrt,plugins=/path/to/libmoe_compile_plugins.so\n\n"
-            "(or start the server with `LD_PRELOAD=/path/to/libmoe_compile_plugins.so`). The engine runs "
-            "only on the GPU model and TensorRT version it was built with.\n")
+            f"Each MoE layer of this engine is {len(STAGES)} plugin layers ({plugins}, version {PLUGIN_VERSION}) "
+            "compiled ahead of time: the engine holds their kernels, so the server needs no plugin library and no Python, only the TensorRT "
+            "version (>= 10.8) that built the engine:\n\n"
+            "    tritonserver --model-repository=REPO\n\n"
+            "The engine runs only on the GPU model and TensorRT version it was built with.\n")
