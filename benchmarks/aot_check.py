@@ -41,6 +41,7 @@ from moe_compile.plugins.tensorrt.aot_kernel import (StageKernel, current_arch, 
 from moe_compile.plugins.tensorrt.pipeline import run_stages
 from moe_compile.plugins.tensorrt.stages import GEMM_STAGES, STAGES, StageLaunch, StageLayer
 from moe_compile.plugins.tensorrt.symbolic import SYM_OPS, Sym, evaluate
+from moe_compile.versions import package_versions
 
 RESULTS = Path(__file__).parent / "results"
 TOLERANCE = {"bfloat16": 4e-2, "float32": 2e-5}  # of the reference output's largest magnitude
@@ -175,15 +176,7 @@ def run_case(layer: Layer, tokens: int, kernels: dict[str, StageKernel], launche
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"torch": torch.__version__, "cuda": torch.version.cuda}
-    for package in ("triton", "cuda-python", "cuda-bindings"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found
+    return package_versions("triton", "cuda-python", "cuda-bindings")
 
 
 def parse_args(argv=None):

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from moe_compile.atomic import atomic_path, write_text_atomic
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
+from moe_compile.versions import package_versions
 
 SHAPES = {  # name: (E, H, I, k)
     "qwen1.5-moe-a2.7b": (60, 2048, 1408, 4),
@@ -310,15 +311,7 @@ def summary(rows: list[dict]) -> dict:
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"torch": torch.__version__, "cuda": torch.version.cuda}
-    for package in ("triton", "liger-kernel", "moe-ops", "flashinfer-python"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found
+    return package_versions("triton", "liger-kernel", "moe-ops", "flashinfer-python")
 
 
 def parse_args(argv=None):
