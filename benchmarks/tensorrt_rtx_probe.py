@@ -215,11 +215,12 @@ def build(spec: dict) -> None:
 # ---------------------------------------------------------------- parent: models, children, report
 
 
-def run_child(spec: dict, library_dir: Path | None = None) -> dict:
+def run_child(spec: dict, library_dir: Path | None = None, script: str = __file__) -> dict:
+    """`script --child SPEC` in a fresh process (its last stdout line is its JSON result)."""
     env = dict(os.environ)
     if library_dir is not None:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(library_dir), env.get("LD_LIBRARY_PATH")) if p)
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True, env=env,
                           check=False)
     lines = done.stdout.strip().splitlines()
     result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
