@@ -224,16 +224,14 @@ def mismatches(configured: list[dict], layers: dict[str, StageLayer], act: str) 
     return found
 
 
-def check(exported: Path, work: Path, target: str = TARGET) -> dict:
-    """Expand, build in a child process, compare: the whole check, as one JSON-able dict."""
-    model, layers, act = expanded_model(exported, work / "expanded.onnx")
+def build_and_compare(model: Path, layers: dict[str, StageLayer], act: str, work: Path, target: str = TARGET) -> dict:
+    """Build the expanded `model` in a child process and compare what TensorRT configured the
+    stages with against LaunchPlan: the whole result, JSON-able."""
     result = run_child({"model": str(model), "target": target, "profiles": profiles(model)},
                        unversioned_library_dir(work), script=__file__)
     configured = result.get("configured", [])
     result["tokens_checked"] = sorted({tokens for _, _, tokens, _, _ in profile_points(configured, layers)})
-    result["stage_nodes"] = len(layers)
     result["mismatches"] = mismatches(configured, layers, act)
-    result["configured"] = len(configured)
     return result
 
 
@@ -246,8 +244,10 @@ def main(argv=None) -> None:
         build(json.loads(args.child))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        exported = args.onnx or decoder_model(Path(tmp) / "decoder.onnx")
-        print(json.dumps(check(exported, Path(tmp)), indent=1))
+        work = Path(tmp)
+        model, layers, act = expanded_model(args.onnx or decoder_model(work / "decoder.onnx"), work / "expanded.onnx")
+        result = build_and_compare(model, layers, act, work)
+    print(json.dumps({**result, "stage_nodes": len(layers), "configured": len(result.get("configured", []))}, indent=1))
 
 
 if __name__ == "__main__":
