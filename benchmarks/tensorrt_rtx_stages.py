@@ -247,7 +247,8 @@ def main(argv=None) -> None:
         work = Path(tmp)
         model, layers, act = expanded_model(args.onnx or decoder_model(work / "decoder.onnx"), work / "expanded.onnx")
         result = build_and_compare(model, layers, act, work)
-    print(json.dumps({**result, "stage_nodes": len(layers), "configured": len(result.get("configured", []))}, indent=1))
+    counts = {key: len(result.get(key, [])) for key in ("plugin_layers", "configured")}
+    print(json.dumps({**result, **counts, "stage_nodes": len(layers)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from tiny_models import save_tiny_model
 pytest.importorskip("tensorrt_rtx")
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
-# Score bias, group-limited routing, top_k = 3 over 8 experts: min(slots, experts) switches at T = 3.
-MODEL_TYPE = "deepseek_v3"
+# deepseek_v3: score bias, group-limited routing, top_k = 3 over 8 experts (min(slots, experts)
+# switches at T = 3); qwen2_moe in fp16: half-precision activations through every stage.
+MODELS = [("deepseek_v3", "fp32"), ("qwen2_moe", "fp16")]
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +34,12 @@ def rtx_stages():
         sys.path.remove(str(BENCHMARKS))
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=MODELS, ids=lambda model: "-".join(model))
+def exported(request, tmp_path_factory):
+    model_type, dtype = request.param
     root = tmp_path_factory.mktemp("rtx_stages")
-    save_tiny_model(MODEL_TYPE, root / "model")
-    export_onnx(load_moe_model(root / "model"), root / "model.onnx", target="tensorrt")
+    save_tiny_model(model_type, root / "model")
+    export_onnx(load_moe_model(root / "model"), root / "model.onnx", target="tensorrt", dtype=dtype)
     return root / "model.onnx"
 
 
