@@ -24,7 +24,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from tensorrt_rtx_probe import _collecting_logger, _field_value, decoder_model, run_child, unversioned_library_dir
+from tensorrt_rtx_probe import collecting_logger, field_value, decoder_model, run_child, unversioned_library_dir
 
 from moe_compile.plugins.tensorrt.stages import (ATTRIBUTE_TYPES, PLUGIN_NAMESPACE, PLUGIN_VERSION, STAGES, StageLayer,
                                                  stage_named)
@@ -60,7 +60,7 @@ def register_stage_creators(trt, configured: list, symbolic: collections.Counter
             trt.IPluginV3OneBuild.__init__(self)
             trt.IPluginV3OneRuntime.__init__(self)
             self.stage, self.node, self.fields = stage, node, fields
-            self.layer = StageLayer.from_node_attributes({name: _field_value(trt, data, kind)
+            self.layer = StageLayer.from_node_attributes({name: field_value(trt, data, kind)
                                                           for name, data, kind in fields})
             # (shape, dtype) of every input then output, with T = 1: the dtypes are what matter here
             launch = self.layer.launch(stage, 1, fp32=False)
@@ -134,7 +134,7 @@ def build(spec: dict) -> None:
     print the result as one JSON line while TensorRT's objects are alive (see the probe)."""
     import tensorrt_rtx as trt
 
-    logger = _collecting_logger(trt)
+    logger = collecting_logger(trt)
     configured, symbolic = [], collections.Counter()
     _creators = register_stage_creators(trt, configured, symbolic)  # alive for the whole build
     builder = trt.Builder(logger)
@@ -173,9 +173,9 @@ def expanded_model(exported: Path, out: Path) -> tuple[Path, dict[str, StageLaye
     from moe_compile.plugins.tensorrt.expand import expand_grouped_moe
 
     model = expand_grouped_moe(onnx.load(exported))
-    layers = {}
+    layers, plugins = {}, {stage.plugin for stage in STAGES}
     for node in model.graph.node:
-        if node.domain == PLUGIN_NAMESPACE:
+        if node.domain == PLUGIN_NAMESPACE and node.op_type in plugins:
             values = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in ATTRIBUTE_TYPES}
             layers[node.name] = StageLayer.from_node_attributes(
                 {name: value.decode() if isinstance(value, bytes) else value for name, value in values.items()})
