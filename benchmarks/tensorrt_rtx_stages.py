@@ -33,7 +33,7 @@ TARGET = "SM89"
 # (max_batch, max_seq) of each optimization profile (builder.profile_shapes): the MoE layers' T
 # runs 1 .. max_batch * max_seq, with opt = max_batch (decode steps). Together they reach both
 # sides of the route's chunk (16 tokens) and of min(slots, experts).
-PROFILES = ((1, 1), (2, 1), (3, 6), (4, 5), (5, 20))
+PROFILES = ((1, 1), (2, 1), (3, 6), (4, 5), (5, 20), (8, 512))
 PROFILE_POINTS = ("min", "opt", "max")
 _FIELD_TYPES = {int: "INT32", float: "FLOAT32", str: "CHAR"}
 _ONNX_ACT = {1: "FLOAT", 10: "HALF", 16: "BF16"}  # ONNX element type -> trt.DataType name
