@@ -27,11 +27,14 @@ MODELS = [("deepseek_v3", "fp32"), ("qwen2_moe", "fp16")]
 
 @pytest.fixture(scope="module")
 def rtx_stages():
+    """benchmarks/tensorrt_rtx_stages.py, which imports its neighbour tensorrt_rtx_probe.py."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         yield importlib.import_module("tensorrt_rtx_stages")
     finally:
         sys.path.remove(str(BENCHMARKS))
+        for name in ("tensorrt_rtx_stages", "tensorrt_rtx_probe"):
+            sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="module", params=MODELS, ids=lambda model: "-".join(model))
