@@ -55,7 +55,7 @@ OP_SHAPE = {"experts": 8, "hidden": 64, "intermediate": 32}
 # ---------------------------------------------------------------- child process: one build
 
 
-def _collecting_logger(trt):
+def collecting_logger(trt):
     class CollectingLogger(trt.ILogger):
         """Keeps TensorRT's warnings and errors, word for word, for the report; writes them to
         stderr too, where the parent finds them if the process dies."""
@@ -133,7 +133,7 @@ def _register_grouped_moe_creator(trt, field_types: dict[str, str], received: di
         def create_plugin(self, name, field_collection, phase):
             calls["create_plugin"] += 1
             fields = [(f.name, np.array(f.data).copy(), f.type) for f in field_collection]
-            received[name] = {f_name: _field_value(trt, data, kind) for f_name, data, kind in fields}  # by node name
+            received[name] = {f_name: field_value(trt, data, kind) for f_name, data, kind in fields}  # by node name
             return GroupedMoEPlugin(fields)
 
     creator = GroupedMoECreator()
@@ -141,7 +141,8 @@ def _register_grouped_moe_creator(trt, field_types: dict[str, str], received: di
     return creator, registered
 
 
-def _field_value(trt, data, kind):
+def field_value(trt, data, kind):
+    """A plugin field's data as Python: CHAR as its NUL-terminated text, one number as a scalar."""
     if kind == trt.PluginFieldType.CHAR:
         return bytes(data.astype("uint8")).split(b"\0")[0].decode()
     return data.item() if data.size == 1 else data.tolist()
@@ -168,7 +169,7 @@ def build(spec: dict) -> None:
     process aborts when they are freed."""
     import tensorrt_rtx as trt
 
-    logger = _collecting_logger(trt)
+    logger = collecting_logger(trt)
     received, calls = {}, collections.Counter()
     result = {}
     if spec.get("fields") is not None:
@@ -215,11 +216,12 @@ def build(spec: dict) -> None:
 # ---------------------------------------------------------------- parent: models, children, report
 
 
-def run_child(spec: dict, library_dir: Path | None = None) -> dict:
+def run_child(spec: dict, library_dir: Path | None = None, script: str = __file__) -> dict:
+    """`script --child SPEC` in a fresh process (its last stdout line is its JSON result)."""
     env = dict(os.environ)
     if library_dir is not None:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(library_dir), env.get("LD_LIBRARY_PATH")) if p)
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True, env=env,
                           check=False)
     lines = done.stdout.strip().splitlines()
     result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
@@ -251,7 +253,7 @@ def python_api() -> dict:
         plugin_module = "imported"
     except ImportError as error:
         plugin_module = f"{type(error).__name__}: {error}"
-    network = trt.Builder(_collecting_logger(trt)).create_network(0)
+    network = trt.Builder(collecting_logger(trt)).create_network(0)
     classes = ("IPluginV3", "IPluginV3OneBuild", "IPluginCreatorV3One", "IPluginV3QuickBuild",
                "IPluginV3QuickAOTBuild", "QuickPluginCreationRequest")
     return {"import tensorrt_rtx.plugin": plugin_module,
