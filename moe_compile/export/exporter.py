@@ -61,8 +61,9 @@ def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
     """Rename each MoE layer's GroupedMoE output value to `moe_output.{layer}`.
 
     The nodes a translation emitted carry the FX node they came from (`%grouped_moe`,
-    `%grouped_moe_1`, ... in call order, which is layer order); the group's output is the
-    value its nodes produce for a node outside the group.
+    `%grouped_moe_1`, ... in call order, which is layer order), and torch.onnx names the
+    translation's output value after that FX node. (Not "the value used outside the group":
+    nodes the optimizer adds to a translation, casts, carry no FX node.)
     """
     groups: dict[str, list] = {}
     for node in onnx_model.graph.node:
@@ -72,11 +73,10 @@ def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
     if len(groups) != len(layers):
         raise RuntimeError(f"found {len(groups)} GroupedMoE translations for {len(layers)} MoE layers")
     renames = {}
-    for layer, nodes in zip(layers, groups.values()):
-        inside = {id(node) for node in nodes}
-        produced = {out for node in nodes for out in node.output}
-        consumed_outside = {name for node in onnx_model.graph.node if id(node) not in inside for name in node.input}
-        (output,) = produced & consumed_outside
+    for layer, (fx_name, nodes) in zip(layers, groups.items()):
+        output = fx_name.removeprefix("%")
+        if output not in {out for node in nodes for out in node.output}:
+            raise RuntimeError(f"the translation of {fx_name} does not produce a value named {output}")
         renames[output] = moe_output_name(layer)
     for node in onnx_model.graph.node:
         node.input[:] = [renames.get(name, name) for name in node.input]

@@ -37,11 +37,14 @@ def register_schema() -> None:
     attributes += [OpSchema.Attribute(name, OpSchema.AttrType.STRING, f"TensorRT plugin lookup: {name}", required=False)
                    for name in PLUGIN_ATTRIBUTES]
     optional = OpSchema.FormalParameterOption.Optional
-    inputs = [OpSchema.FormalParameter(name, "T", param_option=optional) if name in OPTIONAL_INPUTS
-              else OpSchema.FormalParameter(name, "T") for name in INPUTS]
+    # The router logits may be fp32 in a 16-bit model (DeepSeek's routers run in fp32): type L.
+    types = {name: "L" if name == "router_logits" else "T" for name in INPUTS}
+    inputs = [OpSchema.FormalParameter(name, types[name], param_option=optional) if name in OPTIONAL_INPUTS
+              else OpSchema.FormalParameter(name, types[name]) for name in INPUTS]
     register(OpSchema(
         OP_TYPE, DOMAIN, VERSION,
         doc="moe-compile's grouped MoE: routing + the chosen experts' gated MLPs + weighted combine "
             "(moe_compile/plugins/grouped_moe/reference.py defines it).",
         inputs=inputs, outputs=[OpSchema.FormalParameter("output", "T")],
-        type_constraints=[("T", list(FLOAT_TYPES), "float tensors")], attributes=attributes))
+        type_constraints=[("T", list(FLOAT_TYPES), "float tensors"), ("L", list(FLOAT_TYPES), "router logits")],
+        attributes=attributes))

@@ -57,6 +57,19 @@ def test_tensorrt_target_keeps_one_plugin_node_per_layer(tiny_model_dirs, tmp_pa
     assert [n.input[6] != "" for n in nodes] == [True] * len(nodes)  # the score-correction bias is wired
 
 
+def test_tensorrt_target_in_fp16_keeps_deepseeks_fp32_router(tiny_model_dirs, tmp_path):
+    ir = load_moe_model(tiny_model_dirs["deepseek_v3"])
+    export_onnx(ir, tmp_path / "model.onnx", target="tensorrt", dtype="fp16")
+    model = onnx.shape_inference.infer_shapes(onnx.load(tmp_path / "model.onnx"), check_type=True, strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    nodes = [n for n in model.graph.node if n.op_type == "GroupedMoE"]
+    assert len(nodes) == len(ir.layers)
+    for node in nodes:
+        assert types[node.input[1]] == onnx.TensorProto.FLOAT  # router_logits
+        assert types[node.input[0]] == types[node.input[2]] == onnx.TensorProto.FLOAT16  # hidden, w_gate_up
+
+
 def test_export_is_byte_identical(tiny_model_dirs, tmp_path):
     ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
     export_onnx(ir, tmp_path / "a.onnx", target="onnx")
@@ -116,8 +129,9 @@ def test_the_readme_pipeline_on_the_demo(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.lexi-plan.json", "demo.lexi-plan.png", "demo.onnx"]
 
 
-def test_fp16_export_matches_pytorch_fp16(tiny_model_dirs, tmp_path):
-    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "deepseek_v3"])  # deepseek_v3: fp32 router in fp16
+def test_fp16_export_matches_pytorch_fp16(model_type, tiny_model_dirs, tmp_path):
+    ir = load_moe_model(tiny_model_dirs[model_type])
     export_onnx(ir, tmp_path / "model.onnx", target="onnxruntime", dtype="fp16")
     model = onnx.load(tmp_path / "model.onnx")
     assert model.graph.input[3].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16  # past_key_values.0.key

@@ -18,9 +18,10 @@ from moe_compile.plugins.tensorrt.stages import ATTRIBUTE_TYPES, STAGES, StageLa
 E, H, I = 8, 32, 16
 
 
-def grouped_moe_model(layers: list[dict], dtype=TensorProto.FLOAT) -> onnx.ModelProto:
+def grouped_moe_model(layers: list[dict], dtype=TensorProto.FLOAT, logits_dtype=None) -> onnx.ModelProto:
     """hidden -> GroupedMoE (layer 0) -> GroupedMoE (layer 1) ... -> output; each dict holds the
-    node's attributes, plus "biases" / "score_bias" to wire those inputs."""
+    node's attributes, plus "biases" / "score_bias" to wire those inputs. The router logits are
+    of `dtype` too unless `logits_dtype` says otherwise (DeepSeek's fp32 routers)."""
     register_schema()
     rng = np.random.default_rng(0)
     np_dtype = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}[dtype]
@@ -49,7 +50,7 @@ def grouped_moe_model(layers: list[dict], dtype=TensorProto.FLOAT) -> onnx.Model
         hidden = output
     graph = helper.make_graph(
         nodes, "moe", [helper.make_tensor_value_info("hidden", dtype, ["T", H]),
-                       helper.make_tensor_value_info("router_logits", dtype, ["T", E])],
+                       helper.make_tensor_value_info("router_logits", logits_dtype or dtype, ["T", E])],
         [helper.make_tensor_value_info(hidden, dtype, ["T", H])], initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)])
 
@@ -64,12 +65,14 @@ def test_each_node_becomes_six_stage_nodes_the_checker_accepts():
     model = grouped_moe_model([{**attribute_values(GroupedMoEAttributes(top_k=2)), "biases": True},
                                {**sigmoid, "score_bias": True}])
     expanded = expand_grouped_moe(model, opt_tokens=4096)
-    nodes = list(expanded.graph.node)
-    assert [n.op_type for n in nodes] == [stage.plugin for stage in STAGES] * 2
+    casts = [n for n in expanded.graph.node if n.op_type == "Cast"]
+    assert [(n.input[0], attrs_of(n)["to"]) for n in casts] == [("router_logits", TensorProto.FLOAT)] * 2
+    nodes = [n for n in expanded.graph.node if n.op_type != "Cast"]
+    assert [n.op_type for n in expanded.graph.node] == (["Cast"] + [stage.plugin for stage in STAGES]) * 2
     assert [n.name for n in nodes[:6]] == [f"moe_layer_0/{stage.plugin}" for stage in STAGES]
     assert {n.domain for n in nodes} == {"moe_compile"}
     assert nodes[5].output == ["moe_0"] and nodes[11].output == ["moe_1"]  # the layers' outputs keep their names
-    assert nodes[6].input[:2] == ["router_logits", "moe_0"]
+    assert nodes[6].input[:2] == [casts[1].output[0], "moe_0"]
     for node in nodes:
         values = attrs_of(node)
         assert (values["plugin_namespace"], values["plugin_version"], values["aot"]) == (b"moe_compile", b"1", 1)
@@ -93,6 +96,25 @@ def test_stand_ins_take_the_weights_dtype():
                                                  dtype=TensorProto.FLOAT16))
     assert {i.data_type for i in model.graph.initializer if i.name.endswith("_absent")} == {TensorProto.FLOAT16}
     onnx.checker.check_model(model, full_check=True)
+
+
+def test_fp32_router_logits_in_an_fp16_model():
+    """DeepSeek's router runs in fp32 in a 16-bit model: the node and its expansion type-check,
+    and the stages compute the layer (Route reads fp32 logits either way)."""
+    attrs = GroupedMoEAttributes(top_k=3, scoring="sigmoid", normalize_topk=True, n_group=4, topk_group=2,
+                                 group_scoring="sum_top2")
+    model = grouped_moe_model([{**attribute_values(attrs), "score_bias": True}], dtype=TensorProto.FLOAT16,
+                              logits_dtype=TensorProto.FLOAT)
+    onnx.checker.check_model(model, full_check=True)
+    weights = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in model.graph.initializer}
+    expanded = expand_grouped_moe(model)
+    onnx.checker.check_model(expanded, full_check=True)
+    g = torch.Generator().manual_seed(0)
+    feeds = {"hidden": torch.randn(5, H, generator=g).half(), "router_logits": torch.randn(5, E, generator=g)}
+    got = run_expanded(expanded, feeds)["moe_0"]
+    want = grouped_moe_reference(feeds["hidden"], feeds["router_logits"], weights["w_gate_up_0"],
+                                 weights["w_down_0"], attrs, score_bias=weights["score_bias_0"])
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
 def test_a_model_without_grouped_moe_is_returned_unchanged():
@@ -132,11 +154,16 @@ def test_weights_without_a_static_shape_are_refused():
 
 
 def run_expanded(model: onnx.ModelProto, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Evaluate an expanded model's stage nodes in order in Triton's interpreter: each node's layer
-    from its attributes, its stage from its op_type, its tensors by the node's input names."""
+    """Evaluate an expanded model's nodes in order, the stage nodes in Triton's interpreter: each
+    node's layer from its attributes, its stage from its op_type, its tensors by the node's input
+    names; the router logits' Cast to fp32 with torch."""
     values = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in model.graph.initializer}
     values.update(feeds)
     for node in model.graph.node:
+        if node.op_type == "Cast":
+            assert attrs_of(node)["to"] == TensorProto.FLOAT
+            values[node.output[0]] = values[node.input[0]].float()
+            continue
         stage = stage_named(node.op_type)
         layer = StageLayer.from_node_attributes({k: v.decode() if isinstance(v, bytes) else v
                                                  for k, v in attrs_of(node).items()})

@@ -21,8 +21,9 @@ pytest.importorskip("tensorrt_rtx")
 
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
 # deepseek_v3: score bias, group-limited routing, top_k = 3 over 8 experts (min(slots, experts)
-# switches at T = 3); qwen2_moe in fp16: half-precision activations through every stage.
-MODELS = [("deepseek_v3", "fp32"), ("qwen2_moe", "fp16")]
+# switches at T = 3); qwen2_moe in fp16: half-precision activations through every stage;
+# deepseek_v3 in fp16: its fp32 router logits beside fp16 activations.
+MODELS = [("deepseek_v3", "fp32"), ("qwen2_moe", "fp16"), ("deepseek_v3", "fp16")]
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@
 TensorRT's AOT plugins run one kernel each and have no workspace, so before parsing, each node
 becomes the six stage nodes of stages.py (op_type = plugin name, domain and plugin_namespace
 moe_compile, plugin_version 1, aot = 1 so that the ONNX parser asks for the AOT implementation),
-joined by the scratch tensors, all carrying the layer's attributes and its BLOCK_M. An absent
-optional input becomes a one-element initializer the kernel never reads.
+joined by the scratch tensors, all carrying the layer's attributes and its BLOCK_M, after a
+Cast of the router logits to fp32 (what Route reads). An absent optional input becomes a
+one-element initializer the kernel never reads.
 
 Every node is checked before anything changes: a node the plugins cannot run is refused with
 InvalidInput naming it, and the model is left as it was.
@@ -108,8 +109,12 @@ def _stage_nodes(node: onnx.NodeProto, layer: StageLayer, dtype: int, graph: onn
             names[name] = f"{node.name}/{name}_absent"
             graph.initializer.append(helper.make_tensor(names[name], dtype, [1], [0]))
     names[NODE_OUTPUT] = node.output[0]
+    # The Route plugin reads fp32 router logits (stages.py); a no-op where they already are.
+    logits = names["router_logits"]
+    names["router_logits"] = f"{node.name}/router_logits_fp32"
+    nodes = [helper.make_node("Cast", [logits], [names["router_logits"]], name=f"{node.name}/CastRouterLogits",
+                              to=onnx.TensorProto.FLOAT)]
     attributes = {**layer.node_attributes(), **_PLUGIN_ATTRIBUTES}
-    nodes = []
     for stage in STAGES:
         tensor = {name: names.get(name, f"{node.name}/{name}") for name in (*stage.inputs, *stage.outputs)}
         nodes.append(helper.make_node(stage.plugin, [tensor[n] for n in stage.inputs],

@@ -21,11 +21,12 @@ StageLauncher = Callable[[StageLaunch, list], None]
 
 
 def node_tensors(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The node's inputs, an absent optional one replaced by the one-element stand-in the
-    expanded graph carries (stages.NODE_INPUTS)."""
+    """The node's inputs as the expanded graph feeds the stages: an absent optional one replaced
+    by its one-element stand-in (stages.NODE_INPUTS), the router logits cast to fp32."""
     hidden = inputs["hidden"]
-    return {name: inputs[name].contiguous() if inputs.get(name) is not None
-            else torch.zeros(1, dtype=hidden.dtype, device=hidden.device) for name in NODE_INPUTS}
+    tensors = {name: inputs[name].contiguous() if inputs.get(name) is not None
+               else torch.zeros(1, dtype=hidden.dtype, device=hidden.device) for name in NODE_INPUTS}
+    return {**tensors, "router_logits": tensors["router_logits"].float()}
 
 
 def run_stage(layer: StageLayer, stage: Stage, tensors: dict[str, torch.Tensor], act_dtype: torch.dtype,
@@ -44,7 +45,8 @@ def run_stage(layer: StageLayer, stage: Stage, tensors: dict[str, torch.Tensor],
 
 def run_stages(layer: StageLayer, inputs: dict[str, torch.Tensor], launch: StageLauncher,
                gemm_config: KernelConfig | None = None) -> torch.Tensor:
-    """The layer's output [T, H] for `inputs` (GroupedMoE's input names; all of one float dtype)."""
+    """The layer's output [T, H] for `inputs` (GroupedMoE's input names; the router logits in any
+    float dtype, the others in the activations')."""
     tensors = node_tensors(inputs)
     for stage in STAGES:
         run_stage(layer, stage, tensors, tensors["hidden"].dtype, launch, gemm_config)

@@ -151,7 +151,9 @@ class StageLayer:
     def tensors(self, plan: LaunchPlan) -> dict[str, tuple[tuple, str]]:
         """Every tensor of the pipeline: name -> (shape, dtype), dtype "act" being the activations'."""
         e, h, i = self.experts, self.hidden, self.inter
-        node = {"hidden": ((plan.tokens, h), "act"), "router_logits": ((plan.tokens, e), "act"),
+        # Route reads fp32 logits whatever the activations (expand.py casts them; exact, and the
+        # kernel routes in fp32 anyway), so a model whose router runs in fp32 needs no second type.
+        node = {"hidden": ((plan.tokens, h), "act"), "router_logits": ((plan.tokens, e), "float32"),
                 "w_gate_up": ((e, 2 * i, h), "act"), "w_down": ((e, h, i), "act"),
                 "b_gate_up": ((e, 2 * i) if self.has_gate_up_bias else (1,), "act"),
                 "b_down": ((e, h) if self.has_down_bias else (1,), "act"),
