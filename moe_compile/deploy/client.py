@@ -1,4 +1,4 @@
-"""tritonclient over HTTP or gRPC, behind the runners' interface (validate/runners.py): named
+"""tritonclient over HTTP or gRPC, behind the runners' interface (validate/runners/): named
 numpy in, named numpy out. `TritonRunner` on the decoder model plugs into the same greedy
 loop and comparison as the local runners; `generate` calls the NAME_generate model.
 """

@@ -1,0 +1,38 @@
+"""An ONNX file in ONNX Runtime as a runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
+
+
+class OnnxRuntimeRunner:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable("ONNX Runtime is not installed: pip install onnxruntime") from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise InvalidInput(f"{path}: ONNX Runtime cannot load it ({one_line(exc)})") from None
+        self.input_types = {i.name: i.type for i in self.session.get_inputs()}
+        self.input_names = list(self.input_types)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        typed = {name: value.astype(_NUMPY_TYPES.get(self.input_types[name], value.dtype))
+                 for name, value in feed.items()}
+        return {name: out.astype(np.float32) if out.dtype != np.int64 else out
+                for name, out in zip(self.output_names, self.session.run(None, typed))}
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
