@@ -1,8 +1,8 @@
 """A stand-in for `tensorrt` and `tensorrt.plugin` (TensorRT >= 10.8), for machines without TensorRT.
 
 It checks what TensorRT's plugin decorators check (parameter kinds and annotations, the
-(tensors, attributes, outputs, tactic) signatures of autotune and aot_impl, SymInt32 extra
-arguments, no two-int cdiv/min), records what is registered, and calls the registered
+(tensors, attributes, outputs, tactic) signatures of autotune and aot_impl, aot_impl's
+required return annotation, SymInt32 extra arguments, no two-int cdiv/min), records what is registered, and calls the registered
 functions the way TensorRT does: register with the attributes by keyword, autotune and aot_impl
 positionally with the attributes in registration order. Shape expressions are
 `moe_compile.plugins.tensorrt.symbolic.Sym`, which has exactly TensorRT's operations.
@@ -34,7 +34,11 @@ class SymInt32:
         self.value = value
 
 
-class SymIntExprs:
+class SymExprs:
+    pass
+
+
+class SymIntExprs(SymExprs):
     def __init__(self, length: int):
         self.values = [None] * length
 
@@ -114,6 +118,20 @@ class PluginDef:
         return name, ptx, params, extra
 
 
+def _check_aot_impl_return_annotation(annotation) -> None:
+    """TensorRT requires tuple[str | bytes, str | bytes, KernelLaunchParams, a SymExprs]."""
+    if annotation is inspect.Parameter.empty:
+        raise ValueError("No return annotation found for aot_impl function")
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is not tuple or len(args) != 4:
+        raise ValueError(f"Return annotation is {annotation}: expected a 4-tuple")
+    for text in args[:2]:
+        if not all(a in (str, bytes) for a in (typing.get_args(text) or (text,))):
+            raise ValueError(f"Return annotation for the kernel name or PTX is {text}: expected str or bytes")
+    if not (issubclass(args[2], KernelLaunchParams) and issubclass(args[3], SymExprs)):
+        raise ValueError(f"Return annotation is {annotation}: expected KernelLaunchParams, then a SymExprs")
+
+
 def make_modules(version: str = "10.13.0") -> tuple[types.ModuleType, types.ModuleType]:
     """Fresh (tensorrt, tensorrt.plugin) stand-ins; `plugin.REGISTRY` maps plugin ids to PluginDefs."""
     trt = types.ModuleType("tensorrt")
@@ -121,7 +139,7 @@ def make_modules(version: str = "10.13.0") -> tuple[types.ModuleType, types.Modu
     trt.float32, trt.float16, trt.bfloat16, trt.int32 = "FP32", "FP16", "BF16", "INT32"
     trtp = types.ModuleType("tensorrt.plugin")
     trtp.REGISTRY = {}
-    trtp.TensorDesc, trtp.SymInt32, trtp.SymIntExprs = TensorDesc, SymInt32, SymIntExprs
+    trtp.TensorDesc, trtp.SymInt32, trtp.SymExprs, trtp.SymIntExprs = TensorDesc, SymInt32, SymExprs, SymIntExprs
     trtp.KernelLaunchParams, trtp.AutoTuneCombination = KernelLaunchParams, AutoTuneCombination
     trtp.cdiv, trtp.min = _no_two_ints(SYM_OPS.cdiv), _no_two_ints(SYM_OPS.minimum)
     trtp.from_shape_expr = lambda shape, dtype: TensorDesc(shape, dtype)
@@ -146,6 +164,7 @@ def make_modules(version: str = "10.13.0") -> tuple[types.ModuleType, types.Modu
             plugin = trtp.REGISTRY[plugin_id]
             if plugin.check_signature(fn, ["outputs", "tactic"]) != list(plugin.attrs):
                 raise ValueError("TensorRT passes aot_impl every attribute")
+            _check_aot_impl_return_annotation(inspect.signature(fn).return_annotation)
             plugin.aot_impl_fn = fn
             return fn
         return decorate

@@ -112,7 +112,8 @@ def _register_stage(trtp, stage: Stage) -> None:
         return autotune_combinations(trtp, stage, layer)
 
     autotune.__signature__ = inspect.Signature(
-        _parameters(stage.inputs, trtp.TensorDesc) + _attribute_parameters() + _parameters(["outputs"], outputs_type))
+        _parameters(stage.inputs, trtp.TensorDesc) + _attribute_parameters() + _parameters(["outputs"], outputs_type),
+        return_annotation=list[trtp.AutoTuneCombination])
     trtp.autotune(plugin_id)(autotune)
 
     def aot_impl(*args):
@@ -128,9 +129,11 @@ def _register_stage(trtp, stage: Stage) -> None:
             extra[index] = trtp.SymInt32(value)
         return kernel.kernel_name, kernel.ptx, params, extra
 
+    # TensorRT refuses an aot_impl without this return annotation (tensorrt/plugin/_validate.py)
     aot_impl.__signature__ = inspect.Signature(
         _parameters(stage.inputs, trtp.TensorDesc) + _attribute_parameters()
-        + _parameters(["outputs"], outputs_type) + _parameters(["tactic"], int))
+        + _parameters(["outputs"], outputs_type) + _parameters(["tactic"], int),
+        return_annotation=tuple[str, str, trtp.KernelLaunchParams, trtp.SymIntExprs])
     trtp.aot_impl(plugin_id)(aot_impl)
 
 
