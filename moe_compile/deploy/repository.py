@@ -171,12 +171,13 @@ def _stage_decoder(folder: Path, backend: str, artifact: Path, signature: ModelS
 
 def tensorrt_readme(name: str) -> str:
     """What the server needs for the GroupedMoE plugins of a TensorRT engine."""
+    from moe_compile.plugins.tensorrt import MIN_TENSORRT_TEXT
     from moe_compile.plugins.tensorrt.stages import PLUGIN_NAMESPACE, PLUGIN_VERSION, STAGES
 
     plugins = ", ".join(f"`{PLUGIN_NAMESPACE}::{stage.plugin}`" for stage in STAGES)
     return (f"# {name}: a moe-compile TensorRT engine\n\n"
             f"Each MoE layer of this engine is {len(STAGES)} plugin layers ({plugins}, version {PLUGIN_VERSION}) "
-            "compiled ahead of time: the engine holds their kernels, so the server needs no plugin library and no Python, only the TensorRT "
-            "version (>= 10.8) that built the engine:\n\n"
+            "compiled ahead of time: the engine holds their kernels, so the server needs no plugin library "
+            f"and no Python, only the TensorRT version (>= {MIN_TENSORRT_TEXT}) that built the engine:\n\n"
             "    tritonserver --model-repository=REPO\n\n"
             "The engine runs only on the GPU model and TensorRT version it was built with.\n")

@@ -30,9 +30,8 @@ from moe_compile.atomic import atomic_path, check_writable
 from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
 from moe_compile.export.decoder import BATCH, PAST, SEQUENCE, TOTAL, dynamic_axes
 
-MIN_TENSORRT = (10, 8)
-INSTALL = ("pip install 'moe-compile[tensorrt]' (tensorrt>=10.8 from NVIDIA's index, "
-           "--extra-index-url https://pypi.nvidia.com) on a machine with an NVIDIA GPU")
+from . import INSTALL, MIN_TENSORRT, MIN_TENSORRT_TEXT, tensorrt_version
+
 # ONNX TensorProto element types of the three precisions
 ONNX_FLOAT_TYPES = {1: "fp32", 10: "fp16", 16: "bf16"}
 ENGINE_NAME_PREFIX = "moe_compile:"
@@ -46,9 +45,8 @@ def require_tensorrt(what: str):
         import tensorrt as trt
     except (ImportError, OSError):  # OSError: the wheel is there but its CUDA libraries are not
         raise BackendUnavailable(f"{what} needs TensorRT, which is not installed: {INSTALL}") from None
-    found = tuple(int(part) for part in trt.__version__.split(".")[:2])
-    if found < MIN_TENSORRT:
-        raise BackendUnavailable(f"{what} needs TensorRT >= 10.8, found {trt.__version__}: {INSTALL}")
+    if tensorrt_version(trt) < MIN_TENSORRT:
+        raise BackendUnavailable(f"{what} needs TensorRT >= {MIN_TENSORRT_TEXT}, found {trt.__version__}: {INSTALL}")
     import torch
 
     if not torch.cuda.is_available():

@@ -22,12 +22,11 @@ import inspect
 
 from moe_compile.errors import BackendUnavailable
 
+from . import INSTALL, MIN_TENSORRT, MIN_TENSORRT_TEXT, tensorrt_version
 from .aot_kernel import current_arch, device_name, gemm_tactics, stage_kernel
 from .stages import ATTRIBUTE_TYPES, GEMM_STAGES, PLUGIN_NAMESPACE, STAGES, Stage, StageLayer
 from .symbolic import lifted_ops
 
-_MIN_VERSION = (10, 8)
-_INSTALL = "install TensorRT >= 10.8 with its Python bindings (pip install tensorrt, NVIDIA's index)"
 _TRT_TYPE_NAMES = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16"}
 
 
@@ -41,10 +40,10 @@ def _plugin_module():
         import tensorrt as trt
         import tensorrt.plugin as trtp
     except ImportError as exc:
-        raise BackendUnavailable(f"TensorRT's Python plugin API (tensorrt.plugin) is missing: {_INSTALL}") from exc
-    version = tuple(int(part) for part in trt.__version__.split(".")[:2])
-    if version < _MIN_VERSION or not hasattr(trtp, "aot_impl"):
-        raise BackendUnavailable(f"TensorRT {trt.__version__} has no AOT Python plugins: {_INSTALL}")
+        raise BackendUnavailable(f"TensorRT's Python plugin API (tensorrt.plugin) is missing; it needs "
+                                 f"TensorRT >= {MIN_TENSORRT_TEXT}: {INSTALL}") from exc
+    if tensorrt_version(trt) < MIN_TENSORRT or not hasattr(trtp, "aot_impl"):
+        raise BackendUnavailable(f"TensorRT {trt.__version__} has no AOT Python plugins: {INSTALL}")
     return trtp
 
 

@@ -2,8 +2,8 @@
 
 At build time TensorRT hands the plugin T as a symbolic `ShapeExpr`; every size derived from it
 (slots, chunks, row blocks, grids) is an expression TensorRT evaluates when T is known. `Sym`
-mirrors exactly the operations those expressions have (`+ - * //` with the symbolic operand on
-the left, ceil-division, minimum, maximum), so that code written against it runs unchanged
+mirrors the operations of those expressions that LaunchPlan uses (`+ - * //` with the symbolic
+operand on the left, ceil-division, minimum), so that code written against it runs unchanged
 against TensorRT, and it can be evaluated for a given T (tests, benchmarks/aot_check.py).
 """
 
