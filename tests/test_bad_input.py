@@ -297,7 +297,8 @@ def _demo_metadata(**changes) -> dict:
     from moe_compile.compiler.loader import load_moe_model
 
     ir = load_moe_model("demo")
-    metadata = {"moe_compile.model_sha256": ir.fingerprint["sha256"], "moe_compile.dtype": "fp32",
+    metadata = {"moe_compile.model_sha256": ir.fingerprint["sha256"],
+                "moe_compile.weights_sha256": ir.fingerprint["weights_sha256"], "moe_compile.dtype": "fp32",
                 "moe_compile.target": "onnx",
                 "moe_compile.top_k": json.dumps({str(spec.index): spec.base_top_k for spec in ir.layers})}
     return {key: value for key, value in {**metadata, **changes}.items() if value is not None}

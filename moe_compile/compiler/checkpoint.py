@@ -69,7 +69,8 @@ class SafetensorsCheckpoint:
         self.folder = folder
         self.meter = meter or ReadMeter()
         self.index: dict[str, TensorInfo] = {}
-        for file in self._weight_files():
+        self.files = self._weight_files()
+        for file in self.files:
             self._index_file(file)
 
     def _weight_files(self) -> list[Path]:
@@ -129,6 +130,11 @@ class SafetensorsCheckpoint:
         return tensor
 
     def signature(self) -> list[tuple[str, str, tuple[int, ...]]]:
-        """Names, dtypes and shapes, sorted: what the model fingerprint hashes."""
+        """Names, dtypes and shapes, sorted: what the fingerprint's `sha256` hashes."""
         return [(name, info.dtype, info.shape) for name, info in sorted(self.index.items())]
 
+    def content_sha256(self) -> str:
+        """The weights' content hash (compiler/weights_hash.py): one read of every file."""
+        from .weights_hash import weights_sha256
+
+        return weights_sha256(self.files)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -85,5 +86,13 @@ class MoEModel:
     config: Any  # the transformers PretrainedConfig
     num_hidden_layers: int
     layers: list[MoELayerSpec]
-    fingerprint: dict
+    structure: dict  # config, tensor names and shapes: read from headers, so free to compute
     adapter: Any = field(repr=False, compare=False)  # the MoEAdapter that read it
+    weights_digest: Callable[[], str] = field(repr=False, compare=False)  # -> the content hash
+
+    @cached_property
+    def fingerprint(self) -> dict:
+        """`structure` plus the content hash of the weights (`weights_sha256`): what plans,
+        profiles and exports carry. Computed on first use, one read of the checkpoint, so a
+        command that never needs it (inspect) never pays for it."""
+        return {**self.structure, "weights_sha256": self.weights_digest()}

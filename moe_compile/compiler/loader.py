@@ -59,7 +59,8 @@ def build_config(config_dict: dict, path: Path) -> Any:
 
 def fingerprint(model_type: str, config_dict: dict, checkpoint: SafetensorsCheckpoint, layers: list[MoELayerSpec],
                 num_hidden_layers: int) -> dict:
-    """Identifies the source model: a plan made for one model is refused for another."""
+    """The model's structure (config, tensor names/dtypes/shapes), from headers alone; the
+    content hash of the weights is added lazily (MoEModel.fingerprint)."""
     digest = hashlib.sha256()
     digest.update(json.dumps(config_dict, sort_keys=True).encode())
     digest.update(json.dumps(checkpoint.signature()).encode())
@@ -121,8 +122,8 @@ def load_moe_model(model: str | Path, meter: ReadMeter | None = None) -> MoEMode
     layers = [_layer_spec(adapter, checkpoint, index) for index in moe_indices]
     return MoEModel(
         model_type=model_type, path=folder, config=adapter.config, num_hidden_layers=num_hidden_layers,
-        layers=layers, fingerprint=fingerprint(model_type, config_dict, checkpoint, layers, num_hidden_layers),
-        adapter=adapter)
+        layers=layers, structure=fingerprint(model_type, config_dict, checkpoint, layers, num_hidden_layers),
+        adapter=adapter, weights_digest=checkpoint.content_sha256)
 
 
 def load_causal_lm(moe_model: MoEModel, dtype: Any = None) -> Any:

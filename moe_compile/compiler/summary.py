@@ -11,7 +11,7 @@ def model_summary(moe_model: MoEModel, planned_top_k: dict[int, int] | None = No
         "model": str(moe_model.path),
         "model_type": moe_model.model_type,
         "num_hidden_layers": moe_model.num_hidden_layers,
-        "fingerprint": moe_model.fingerprint,
+        "fingerprint": moe_model.structure,  # without the weights' content hash: inspect reads headers only
         "layers": [
             {
                 "index": spec.index,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moe_compile.compiler.fingerprint import check_same_weights
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.errors import InvalidInput, one_line
@@ -101,8 +102,9 @@ def _check_metadata(metadata: dict[str, str], path: Path) -> None:
 
 
 def check_metadata_matches(metadata: dict, moe_model: MoEModel, plan, path: Path) -> dict[int, int]:
-    if metadata["moe_compile.model_sha256"] != moe_model.fingerprint["sha256"]:
+    if metadata["moe_compile.model_sha256"] != moe_model.structure["sha256"]:
         raise InvalidInput(f"{path} was exported from another model, not {moe_model.path}")
+    check_same_weights(metadata.get("moe_compile.weights_sha256"), moe_model, str(path))
     top_k = {int(k): v for k, v in json.loads(metadata["moe_compile.top_k"]).items()}
     if plan and load_plan(plan, moe_model) != top_k:
         raise InvalidInput(f"{path} was exported with other per-layer top-k than {plan}")

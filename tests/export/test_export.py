@@ -75,6 +75,8 @@ def test_export_is_byte_identical(tiny_model_dirs, tmp_path):
     export_onnx(ir, tmp_path / "a.onnx", target="onnx")
     export_onnx(ir, tmp_path / "b.onnx", target="onnx")
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    metadata = {p.key: p.value for p in onnx.load(tmp_path / "a.onnx", load_external_data=False).metadata_props}
+    assert metadata["moe_compile.weights_sha256"] == ir.fingerprint["weights_sha256"]
 
 
 def test_validate_names_the_first_diverging_layer(tiny_model_dirs, tmp_path, capsys):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
+from moe_compile.compiler.fingerprint import check_same_model
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.rewrite import rewrite_model
 from moe_compile.errors import InvalidInput
@@ -101,16 +102,6 @@ def make_plan(
 
 def dumps(doc: dict) -> str:
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
-
-
-def check_same_model(fingerprint: object, moe_model: MoEModel, source: str) -> None:
-    if not isinstance(fingerprint, dict) or "sha256" not in fingerprint:
-        raise InvalidInput(f"{source} has no model fingerprint")
-    if fingerprint["sha256"] != moe_model.fingerprint["sha256"]:
-        raise InvalidInput(
-            f"{source} was made for another model ({fingerprint.get('model_type')}, "
-            f"sha256 {str(fingerprint['sha256'])[:12]}), not {moe_model.path} "
-            f"({moe_model.model_type}, sha256 {moe_model.fingerprint['sha256'][:12]})")
 
 
 def load_plan(path: str | Path, moe_model: MoEModel) -> dict[int, int]:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from moe_compile.compiler.fingerprint import check_same_model
 from moe_compile.compiler.ir import ExpertWeights, MoELayerSpec, MoEModel
 from moe_compile.errors import InvalidInput
 from moe_compile.plugins.grouped_moe import choose_experts, expert_outputs_per_slot, routing_weights
@@ -111,8 +112,6 @@ def profile_model(moe_model: MoEModel, options: ProfileOptions, show_progress: b
 
 def profile_from_json(doc: object, moe_model: MoEModel, source: str, options: ProfileOptions) -> Profile:
     """A saved profile, checked against the model and the k range the plan needs."""
-    from .plan import check_same_model
-
     if not isinstance(doc, dict) or doc.get("schema") != PROFILE_SCHEMA:
         raise InvalidInput(f"{source} is not a moe-compile profile (schema {PROFILE_SCHEMA!r} expected)")
     check_same_model(doc.get("model"), moe_model, source)
