@@ -39,6 +39,14 @@ def _drop_tensor(folder: Path, name: str) -> None:
     save_file(tensors, _weights(folder), metadata={"format": "pt"})
 
 
+def _index_pointing_to(folder: Path, name: str) -> None:
+    """The weights moved to `name` (a real file there) and an index that names it."""
+    target = folder / name
+    shutil.move(_weights(folder), target)
+    weight_map = {key: name for key in load_file(target)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
 BROKEN = {
     "missing folder": (lambda f: shutil.rmtree(f), "does not exist"),
     "file, not folder": (lambda f: (shutil.rmtree(f), f.write_text("x")), "is a file, not a model folder"),
@@ -77,6 +85,14 @@ BROKEN = {
         lambda f: (f / "model.safetensors.index.json").write_text(
             json.dumps({"weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}})),
         "names shard 'model-00002-of-00002.safetensors'"),
+    "index names a shard outside the folder": (
+        lambda f: _index_pointing_to(f, f"../{f.name}-outside.safetensors"),
+        "names shard '../broken-qwen2_moe-outside.safetensors', which leads out of the folder through '..'"),
+    "index names a shard by absolute path": (
+        lambda f: _index_pointing_to(f, str(f.parent / "outside.safetensors")), "an absolute path"),
+    "index names a shard by a number": (
+        lambda f: (f / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": 3}})),
+        "names shard 3, which is not a file name"),
     "index not json": (
         lambda f: (f / "model.safetensors.index.json").write_text("{"), "not a valid safetensors index"),
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -62,6 +62,20 @@ class ReadMeter:
         self.live_bytes -= nbytes
 
 
+def name_outside_folder(name: object) -> str | None:
+    """Why a file name that a model folder gives (a shard in its index) does not stay inside the
+    folder, or None. The check is on the name as written: relative, no `..`, no drive; where a
+    symlink inside the folder then lands is not checked, so a Hugging Face cache snapshot (whose
+    files are symlinks to ../../blobs/...) keeps working."""
+    if not isinstance(name, str) or not name:
+        return "which is not a file name"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        return "an absolute path"
+    if ".." in PureWindowsPath(name).parts:  # Windows parsing splits on both / and \\
+        return "which leads out of the folder through '..'"
+    return None
+
+
 class SafetensorsCheckpoint:
     """The tensor index of a model folder (single file or sharded), with lazy reads."""
 
@@ -81,6 +95,11 @@ class SafetensorsCheckpoint:
                 names = sorted(set(weight_map.values()))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise InvalidInput(f"{index_path}: not a valid safetensors index ({exc.__class__.__name__}: {exc})") from None
+            for name in names:
+                problem = name_outside_folder(name)
+                if problem:
+                    raise InvalidInput(f"{index_path} names shard {name!r}, {problem}; every file a model folder "
+                                       "names must be inside it")
             missing = [name for name in names if not (self.folder / name).is_file()]
             if missing:
                 raise InvalidInput(f"{index_path} names shard '{missing[0]}', which is not in {self.folder}")

@@ -28,6 +28,23 @@ def test_sharded_checkpoint_is_indexed_across_shards(sharded_dir):
     assert weights.gate_up.shape == (8, 128, 64) and weights.down.shape == (8, 64, 64)
 
 
+def test_a_hugging_face_cache_snapshot_loads(sharded_dir, tmp_path):
+    """HF's cache: snapshots/<rev>/ holds symlinks to ../../blobs/<hash>; the index names files
+    inside the snapshot, so the folder is accepted although its files land outside it."""
+    import shutil
+
+    snapshot = tmp_path / "models--org--name" / "snapshots" / "0123abc"
+    blobs = tmp_path / "models--org--name" / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for number, file in enumerate(sorted(sharded_dir.iterdir())):
+        shutil.copy(file, blobs / f"blob{number}")
+        (snapshot / file.name).symlink_to(f"../../blobs/blob{number}")
+    ir = load_moe_model(snapshot)
+    assert ir.fingerprint == load_moe_model(sharded_dir).fingerprint
+    assert ir.layers[2].load_weights().gate_up.shape == (8, 128, 64)
+
+
 def test_inspecting_reads_headers_only(sharded_dir):
     meter = ReadMeter()
     ir = load_moe_model(sharded_dir, meter=meter)
