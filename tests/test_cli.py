@@ -63,6 +63,18 @@ def test_inspect_every_tiny_model(model_type, tiny_model_dirs, capsys):
         assert layer["parameter_bytes"] > 4 * 8 * 3 * 32 * 16  # at least the routed experts in fp32
 
 
+@pytest.mark.parametrize("model_type", ["deepseek_v2", "deepseek_v3"])
+def test_inspect_says_deepseek_routes_in_standard_ops_beside_com_microsoft_moe(model_type, tiny_model_dirs, capsys):
+    code, out, err = run(capsys, "inspect", str(tiny_model_dirs[model_type]), "--json")
+    assert code == 0, err
+    for layer in json.loads(out)["layers"]:
+        assert layer["lowering"]["onnxruntime"]["lowered_to"] == "com.microsoft.MoE"
+        assert layer["lowering"]["onnxruntime"]["routing"] == "standard ops"
+        assert "group-limited routing" in layer["lowering"]["onnxruntime"]["reason"]
+        assert layer["lowering"]["onnx"] == {"lowered_to": "standard", "routing": "standard ops"}
+        assert layer["lowering"]["tensorrt"] == {"lowered_to": "plugin", "routing": "in the op"}
+
+
 NO_TENSORRT = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 
 

@@ -27,10 +27,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _lowering_table(report: dict) -> Table:
     table = Table(title=f"{report['onnx']}: target {report['target']}, {report['dtype']}")
-    for column in ("layer", "top-k", "GroupedMoE lowered to", "why"):
+    for column in ("layer", "top-k", "GroupedMoE lowered to", "routing", "why"):
         table.add_column(column)
     for layer in report["moe_layers"]:
-        table.add_row(str(layer["layer"]), str(layer["top_k"]), layer["lowered_to"], layer.get("reason", ""))
+        table.add_row(str(layer["layer"]), str(layer["top_k"]), layer["lowered_to"], layer["routing"],
+                      layer.get("reason", ""))
     return table
 
 

@@ -1,4 +1,5 @@
-"""`moe-compile inspect MODEL [--json]`."""
+"""`moe-compile inspect MODEL [--json]`: the MoE IR, and per layer what `export` lowers its
+GroupedMoE to on each target (the same `choose_lowering` the export runs)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from rich.table import Table
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.compiler.summary import model_summary
+from moe_compile.export.lowering import TARGETS, choose_lowering
 
 
 def run_inspect(args: argparse.Namespace) -> int:
     moe_model = load_moe_model(args.model)
     summary = model_summary(moe_model, load_plan(args.plan, moe_model) if args.plan else None)
+    for layer, spec in zip(summary["layers"], moe_model.layers):
+        layer["lowering"] = {target: choose_lowering(target, spec.attributes, spec.has_score_bias).as_dict()
+                             for target in TARGETS}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -32,9 +37,18 @@ def _layer_table(summary: dict) -> Table:
         columns = {**dict(list(columns.items())[:3]), "planned_top_k": "plan k", **dict(list(columns.items())[3:])}
     for header in columns.values():
         table.add_column(header, justify="right")
+    table.add_column("on onnxruntime")
     for layer in summary["layers"]:
-        table.add_row(*(_human_bytes(layer[c]) if c == "parameter_bytes" else str(layer[c]) for c in columns))
+        table.add_row(*(_human_bytes(layer[c]) if c == "parameter_bytes" else str(layer[c]) for c in columns),
+                      _lowering_cell(layer["lowering"]["onnxruntime"]))
     return table
+
+
+def _lowering_cell(lowering: dict) -> str:
+    if lowering["lowered_to"] == "standard":
+        return f"standard ops ({lowering['reason']})"
+    routing = "" if lowering["routing"] == "in the op" else ", routed in standard ops"
+    return lowering["lowered_to"] + routing
 
 
 def _human_bytes(count: float) -> str:

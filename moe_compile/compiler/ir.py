@@ -73,6 +73,7 @@ class MoELayerSpec:
     shared_expert: SharedExpertSpec | None
     parameter_bytes: int  # router + routed experts + shared expert, as stored
     load_weights: Callable[[], ExpertWeights] = field(repr=False, compare=False)
+    has_score_bias: bool = False  # a score-correction bias steers the choice (DeepSeek-V3)
 
     @property
     def base_top_k(self) -> int:

@@ -105,6 +105,7 @@ def _layer_spec(adapter: MoEAdapter, checkpoint: SafetensorsCheckpoint, index: i
         shared_expert=adapter.shared_expert(),
         parameter_bytes=checkpoint.nbytes(adapter.checkpoint_prefix(index)),
         load_weights=functools.partial(_load_layer, adapter, checkpoint, index),
+        has_score_bias=adapter.has_score_bias(),
     )
 
 

@@ -17,6 +17,16 @@ from moe_compile.validate.parity import validate_onnx
 EXPORTABLE = ["qwen2_moe", "qwen3_moe", "olmoe", "mixtral", "deepseek_v2", "deepseek_v3", "gpt_oss", "demo"]
 
 
+def _inspect_json(model_type, tiny_model_dirs) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["inspect", "demo" if model_type == "demo" else str(tiny_model_dirs[model_type]), "--json"]) == 0
+    return out.getvalue()
+
+
 def _half_budget_plan(ir, path):
     profile = profile_model(ir, ProfileOptions(batch=1, seq_len=8, draws=1), show_progress=False)
     plan = make_plan(ir, profile, Budget(fraction=0.5), ActiveExperts())
@@ -32,6 +42,11 @@ def test_export_matches_pytorch(model_type, target, planned, tiny_model_dirs, tm
     plan = _half_budget_plan(ir, tmp_path / "plan.json") if planned else None
     result = export_onnx(ir, tmp_path / "model.onnx", target=target, plan=plan)
     assert [layer["layer"] for layer in result.report.layers] == [spec.index for spec in ir.layers]
+    inspected = json.loads(_inspect_json(model_type, tiny_model_dirs))["layers"]
+    assert [{k: v for k, v in layer.items() if k not in ("layer", "top_k")} for layer in result.report.layers] == [
+        layer["lowering"][target] for layer in inspected]  # inspect says what export does
+    if target == "onnxruntime":  # every registered architecture's experts run in com.microsoft.MoE
+        assert {layer["lowered_to"] for layer in result.report.layers} == {"com.microsoft.MoE"}
     if planned:
         assert sum(result.top_k.values()) == round(0.5 * sum(spec.base_top_k for spec in ir.layers))
     report = validate_onnx(ir, tmp_path / "model.onnx", plan=plan, new_tokens=32)

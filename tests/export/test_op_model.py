@@ -42,7 +42,7 @@ def _run(model_proto, feed):
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.onnx's own pytree deprecation
 @pytest.mark.parametrize("attrs", [GroupedMoEAttributes(top_k=2, normalize_topk=True),
                                    GroupedMoEAttributes(top_k=1, scoring="sigmoid", routed_scaling=2.5)],
-                         ids=["com.microsoft.MoE", "standard fallback"])
+                         ids=["com.microsoft.MoE", "com.microsoft.MoE routed in standard ops"])
 @pytest.mark.parametrize("target", ["onnxruntime", "onnx"])
 def test_one_op_model_equals_a_torch_onnx_export(target, attrs, tmp_path):
     module, x = _module(attrs), _hidden()
@@ -52,8 +52,9 @@ def test_one_op_model_equals_a_torch_onnx_export(target, attrs, tmp_path):
             module, (x,), dynamo=True, opset_version=OPSET, input_names=["x"],
             custom_translation_table={torch.ops.moe_compile.grouped_moe.default: translation(target, report, [0])})
     model_proto = exported.model_proto
-    ort_moe = target == "onnxruntime" and attrs.scoring == "softmax"
-    assert report.layers[0]["lowered_to"] == ("com.microsoft.MoE" if ort_moe else "standard")
+    routing = "in the op" if attrs.scoring == "softmax" else "standard ops"
+    assert report.layers[0]["lowered_to"] == ("com.microsoft.MoE" if target == "onnxruntime" else "standard")
+    assert report.layers[0]["routing"] == (routing if target == "onnxruntime" else "standard ops")
     weight_pass(target)(model_proto)
     from_export = _run(model_proto, {"x": x.numpy()})
 

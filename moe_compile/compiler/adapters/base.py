@@ -136,6 +136,10 @@ class MoEAdapter:
         return ExpertWeights(router_weight=router_weight, gate_up=gate_up, down=down,
                              score_bias=self._read_score_bias(checkpoint, index))
 
+    def has_score_bias(self) -> bool:
+        """Whether the layers carry a score-correction bias (DeepSeek-V3): no tensor is read."""
+        return False
+
     def _read_score_bias(self, checkpoint: SafetensorsCheckpoint, index: int) -> torch.Tensor | None:
         return None
 

@@ -31,5 +31,8 @@ class DeepseekV3Adapter(DeepseekV2Adapter):
     def checkpoint_keys(self, index: int) -> list[str]:
         return super().checkpoint_keys(index) + [self._score_bias_key(index)]
 
+    def has_score_bias(self) -> bool:
+        return True
+
     def _read_score_bias(self, checkpoint: SafetensorsCheckpoint, index: int) -> torch.Tensor:
         return checkpoint.read(self._score_bias_key(index))

@@ -1,8 +1,9 @@
 """How the GroupedMoE op becomes ONNX, per `--target`: one translation function each.
 
 The exporter hands every `moe_compile::grouped_moe` call to the target's translation, with
-the op's tensors (as ONNX values) and its attributes (as a GroupedMoEAttributes). Each
-translation also records, per layer, how it lowered it, for the export report.
+the op's tensors (as ONNX values) and its attributes (as a GroupedMoEAttributes).
+`choose_lowering` decides, per layer, what the call becomes; the same decision is recorded
+in the export report and shown by `inspect`, so no layer changes lowering unannounced.
 """
 
 from __future__ import annotations
@@ -15,18 +16,43 @@ from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
 TARGETS = ("tensorrt", "onnxruntime", "onnx")
 
 
+@dataclass(frozen=True)
+class Lowering:
+    """What one layer's GroupedMoE becomes on a target, decided from its attributes alone, so
+    that `inspect` can tell before an export what `export` then does (and reports)."""
+
+    lowered_to: str  # "plugin", "com.microsoft.MoE" or "standard"
+    routing: str  # "in the op" (the node routes) or "standard ops" (TopK & co. beside the node)
+    reason: str | None = None  # why not the target's first choice
+
+    def as_dict(self) -> dict:
+        return {"lowered_to": self.lowered_to, "routing": self.routing, **({"reason": self.reason} if self.reason else {})}
+
+
+def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bool) -> Lowering:
+    if target == "tensorrt":
+        return Lowering("plugin", "in the op")
+    if target == "onnx":
+        return Lowering("standard", "standard ops")
+    from .ort_support import ort_routing_reason, ort_unsupported_reason
+
+    unsupported = ort_unsupported_reason(attrs)
+    if unsupported:
+        return Lowering("standard", "standard ops", unsupported)
+    routing = ort_routing_reason(attrs, has_score_bias)
+    return Lowering("com.microsoft.MoE", "standard ops" if routing else "in the op", routing)
+
+
 @dataclass
 class LoweringReport:
-    """Per MoE layer, in graph order: what its GroupedMoE became and, for a fallback, why."""
+    """Per MoE layer, in graph order: what its GroupedMoE became and, where it is not the
+    target's first choice, why."""
 
     target: str
     layers: list[dict] = field(default_factory=list)
 
-    def add(self, lowered_to: str, attrs: GroupedMoEAttributes, reason: str | None = None) -> None:
-        entry = {"lowered_to": lowered_to, "top_k": attrs.top_k}
-        if reason:
-            entry["reason"] = reason
-        self.layers.append(entry)
+    def add(self, lowering: Lowering, attrs: GroupedMoEAttributes) -> None:
+        self.layers.append({**lowering.as_dict(), "top_k": attrs.top_k})
 
 
 def split_op_args(args: tuple) -> tuple[tuple, GroupedMoEAttributes]:
@@ -69,7 +95,9 @@ def translation(target: str, report: LoweringReport, layers: list[int]) -> Calla
     def translate(*args):
         tensors, attrs = split_op_args(args)
         layer = layers[len(report.layers)]
-        output = lower(*tensors, attrs=attrs, report=report)
+        lowering = choose_lowering(report.target, attrs, has_score_bias=tensors[6] is not None)
+        report.add(lowering, attrs)
+        output = lower(*tensors, attrs=attrs, lowering=lowering)
         report.layers[-1]["layer"] = layer
         return output
 

@@ -16,13 +16,17 @@ reversed by a Gather, weights reversed in the file), which turns its tie rule in
 The kernel also turns a token with NaN probabilities into zeros; the op's rule for non-finite
 inputs (a NaN output row) is restored around the node (`standard.poison_nonfinite_tokens`).
 
-A layer whose routing it cannot express (sigmoid scores, score-correction bias, group-limited
-routing, routed scaling, a GELU gate) is lowered to standard ops instead; the report says why.
+Routing it cannot express (sigmoid scores, score-correction bias, group-limited routing,
+routed scaling: DeepSeek-V2/V3) is done in standard ops and handed to the node as logits that
+select exactly the chosen experts (`selecting_logits`), so the experts still run in the node
+and memory does not grow with tokens·k·expert size. A GELU-gated layer cannot run in the node
+and is lowered to standard ops; `choose_lowering` decides both, the report and `inspect` say so.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import onnxscript
@@ -30,25 +34,12 @@ from onnxscript import opset18 as op
 
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
 
-from .standard import grouped_moe_standard, ints, poison_nonfinite_tokens
+from .standard import FLOAT, grouped_moe_standard, ints, poison_nonfinite_tokens, route
 
 MS_DOMAIN = "com.microsoft"
 _FC1_INPUTS = (2, 3)  # fc1_experts_weights, fc1_experts_bias
 _FC2_INPUTS = (4, 5)  # fc2_experts_weights, fc2_experts_bias
-
-
-def unsupported_reason(attrs: GroupedMoEAttributes, score_bias) -> str | None:
-    if attrs.scoring != "softmax":
-        return f"{attrs.scoring} scoring (com.microsoft.MoE applies a softmax)"
-    if score_bias is not None:
-        return "score-correction bias"
-    if attrs.group_limited:
-        return "group-limited routing"
-    if attrs.routed_scaling != 1.0:
-        return f"routed scaling {attrs.routed_scaling:g}"
-    if attrs.activation not in ("silu_glu", "swiglu_clamp"):
-        return f"{attrs.activation} experts (the CPU kernel runs SwiGLU only)"
-    return None
+_SMALLEST_WEIGHT = 1e-30  # a chosen expert's weight is at least this inside the log: never -inf
 
 
 @functools.cache
@@ -73,23 +64,45 @@ def register_ms_moe_schema() -> None:
                     for name, a in ort.attributes.items()]))
 
 
+def selecting_logits(router_logits, score_bias, attrs: GroupedMoEAttributes, num_experts: int):
+    """Routing of any kind in standard ops, handed to com.microsoft.MoE through its softmax.
+
+    -> (logits [T, E] fp32, total [T, 1] fp32): logits are log(w_j) at the chosen experts and
+    -inf elsewhere, so the node's softmax is w_j / Σw on exactly the k chosen experts (its top-k
+    then picks them, whatever their order) and 0 on all others; out · Σw is then Σ w_j·y_j, the
+    op's output with its own weights (sigmoid, bias-steered choice, groups, scaling included).
+    Memory: [T, E] and [T, k] beside the node, independent of the experts' size.
+    """
+    weights, experts = route(router_logits, score_bias, attrs, num_experts)  # [T, k] fp32, [T, k]
+    total = op.ReduceSum(weights, ints(-1), keepdims=1)  # [T, 1]
+    log_weights = op.Log(op.Max(weights, op.Constant(value_float=_SMALLEST_WEIGHT)))  # [T, k], finite
+    unchosen = op.Expand(op.Constant(value_float=-math.inf), op.Shape(router_logits))  # [T, E]
+    return op.ScatterElements(unchosen, experts, log_weights, axis=1), total
+
+
 def lower_to_ort_moe(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias, *,
-                     attrs: GroupedMoEAttributes, report):
-    reason = unsupported_reason(attrs, score_bias)
-    if reason:
-        report.add("standard", attrs, reason)
+                     attrs: GroupedMoEAttributes, lowering):
+    num_experts = w_gate_up.shape[0]
+    if lowering.lowered_to == "standard":
         return grouped_moe_standard(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias, attrs,
-                                    num_experts=w_gate_up.shape[0])
+                                    num_experts=num_experts)
     register_ms_moe_schema()
-    report.add("com.microsoft.MoE", attrs)
+    routed_outside = lowering.routing == "standard ops"
+    if routed_outside:
+        logits, total = selecting_logits(router_logits, score_bias, attrs, num_experts)
+        logits = op.CastLike(logits, hidden)
+    else:
+        logits = router_logits
     clamped = attrs.activation == "swiglu_clamp"
     limit = {"swiglu_limit": attrs.swiglu_limit} if clamped else {}
-    num_experts = w_gate_up.shape[0]
-    reversed_logits = op.Gather(router_logits, ints(*range(num_experts - 1, -1, -1)), axis=1)  # [T, E], E-1 first
+    reversed_logits = op.Gather(logits, ints(*range(num_experts - 1, -1, -1)), axis=1)  # [T, E], E-1 first
+    normalize = attrs.normalize_topk and not routed_outside  # routed outside: the softmax already is w / Σw
     out = onnxscript.values.Opset(MS_DOMAIN, 1).MoE(
         hidden, reversed_logits, w_gate_up, b_gate_up, w_down, b_down,
-        k=attrs.top_k, activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=int(attrs.normalize_topk),
+        k=attrs.top_k, activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=int(normalize),
         activation_alpha=attrs.swiglu_alpha if clamped else 1.0, activation_beta=1.0 if clamped else 0.0, **limit)
+    if routed_outside:
+        out = op.CastLike(op.Mul(op.Cast(out, to=FLOAT), total), hidden)  # [T, H], Σ w_j·y_j
     return poison_nonfinite_tokens(out, hidden, router_logits)
 
 

@@ -114,7 +114,6 @@ def grouped_moe_standard(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_
 
 
 def lower_to_standard_ops(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias, *,
-                          attrs: GroupedMoEAttributes, report):
-    report.add("standard", attrs)
+                          attrs: GroupedMoEAttributes, lowering):
     return grouped_moe_standard(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias, attrs,
                                 num_experts=w_gate_up.shape[0])

@@ -22,9 +22,8 @@ PLUGIN_VERSION = "1"
 
 
 def lower_to_plugin_node(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias, *,
-                         attrs: GroupedMoEAttributes, report):
+                         attrs: GroupedMoEAttributes, lowering):
     register_schema()
-    report.add("plugin", attrs)
     opset = onnxscript.values.Opset(DOMAIN, VERSION)
     node = getattr(opset, OP_TYPE)
     return node(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias,

@@ -1,0 +1,33 @@
+"""What com.microsoft.MoE (ONNX Runtime 1.32) can and cannot express of a GroupedMoE layer.
+
+Pure Python (no onnxscript), so `inspect` can ask without building anything. The node applies
+a softmax to its router input and then its own top-k: routing of any other kind (sigmoid
+scores, a score-correction bias, group-limited choice, routed scaling) is done in standard ops
+beside the node, which is then handed logits that select exactly the chosen experts
+(onnxruntime.py). Its experts run SwiGLU only: a GELU-gated layer stays in standard ops.
+"""
+
+from __future__ import annotations
+
+from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+
+
+def ort_unsupported_reason(attrs: GroupedMoEAttributes) -> str | None:
+    """Why com.microsoft.MoE cannot run this layer's experts at all, or None."""
+    if attrs.activation not in ("silu_glu", "swiglu_clamp"):
+        return f"{attrs.activation} experts (com.microsoft.MoE's CPU kernel runs SwiGLU only)"
+    return None
+
+
+def ort_routing_reason(attrs: GroupedMoEAttributes, has_score_bias: bool) -> str | None:
+    """Why the routing must be done outside com.microsoft.MoE, or None."""
+    reasons = []
+    if attrs.scoring != "softmax":
+        reasons.append(f"{attrs.scoring} scoring")
+    if has_score_bias:
+        reasons.append("score-correction bias")
+    if attrs.group_limited:
+        reasons.append("group-limited routing")
+    if attrs.routed_scaling != 1.0:
+        reasons.append(f"routed scaling {attrs.routed_scaling:g}")
+    return ", ".join(reasons) + " (com.microsoft.MoE routes by softmax alone)" if reasons else None
