@@ -28,13 +28,15 @@ def test_dry_run_writes_the_result_schema_and_a_plot(bench, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == report
     assert (tmp_path / "kernel-dry_run.png").read_bytes()[:4] == b"\x89PNG"
     assert {"device", "versions", "command", "peak", "rows"} <= set(report)
-    assert len(report["rows"]) == len(bench.SHAPES) * len(bench.TOKENS) == 24
-    mixtral = [r for r in report["rows"] if r["shape"] == "mixtral-8x7b"]
-    assert [(r["E"], r["H"], r["I"], r["k"]) for r in mixtral] == [(8, 4096, 14336, 2)] * 6
-    assert [r["tokens"] for r in mixtral] == [1, 8, 64, 512, 4096, 16384]
+    assert [(r["shape"], r["tokens"]) for r in report["rows"]] == [
+        (shape, tokens) for shape in bench.SHAPES for tokens in bench.TOKENS]  # every shape at every count
     for r in report["rows"]:
         assert {"shape", "E", "H", "I", "k", "tokens", "ours_us", "peers_us", "hbm_fraction", "flops_fraction"} <= set(r)
-    assert report["lexi"]["sum_k"] == 72 and report["lexi"]["base_sum_k"] == 96
+        assert (r["E"], r["H"], r["I"], r["k"]) == bench.SHAPES[r["shape"]]
+    lexi = report["lexi"]  # the default plan is LExI-shaped: k within 1..base, below the base total
+    base_k = bench.SHAPES[lexi["shape"]][3]
+    assert all(1 <= k <= base_k for k in lexi["plan_top_k"]) and len(lexi["plan_top_k"]) == bench.LEXI_LAYERS
+    assert lexi["sum_k"] == sum(lexi["plan_top_k"]) < lexi["base_sum_k"] == base_k * bench.LEXI_LAYERS
 
 
 def test_a_plan_file_gives_item_five_its_top_k(bench, tmp_path):

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from served import MODEL, empty_past
+from served import MODEL, empty_past, server_unavailable
 
 from moe_compile.deploy.client import TritonRunner, generate
 from moe_compile.validate.compare import compare_outputs
@@ -180,7 +180,7 @@ def test_serve_command_starts_and_stops_on_ctrl_c(served_repo):
     try:
         line = process.stdout.readline()
         if not line:
-            pytest.skip(f"moe-compile serve could not start a server here: {process.stderr.read().strip()}")
+            server_unavailable(f"moe-compile serve: {process.stderr.read().strip()}")
         assert json.loads(line)["http"] == f"127.0.0.1:{http}"
         with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/{MODEL}_generate/ready") as response:
             assert response.status == 200
@@ -221,3 +221,11 @@ def test_without_nvidia_pytriton_serve_says_what_to_install(tmp_path, monkeypatc
     assert capsys.readouterr().err.strip().splitlines() == [(
         "moe-compile: error: no Triton Inference Server here: pip install 'moe-compile[deploy]' "
         "(nvidia-pytriton bundles tritonserver)")]
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                                         ("", pytest.skip.Exception), ("false", pytest.skip.Exception)])
+def test_a_server_that_cannot_start_fails_in_ci_and_skips_elsewhere(ci, outcome, monkeypatch):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="no tritonserver binary"):
+        server_unavailable("no tritonserver binary")

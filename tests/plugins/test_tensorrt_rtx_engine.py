@@ -1,7 +1,13 @@
-"""TensorRT-RTX's builder makes a real engine with our GroupedMoE plugin node on a machine with no
-GPU (issue #7, item 4b; docs/tensorrt-rtx.md). The builds run in child processes of
-benchmarks/tensorrt_rtx_probe.py. Skipped where tensorrt_rtx is not installed
-(pip install tensorrt-rtx-cu13)."""
+"""TensorRT-RTX's builder parses our exported GroupedMoE node into a plugin layer and makes an
+engine on a machine with no GPU (issue #7, item 4b; docs/tensorrt-rtx.md).
+
+The plugin it builds with is NOT our TensorRT plugin: RTX has no `tensorrt.plugin` and no AOT
+plugins, so our plugin (plugins/tensorrt/plugin.py, six AOT stages running our Triton kernels)
+cannot be registered there. The creator is a build-only Python IPluginV3 stand-in defined in
+benchmarks/tensorrt_rtx_probe.py (no kernels, nothing runs); what these tests show is that RTX's
+parser hands it our node's attributes intact and serialises them into the engine. Our own shape
+functions under RTX are tests/plugins/test_tensorrt_rtx_stages.py. The builds run in child
+processes. Marked `tensorrt_rtx` (pip install tensorrt-rtx-cu13)."""
 
 import importlib.util
 import sys
@@ -11,7 +17,7 @@ import pytest
 
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
 
-pytest.importorskip("tensorrt_rtx")
+pytestmark = pytest.mark.tensorrt_rtx
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "tensorrt_rtx_probe.py"
 # Every attribute away from its default, so a field the parser drops or mistypes shows.
@@ -36,7 +42,7 @@ def one_node(probe, tmp_path_factory):
 
 
 @pytest.mark.parametrize("target", ["SM89", "SM120"])
-def test_an_rtx_engine_with_our_plugin_builds_without_a_gpu(probe, one_node, tmp_path, target):
+def test_an_rtx_engine_with_a_stand_in_creator_for_our_node_builds_without_a_gpu(probe, one_node, tmp_path, target):
     engine_file = tmp_path / "engine.plan"
     result = probe.run_child({"model": str(one_node), "profile": probe.profile(one_node),
                               "fields": probe.grouped_moe_fields(), "target": target,
@@ -52,7 +58,7 @@ def test_an_rtx_engine_with_our_plugin_builds_without_a_gpu(probe, one_node, tmp
     assert engine_file.stat().st_size == engine["bytes"]
 
 
-def test_hopper_is_not_a_target(probe, tmp_path):
+def test_hopper_is_not_an_rtx_target(probe, tmp_path):
     plain = probe.plain_model(tmp_path / "plain.onnx")
     result = probe.run_child({"model": str(plain), "profile": probe.profile(plain), "target": "SM90"})
     assert result["parsed"] and not result["built"]

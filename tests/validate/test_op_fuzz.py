@@ -1,6 +1,6 @@
 """Parity fuzzing of the GroupedMoE op: every implementation in op_parity.implementations()
-(torch.library, the standard-ONNX and the com.microsoft.MoE lowerings in ONNX Runtime, and
-whatever is added there) against the reference, on cases from op_cases.py.
+(torch.library on CUDA, the Triton kernel, the standard-ONNX and the com.microsoft.MoE lowerings
+in ONNX Runtime, and whatever is added there) against the reference, on cases from op_cases.py.
 
 CI runs about 50 derandomised cases; the slow suite (MOE_COMPILE_SLOW=1) 600 random ones.
 """
@@ -60,3 +60,20 @@ def test_nonfinite_inputs_give_nan_rows_everywhere(scoring, dtype):
             got = torch.from_numpy(implementation.run(case))
             assert got.isnan().all(dim=1).tolist() == [False, True, True, True, True, True, False], implementation.name
             torch.testing.assert_close(got[[0, 6]], torch.from_numpy(expected[[0, 6]]), rtol=2e-2, atol=2e-2)
+
+
+def test_no_implementation_is_the_reference_compared_with_itself(monkeypatch):
+    """With the reference replaced by one that raises wherever an implementation could reach
+    it, every implementation still runs (or skips): none of them is the reference."""
+    import moe_compile.plugins.grouped_moe.op as op_module
+
+    def poisoned(*args, **kwargs):
+        raise AssertionError("an implementation ran the PyTorch reference")
+
+    monkeypatch.setattr(op_module, "grouped_moe_reference", poisoned)
+    case = _case(GroupedMoEAttributes(top_k=2), torch.randn(3, 4, generator=torch.Generator().manual_seed(2)))
+    ran = [implementation.name for implementation in implementations() if not implementation.skip_reason(case)]
+    for implementation in implementations():
+        if not implementation.skip_reason(case):
+            implementation.run(case)
+    assert ran  # at least the ONNX Runtime lowerings run on every machine
