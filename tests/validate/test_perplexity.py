@@ -41,7 +41,15 @@ def test_the_shipped_demo_scores_the_perplexity_recorded_at_training_time():
     assert result.perplexity == pytest.approx(recorded["perplexity"], rel=1e-5)
 
 
-def test_a_folder_without_heldout_text_is_scored_on_the_demo_text(tiny_model_dirs):
-    assert torch.equal(eval_windows(DEMO_FOLDER)[:2], eval_windows(DEMO_FOLDER, DEMO_FOLDER / "heldout.txt")[:2])
+def test_a_folder_without_heldout_text_is_scored_on_the_demo_text(tiny_model_dirs, tmp_path):
+    import shutil
+
+    from moe_compile.validate.perplexity import held_out_text
+
+    shutil.copy(DEMO_FOLDER / "tokenizer.json", tmp_path / "tokenizer.json")  # a tokenizer, no heldout.txt
+    assert held_out_text(tmp_path) == DEMO_FOLDER / "heldout.txt"
+    assert torch.equal(eval_windows(tmp_path), eval_windows(DEMO_FOLDER, DEMO_FOLDER / "heldout.txt"))
+    (tmp_path / "heldout.txt").write_text("its own text " * 200)  # and the folder's own, once it has one
+    assert held_out_text(tmp_path) == tmp_path / "heldout.txt"
     with pytest.raises(InvalidInput, match="has no tokenizer.json"):
         eval_windows(tiny_model_dirs["qwen2_moe"])
