@@ -39,7 +39,7 @@ CONFIG = {"vocab_size": 2048, "hidden_size": 1024, "intermediate_size": 2048, "m
 
 # One prefill in a fresh process: build the session, run a prompt of `tokens`, report memory.
 _CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys, threading, time
 import numpy as np, onnxruntime as ort
 path, tokens, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def rss():
@@ -58,11 +58,21 @@ for value in session.get_inputs():
         feed[value.name] = np.arange(tokens, dtype=np.int64)[None]
     else:  # an empty past: [batch 1, heads, 0, head dim]
         feed[value.name] = np.zeros((1, value.shape[1], 0, value.shape[3]), dtype=np.float32)
+peak, done = [after_session], threading.Event()
+def sample():  # RSS every millisecond while the prefill runs (ru_maxrss also holds session creation)
+    while not done.wait(0.001):
+        peak[0] = max(peak[0], rss())
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 start = time.perf_counter()
 session.run(None, feed)
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"rss_after_session_bytes": after_session, "peak_rss_bytes": peak, "prefill_s": seconds}))
+done.set()
+sampler.join()
+print(json.dumps({"rss_after_session_bytes": after_session, "peak_rss_in_prefill_bytes": max(peak[0], rss()),
+                  "prefill_growth_bytes": max(peak[0], rss()) - after_session,
+                  "process_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "prefill_s": seconds}))
 """
 
 

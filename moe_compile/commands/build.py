@@ -55,7 +55,8 @@ def compile_engine(args: argparse.Namespace, out: Path) -> int:
     """plan (with --budget) -> rewrite -> export --target tensorrt (a temporary ONNX beside --out)
     -> build -> a short parity check of the engine. TensorRT and a GPU are checked first, so a
     machine without them stops at once and writes nothing."""
-    from moe_compile.commands.export import print_parity, write_plan
+    from moe_compile.commands.lexi import write_plan
+    from moe_compile.commands.parity_table import print_parity
     from moe_compile.compiler.loader import load_moe_model
     from moe_compile.errors import InvalidInput
     from moe_compile.export.exporter import export_onnx

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -12,6 +11,9 @@ from rich.table import Table
 
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
+
+from .lexi import write_plan
+from .parity_table import print_parity
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -49,43 +51,6 @@ def run_validate(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-_RUNTIMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
-
-
-def print_parity(report, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        table = Table(title=f"parity: PyTorch vs {_RUNTIMES[report.runtime]}, {report.file} ({report.target}, "
-                            f"{report.dtype}, rtol {report.tolerance['rtol']:g}, atol {report.tolerance['atol']:g})")
-        for column in ("step", "output", "max |diff|", "max rel", "ok"):
-            table.add_column(column)
-        for step, diffs in (("prefill", report.prefill), ("decode", report.decode), ("layer", report.layer_diffs)):
-            for name, group in _grouped(diffs):
-                worst = max(group, key=lambda diff: diff.max_abs)
-                table.add_row(step, name, f"{worst.max_abs:.3g}", f"{max(d.max_rel for d in group):.3g}",
-                              "yes" if all(d.passed for d in group) else "NO")
-        Console().print(table)
-        print(f"greedy generation of {report.generated_tokens} tokens: "
-              + ("identical" if report.generation_identical else
-                 f"differs from token {report.first_generation_difference}"))
-    if not report.passed:
-        where = (f"; first diverging MoE layer: {report.first_diverging_layer}"
-                 if report.first_diverging_layer is not None else "")
-        print(f"moe-compile: validate: {report.file} does not match the PyTorch reference{where}", file=sys.stderr)
-
-
-def _grouped(diffs: list) -> list[tuple[str, list]]:
-    """The KV-cache outputs as one row (`present.* (16)`), unless one of them fails."""
-    present = [d for d in diffs if d.name.startswith("present.")]
-    rest = [(d.name, [d]) for d in diffs if not d.name.startswith("present.")]
-    if not present:
-        return rest
-    if all(d.passed for d in present):
-        return rest + [(f"present.* ({len(present)})", present)]
-    return rest + [(d.name, [d]) for d in present]
-
-
 def run_compile(args: argparse.Namespace) -> int:
     """plan (with --budget) -> rewrite -> export -> parity check in ONNX Runtime; for
     --out engine.plan, commands/build.py's compile_engine (export, build, check the engine)."""
@@ -110,20 +75,3 @@ def run_compile(args: argparse.Namespace) -> int:
     report = validate_onnx(moe_model, out, plan=plan)
     print_parity(report, as_json=False)
     return 0 if report.passed else 1
-
-
-def write_plan(moe_model, budget: float, out: Path, command: str) -> Path:
-    from moe_compile.atomic import write_text_atomic
-    from moe_compile.compiler.lexi.cost import ActiveExperts
-    from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
-    from moe_compile.compiler.lexi.plots import plot_plan
-    from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
-
-    options = ProfileOptions()
-    doc = make_plan(moe_model, profile_model(moe_model, options), Budget(fraction=budget), ActiveExperts(),
-                    command=command)
-    path = out.with_name(f"{out.stem}.lexi-plan.json")
-    plot_plan(doc, path.with_suffix(".png"))
-    write_text_atomic(path, dumps(doc))
-    print(f"LExI plan: Σk {doc['predicted']['sum_k']} of {doc['predicted']['base_sum_k']}, written to {path}")
-    return path

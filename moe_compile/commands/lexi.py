@@ -103,3 +103,15 @@ def _sensitivity_table(layers: list[dict], title: str, chosen: bool = False) -> 
         cells += [f"{layer['sensitivity'][str(k)]:.4g}" if str(k) in layer["sensitivity"] else "" for k in ks]
         table.add_row(*cells)
     return table
+
+
+def write_plan(moe_model, budget: float, out: Path, command: str) -> Path:
+    """The pipeline's LExI plan (default profile, --budget of the active experts) beside --out."""
+    options = ProfileOptions()
+    doc = make_plan(moe_model, profile_model(moe_model, options), Budget(fraction=budget), ActiveExperts(),
+                    command=command)
+    path = out.with_name(f"{out.stem}.lexi-plan.json")
+    plot_plan(doc, path.with_suffix(".png"))
+    write_text_atomic(path, dumps(doc))
+    print(f"LExI plan: Σk {doc['predicted']['sum_k']} of {doc['predicted']['base_sum_k']}, written to {path}")
+    return path
