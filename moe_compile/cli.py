@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from moe_compile import __version__, interrupts
+from moe_compile.dtypes import PRECISIONS
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 
 DEFAULT_MODEL = "demo"
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--plan", help="a plan.json from `moe-compile plan`")
     budget.add_argument("--budget", type=_fraction, help="fraction of the base active experts to keep (LExI)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--target", choices=("onnxruntime", "onnx", "tensorrt"),
                    help="how GroupedMoE nodes are lowered (default: onnxruntime for model.onnx; an engine "
                         "is always built from the tensorrt target)")
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", help="a plan.json: export at its per-layer top-k")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime", "onnx"), default="onnxruntime",
                    help="tensorrt: plugin nodes; onnxruntime: com.microsoft.MoE; onnx: standard ops only")
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--dtype", choices=PRECISIONS, default="fp32")
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                 _run("build:run_build"))
     p.add_argument("onnx", help="model.onnx from `moe-compile export --target tensorrt` (or any ONNX model)")
     p.add_argument("--out", required=True, help="engine.plan, written only after a successful build")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="the precision you expect: the engine keeps the ONNX file's types, and a mismatch is refused "
                         "(default: the file's)")
     p.add_argument("--max-batch", type=_positive_int, help="largest batch the engine takes (default: 8)")
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=_positive_int, default=32, help="decode steps timed per run")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per measurement (after a warm-up)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch and ONNX Runtime (default: torch's)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--plot", help="also save the throughput as a PNG plot here")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of tables")

@@ -16,12 +16,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import torch
 from safetensors import SafetensorError, safe_open
 
+from moe_compile.dtypes import element_type
 from moe_compile.errors import InvalidInput, one_line
 
 INDEX_FILE = "model.safetensors.index.json"
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.00.pth")
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,8 @@ class TensorInfo:
         count = 1
         for dim in self.shape:
             count *= dim
-        return count * _DTYPE_BYTES.get(self.dtype, 4)
+        known = element_type(safetensors=self.dtype)
+        return count * (known.itemsize if known else 4)
 
 
 class ReadMeter:

@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_compile.dtypes import ELEMENT_TYPES
 from moe_compile.errors import InvalidInput, one_line
 
-# ONNX TensorProto element type -> Triton data type (the names in model_config.proto).
-_ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 5: "TYPE_INT16", 6: "TYPE_INT32",
-                   7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
-# tensorrt.DataType member name -> Triton data type.
-_TENSORRT_TO_TRITON = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "BF16": "TYPE_BF16", "INT8": "TYPE_INT8",
-                       "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8"}
+# ONNX TensorProto element type / tensorrt.DataType member name -> Triton data type (model_config.proto's
+# names), from the one table (moe_compile/dtypes.py).
+_ONNX_TO_TRITON = {row.onnx: row.triton_server for row in ELEMENT_TYPES if row.triton_server}
+_TENSORRT_TO_TRITON = {row.tensorrt: row.triton_server for row in ELEMENT_TYPES if row.triton_server}
 
 
 @dataclass(frozen=True)

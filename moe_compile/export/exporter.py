@@ -22,6 +22,7 @@ import torch
 from moe_compile import interrupts
 from moe_compile.atomic import check_writable
 from moe_compile.compiler.ir import MoEModel
+from moe_compile.dtypes import PRECISIONS, torch_dtype
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_causal_lm
 from moe_compile.compiler.rewrite import rewrite_model
@@ -31,7 +32,7 @@ from .complex_views import make_complex_views_exportable
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
 from .lowering import TARGETS, LoweringReport, moe_output_name, translation, weight_pass
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {name: torch_dtype(name) for name in PRECISIONS}  # from the one table (moe_compile/dtypes.py)
 OPSET = 18
 EXTERNAL_DATA_THRESHOLD = 2 << 30  # protobuf's limit: beyond it, weights go to model.onnx.data
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import onnx
 import torch
 
+from moe_compile.dtypes import element_type
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
 from moe_compile.plugins.grouped_moe.op import attribute_args
 
@@ -72,6 +73,5 @@ def grouped_moe_onnx(target: str, attrs: GroupedMoEAttributes, hidden_shape: tup
 def _element_type(dtype: torch.dtype):
     import onnx_ir as ir
 
-    return {torch.float32: ir.DataType.FLOAT, torch.float16: ir.DataType.FLOAT16,
-            torch.bfloat16: ir.DataType.BFLOAT16}[dtype]
+    return ir.DataType(element_type(torch=dtype).onnx)
 

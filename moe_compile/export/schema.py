@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from moe_compile.dtypes import PRECISIONS, element_type
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
 
 DOMAIN = "moe_compile"
@@ -16,7 +17,7 @@ VERSION = 1
 INPUTS = ("hidden", "router_logits", "w_gate_up", "w_down", "b_gate_up", "b_down", "score_bias")
 OPTIONAL_INPUTS = ("b_gate_up", "b_down", "score_bias")
 PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")  # set by the tensorrt target
-FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
+FLOAT_TYPES = tuple(element_type(short=name).ort for name in PRECISIONS)  # tensor(float), ...
 
 
 def attribute_values(attrs: GroupedMoEAttributes) -> dict:

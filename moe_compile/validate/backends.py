@@ -102,11 +102,11 @@ def _torch_model(model: BenchModel, setting: TopKSetting):
 
 def _transformers(model: BenchModel, setting: TopKSetting):
     from moe_compile.compiler.loader import load_causal_lm
-    from moe_compile.export.exporter import DTYPES
+    from moe_compile.dtypes import torch_dtype
 
     from .runners import TorchRunner
 
-    return TorchRunner(load_causal_lm(model.ir).to(DTYPES[model.dtype]).eval())
+    return TorchRunner(load_causal_lm(model.ir).to(torch_dtype(model.dtype)).eval())
 
 
 def _pytorch(device: str) -> Callable:

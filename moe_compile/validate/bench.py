@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moe_compile.dtypes import torch_dtype
+
 from .backends import Backend, BenchModel, TopKSetting
 from .generation import decoder_feed
 from .memory import PeakMemory
@@ -83,15 +85,9 @@ def roofline_seconds(model: BenchModel, setting: TopKSetting, tokens: int, devic
     """The MoE layers' roofline time for `tokens` tokens on `device` (h100 | h200)."""
     from moe_compile.compiler.lexi.cost import RooflineLatency
 
-    cost = RooflineLatency(device, tokens, bytes_per_param=torch.finfo(_torch_dtype(model.dtype)).bits // 8)
+    cost = RooflineLatency(device, tokens, bytes_per_param=torch.finfo(torch_dtype(model.dtype)).bits // 8)
     return sum(cost.costs(spec, [setting.top_k[spec.index]])[setting.top_k[spec.index]]
                for spec in model.ir.layers) / 1e3
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    from moe_compile.export.exporter import DTYPES
-
-    return DTYPES[name]
 
 
 def roofline_device() -> str | None:

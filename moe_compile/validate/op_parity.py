@@ -19,12 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moe_compile.dtypes import element_type
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference
 
 from .tolerances import TOLERANCES, Tolerance
-
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
 
 @dataclass(frozen=True)
 class OpCase:
@@ -41,7 +39,7 @@ class OpCase:
 
     @property
     def dtype(self) -> str:
-        return DTYPE_NAMES[self.hidden.dtype]
+        return element_type(torch=self.hidden.dtype).short
 
     def weights(self) -> dict[str, torch.Tensor | None]:
         return {"w_gate_up": self.w_gate_up, "w_down": self.w_down, "b_gate_up": self.b_gate_up,

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moe_compile.dtypes import PRECISIONS, torch_dtype
+
 from . import kernels
 
 KERNELS = ("_route_kernel", "_scan_kernel", "_scatter_kernel", "_gate_up_kernel", "_down_kernel", "_combine_kernel")
@@ -130,11 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("--experts", "--hidden", "--inter", "--top-k"):
         parser.add_argument(name, type=int, required=True)
     parser.add_argument("--tokens", type=int, default=64, help="token count the config and grids are for")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    parser.add_argument("--dtype", choices=PRECISIONS, default="bf16")
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = torch_dtype(args.dtype)
     e, h, i, t = args.experts, args.hidden, args.inter, args.tokens
     with record_launches() as launches:  # empty CPU tensors: only their dtypes, strides, alignment matter
         grouped_moe_triton(torch.empty(t, h, dtype=dtype), torch.empty(t, e), torch.empty(e, 2 * i, h, dtype=dtype),

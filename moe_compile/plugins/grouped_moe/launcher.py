@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from moe_compile.dtypes import element_type
+
 from . import kernels
 from .attributes import GroupedMoEAttributes
 from .configs import KernelConfig, lookup_config
 from .launch_plan import LaunchPlan
-
-_DTYPES = {"int32": torch.int32, "float32": torch.float32}
-
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -23,7 +22,7 @@ def device_name(device: torch.device) -> str:
 
 def allocate(plan: LaunchPlan, act_dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
     """The scratch buffers of one call (uninitialised: every kernel writes before it reads)."""
-    return {name: torch.empty(shape, dtype=act_dtype if dtype == "act" else _DTYPES[dtype], device=device)
+    return {name: torch.empty(shape, dtype=act_dtype if dtype == "act" else element_type(torch=dtype).torch, device=device)
             for name, (shape, dtype) in plan.buffers().items()}
 
 

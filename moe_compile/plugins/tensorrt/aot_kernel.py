@@ -23,13 +23,12 @@ import os
 import re
 from dataclasses import dataclass
 
+from moe_compile.dtypes import element_type
 from moe_compile.plugins.grouped_moe.configs import KernelConfig
 from moe_compile.plugins.grouped_moe.launch_plan import SizeOps
 
 from .stages import GEMM_STAGES, Stage, StageLaunch, StageLayer
 
-ACT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # name -> Triton's
-_FIXED_DTYPES = {"int32": "i32", "float32": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class StageKernel:
 
 
 def _pointer(dtype: str, act_dtype: str) -> str:
-    return "*" + (ACT_DTYPES[act_dtype] if dtype == "act" else _FIXED_DTYPES[dtype])
+    return "*" + element_type(torch=act_dtype if dtype == "act" else dtype).short  # Triton's pointer type
 
 
 def triton_source_parts(launch: StageLaunch, act_dtype: str) -> tuple[dict, dict, dict, tuple[str, ...]]:

@@ -27,13 +27,14 @@ from pathlib import Path
 
 from moe_compile import interrupts
 from moe_compile.atomic import atomic_path, check_writable
+from moe_compile.dtypes import PRECISIONS, element_type
 from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
 from moe_compile.export.decoder import BATCH, PAST, SEQUENCE, TOTAL, dynamic_axes
 
 from . import INSTALL, MIN_TENSORRT, MIN_TENSORRT_TEXT, tensorrt_version
 
-# ONNX TensorProto element types of the three precisions
-ONNX_FLOAT_TYPES = {1: "fp32", 10: "fp16", 16: "bf16"}
+# ONNX TensorProto element types of the three precisions (from the one table, moe_compile/dtypes.py)
+ONNX_FLOAT_TYPES = {element_type(short=name).onnx: name for name in PRECISIONS}
 ENGINE_NAME_PREFIX = "moe_compile:"
 DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQ = 8, 1024  # `build`'s defaults (its --help repeats them)
 

@@ -23,13 +23,12 @@ from onnx import helper
 from moe_compile.errors import InvalidInput
 from moe_compile.export.schema import DOMAIN, INPUTS, OP_TYPE
 from moe_compile.plugins.grouped_moe.attributes import GroupedMoEAttributes
+from moe_compile.dtypes import PRECISIONS, element_type
 from moe_compile.plugins.grouped_moe.configs import default_config
 
 from .stages import ATTRIBUTE_TYPES, NODE_INPUTS, NODE_OUTPUT, PLUGIN_NAMESPACE, PLUGIN_VERSION, STAGES, StageLayer
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT: "tensor(float)", onnx.TensorProto.FLOAT16: "tensor(float16)",
-                onnx.TensorProto.BFLOAT16: "tensor(bfloat16)"}
-_FIXED_TYPES = {"int32": "tensor(int32)", "float32": "tensor(float)"}
+_FLOAT_TYPES = {element_type(short=name).onnx: element_type(short=name).ort for name in PRECISIONS}
 _PLUGIN_ATTRIBUTES = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION, "aot": 1}
 
 
@@ -138,7 +137,7 @@ def register_stage_schemas() -> None:
         launch = layer.launch(stage, 1, fp32=False)
 
         def parameters(tensors: dict) -> list:
-            return [OpSchema.FormalParameter(name, "T" if dtype == "act" else _FIXED_TYPES[dtype])
+            return [OpSchema.FormalParameter(name, "T" if dtype == "act" else element_type(torch=dtype).ort)
                     for name, (_, dtype) in tensors.items()]
 
         uses_act = any(dtype == "act" for _, dtype in (*launch.inputs.values(), *launch.outputs.values()))

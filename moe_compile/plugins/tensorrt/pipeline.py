@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import torch
 
+from moe_compile.dtypes import element_type
 from moe_compile.plugins.grouped_moe.configs import KernelConfig
 
 from .stages import GEMM_STAGES, NODE_INPUTS, NODE_OUTPUT, STAGES, Stage, StageLaunch, StageLayer
 
-_FIXED_DTYPES = {"int32": torch.int32, "float32": torch.float32}
 StageLauncher = Callable[[StageLaunch, list], None]
 
 
@@ -37,7 +37,7 @@ def run_stage(layer: StageLayer, stage: Stage, tensors: dict[str, torch.Tensor],
     stage_launch = layer.launch(stage, layer.tokens(stage, first.shape[0]), fp32=act_dtype == torch.float32,
                                 config=gemm_config if stage.launch in GEMM_STAGES else None)
     for name, (shape, dtype) in stage_launch.outputs.items():
-        tensors[name] = torch.empty(shape, dtype=act_dtype if dtype == "act" else _FIXED_DTYPES[dtype],
+        tensors[name] = torch.empty(shape, dtype=act_dtype if dtype == "act" else element_type(torch=dtype).torch,
                                     device=first.device)
     launch(stage_launch, [*(tensors[name] for name in stage_launch.inputs), *stage_launch.ints.values(),
                           *(tensors[name] for name in stage_launch.outputs)])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 
+from moe_compile.dtypes import PRECISIONS, element_type
 from moe_compile.errors import BackendUnavailable
 
 from . import INSTALL, MIN_TENSORRT, MIN_TENSORRT_TEXT, tensorrt_version
@@ -27,7 +28,6 @@ from .aot_kernel import current_arch, device_name, gemm_tactics, stage_kernel
 from .stages import ATTRIBUTE_TYPES, GEMM_STAGES, PLUGIN_NAMESPACE, STAGES, Stage, StageLayer
 from .symbolic import lifted_ops
 
-_TRT_TYPE_NAMES = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16"}
 
 
 def register_plugins() -> None:
@@ -140,8 +140,8 @@ def autotune_combinations(trtp, stage: Stage, layer: StageLayer) -> list:
     """One combination over every I/O position: the activations fp32|fp16|bf16 together, every
     other tensor its one dtype; the GEMM stages with their config tactics."""
     launch = layer.launch(stage, 1, fp32=False)
-    act = "|".join(_TRT_TYPE_NAMES.values())
-    types = [act if dtype == "act" else {"int32": "INT32", "float32": "FP32"}[dtype]
+    act = "|".join(element_type(short=name).tensorrt_plugin for name in PRECISIONS)
+    types = [act if dtype == "act" else element_type(torch=dtype).tensorrt_plugin
              for _, dtype in (*launch.inputs.values(), *launch.outputs.values())]
     tactics = list(range(1, len(gemm_tactics(layer, device_name())) + 1)) if stage.launch in GEMM_STAGES else None
     return [trtp.AutoTuneCombination(", ".join(types), "LINEAR", tactics)]

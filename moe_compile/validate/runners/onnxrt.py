@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moe_compile.dtypes import ELEMENT_TYPES
 from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
 
 
@@ -35,4 +36,4 @@ class OnnxRuntimeRunner:
                 for name, out in zip(self.output_names, self.session.run(None, typed))}
 
 
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+_NUMPY_TYPES = {row.ort: np.dtype(row.numpy) for row in ELEMENT_TYPES if row.ort and row.numpy}  # moe_compile/dtypes.py

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moe_compile.dtypes import ELEMENT_TYPES
 from moe_compile.errors import InvalidInput
 
 
@@ -80,6 +81,5 @@ class TensorRTRunner:
         return {name: (out.float() if out.is_floating_point() else out).cpu().numpy() for name, out in outputs.items()}
 
 
-# tensorrt.DataType member name -> torch dtype name
-_TORCH_TYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
-                "BOOL": "bool", "UINT8": "uint8", "INT8": "int8"}
+# tensorrt.DataType member name -> torch dtype name (moe_compile/dtypes.py)
+_TORCH_TYPES = {row.tensorrt: row.torch_name for row in ELEMENT_TYPES if row.tensorrt != "FP8"}
