@@ -22,6 +22,7 @@ import torch
 from moe_compile.compiler.lexi.cost import ActiveExperts
 from moe_compile.compiler.lexi.plan import Budget, make_plan
 from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
+from moe_compile.commands.bench import export_for_onnxruntime
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.validate.backends import BenchModel, TopKSetting, select_backends
 from moe_compile.validate.bench import (
@@ -74,7 +75,7 @@ def main() -> None:
         plan = make_plan(ir, profile, Budget(fraction=0.5), ActiveExperts())
         settings = [TopKSetting("base", {spec.index: spec.base_top_k for spec in ir.layers}),
                     TopKSetting("plan", {layer["index"]: layer["top_k"] for layer in plan["layers"]})]
-        model = BenchModel(ir, "fp32", THREADS)
+        model = BenchModel(ir, "fp32", THREADS, export=export_for_onnxruntime)
         rows = []
         try:
             for backend in select_backends(["transformers", "pytorch", "onnxruntime-cpu"], None):

@@ -76,3 +76,12 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_package_has_no_import_cycles():
     assert cycles(import_graph()) == []
+
+
+def test_validate_compares_runners_and_never_exports():
+    """validate/ gets ONNX files (or, in bench, an export function from the command); it builds
+    its torch reference through compiler/, never through the exporter."""
+    graph = import_graph()
+    exporting = {name for name in graph if name.startswith("moe_compile.validate")
+                 and "moe_compile.export.exporter" in graph[name]}
+    assert exporting == set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
@@ -26,8 +27,6 @@ def _settings(ir, plan: str | None) -> list:
 
 def _given_onnx(ir, path: str, settings: list, precision: str) -> dict:
     """--onnx: the setting it was exported at (checked against the model and the plan)."""
-    from pathlib import Path
-
     from moe_compile.validate.parity import onnx_metadata
 
     metadata = onnx_metadata(Path(path))
@@ -61,6 +60,13 @@ def _setting_of(metadata: dict, ir, path, settings: list, precision: str) -> dic
     return {matching[0]: path}
 
 
+def export_for_onnxruntime(ir, out: Path, dtype: str, top_k: dict[int, int]) -> None:
+    """How bench makes the ONNX a setting needs when --onnx did not give it."""
+    from moe_compile.export.exporter import export_onnx
+
+    export_onnx(ir, out, target="onnxruntime", dtype=dtype, top_k=top_k)
+
+
 def _check_workload(ir, args: argparse.Namespace, backends: list) -> None:
     longest = max(args.prompt) + args.new_tokens
     limit = getattr(ir.config, "max_position_embeddings", None)
@@ -92,7 +98,8 @@ def run_bench(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     model = BenchModel(ir, args.precision, threads,
                        _given_onnx(ir, args.onnx, settings, args.precision) if args.onnx else {},
-                       _given_engine(ir, args.engine, settings, args.precision) if args.engine else {})
+                       _given_engine(ir, args.engine, settings, args.precision) if args.engine else {},
+                       export=export_for_onnxruntime)
     workloads = [Workload(b, p, args.new_tokens) for b in sorted(args.batch) for p in sorted(args.prompt)]
     runs = [(backend, setting) for backend in backends for setting in settings if backend.runs(setting, model)]
     rows = []

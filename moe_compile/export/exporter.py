@@ -21,11 +21,9 @@ import torch
 
 from moe_compile import interrupts
 from moe_compile.atomic import check_writable
+from moe_compile.compiler.compiled import compiled_model
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.dtypes import PRECISIONS, torch_dtype
-from moe_compile.compiler.lexi.plan import load_plan
-from moe_compile.compiler.loader import load_causal_lm
-from moe_compile.compiler.rewrite import rewrite_model
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 
 from .complex_views import make_complex_views_exportable
@@ -47,15 +45,6 @@ class ExportResult:
     def to_json(self) -> dict:
         return {"onnx": str(self.path), "target": self.report.target, "dtype": self.dtype,
                 "top_k": {str(k): v for k, v in self.top_k.items()}, "moe_layers": self.report.layers}
-
-
-def compiled_model(moe_model: MoEModel, plan: str | Path | None, dtype: str = "fp32",
-                   top_k: dict[int, int] | None = None) -> tuple[torch.nn.Module, dict]:
-    """The torch model the ONNX file is made from: loaded, rewritten to the plan's top-k."""
-    if top_k is None:
-        top_k = load_plan(plan, moe_model) if plan else {spec.index: spec.base_top_k for spec in moe_model.layers}
-    model = rewrite_model(load_causal_lm(moe_model), moe_model, top_k)
-    return model.to(DTYPES[dtype]).eval(), top_k
 
 
 def _name_moe_outputs(onnx_model, layers: list[int]) -> None:

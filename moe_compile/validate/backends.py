@@ -39,24 +39,27 @@ class TopKSetting:
 @dataclass
 class BenchModel:
     """What every backend builds its runner from: the model, its dtype, ONNX files per setting
-    (given with --onnx, or exported on first use into a folder removed at the end) and the
-    engine given with --engine, under the setting it was built for."""
+    (given with --onnx, or made on first use by `export`, which the command supplies, into a
+    folder removed at the end) and the engine given with --engine, under its setting."""
 
     ir: MoEModel
     dtype: str = "fp32"
     threads: int | None = None
     onnx_files: dict[str, Path] = field(default_factory=dict)
     engine_files: dict[str, Path] = field(default_factory=dict)
+    # (ir, out, dtype, top_k) -> writes the onnxruntime-target ONNX: given by the command (commands/bench.py),
+    # so validate/ compares runners and never exports itself
+    export: Callable[[MoEModel, Path, str, dict[int, int]], None] | None = None
     _exports: tempfile.TemporaryDirectory | None = None
 
     def onnx_for(self, setting: TopKSetting) -> Path:
         if setting.name not in self.onnx_files:
-            from moe_compile.export.exporter import export_onnx
-
+            if self.export is None:
+                raise InvalidInput(f"no ONNX file for the {setting.name} setting (give --onnx)")
             if self._exports is None:
                 self._exports = tempfile.TemporaryDirectory(prefix="moe-compile-bench-")
             path = Path(self._exports.name) / f"{setting.name}.onnx"
-            export_onnx(self.ir, path, target="onnxruntime", dtype=self.dtype, top_k=setting.top_k)
+            self.export(self.ir, path, self.dtype, setting.top_k)
             self.onnx_files[setting.name] = path
         return self.onnx_files[setting.name]
 
@@ -95,7 +98,7 @@ class Backend:
 
 
 def _torch_model(model: BenchModel, setting: TopKSetting):
-    from moe_compile.export.exporter import compiled_model
+    from moe_compile.compiler.compiled import compiled_model
 
     return compiled_model(model.ir, None, model.dtype, setting.top_k)[0]
 

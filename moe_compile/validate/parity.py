@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moe_compile.compiler.compiled import compiled_model
 from moe_compile.compiler.fingerprint import check_same_weights
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.errors import InvalidInput, one_line
 from moe_compile.export.decoder import decoder_inputs, empty_past, past_names
-from moe_compile.export.exporter import compiled_model
 from moe_compile.export.lowering import TARGETS, moe_output_name
 
 from .compare import OutputDiff, compare_outputs

@@ -11,7 +11,8 @@ from moe_compile.cli import main
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
 from moe_compile.export.decoder import decoder_inputs, empty_past
-from moe_compile.export.exporter import compiled_model, export_onnx
+from moe_compile.compiler.compiled import compiled_model
+from moe_compile.export.exporter import export_onnx
 from moe_compile.plugins.tensorrt.builder import build_engine
 from moe_compile.validate.parity import validate_engine
 from moe_compile.validate.runners import TensorRTRunner

@@ -11,7 +11,8 @@ from moe_compile.compiler.lexi.cost import ActiveExperts
 from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
 from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
 from moe_compile.compiler.loader import load_moe_model
-from moe_compile.export.exporter import compiled_model, export_onnx
+from moe_compile.compiler.compiled import compiled_model
+from moe_compile.export.exporter import export_onnx
 from moe_compile.validate.bench import add_speedups, moe_time_share
 from moe_compile.validate.generation import decoder_feed
 from moe_compile.validate.memory import PeakMemory

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.export.decoder import decoder_inputs, empty_past
-from moe_compile.export.exporter import compiled_model, export_onnx
+from moe_compile.compiler.compiled import compiled_model
+from moe_compile.export.exporter import export_onnx
 from moe_compile.validate.compare import compare_outputs
 from moe_compile.validate.runners import OnnxRuntimeRunner, TorchRunner
 from moe_compile.validate.tolerances import TOLERANCES
