@@ -143,6 +143,28 @@ def test_no_tokens():
     assert grouped_moe_triton(**inputs, attrs=GroupedMoEAttributes(top_k=2), config=SMALL).shape == (0, 40)
 
 
+def test_expert_weights_past_two_to_the_31_elements():
+    """Experts 2 and 3 start 2^31 and 3 * 2^30 elements into their weights: 32-bit offsets wrap.
+
+    The weights are strided views into one storage of 5.5 * 2^30 bf16 elements (11 GB of address
+    space); on CPU only the pages of the four experts' matrices are touched (a few KB of memory).
+    The views start 2^31 elements into the storage, so a wrapped offset still lands inside it
+    (reading untouched zeros, a wrong result) instead of outside the process's memory.
+    """
+    experts, hidden, inter, stride, start = 4, 32, 16, 2 ** 30, 2 ** 31
+    storage = torch.empty(start + (experts - 1) * stride + 3 * hidden * inter, dtype=torch.bfloat16, device=DEVICE)
+    w_gate_up = storage.as_strided((experts, 2 * inter, hidden), (stride, hidden, 1), start)  # [E, 2I, H]
+    w_down = storage.as_strided((experts, hidden, inter), (stride, inter, 1), start + 2 * inter * hidden)  # [E, H, I]
+    small = make_inputs(6, experts, hidden=hidden, inter=inter, dtype=torch.bfloat16, seed=12)
+    w_gate_up.copy_(small["w_gate_up"])
+    w_down.copy_(small["w_down"])
+    small["router_logits"][:, 2:] += 20  # every token on experts 2 and 3, the ones past 2^31
+    inputs = dict(small, w_gate_up=w_gate_up, w_down=w_down)
+    assert w_gate_up[3].data_ptr() - storage.data_ptr() >= 2 ** 31 * storage.element_size() * 2
+    got = assert_matches_reference(inputs, GroupedMoEAttributes(top_k=2))
+    assert got.abs().max() > 0
+
+
 @pytest.mark.filterwarnings("ignore:no tuned grouped-MoE config")
 def test_cuda_kernel_of_the_op_runs_the_launcher():
     """The function registered for CUDA, called here on whatever device the kernels run on."""
@@ -186,6 +208,30 @@ def test_group_limited_on_gpu():
     for tokens in (1, 64, 1000):
         assert_matches_reference(make_inputs(tokens, 256, top_k=8, hidden=200, inter=136, dtype=torch.bfloat16,
                                              score_bias=True), attrs, config=None)
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore:no tuned grouped-MoE config")
+@pytest.mark.parametrize("tokens", [64, 40_000])
+def test_deepseek_v3_expert_shape_on_gpu(tokens):
+    """DeepSeek-V3's routed experts, 256 of 7168 x 2048, with its routing: expert e's gate_up starts
+    e * 2 * 2048 * 7168 elements in, past 2^31 from expert 74; at 40,000 tokens the slot rows
+    (T * k * H = 2.3e9 elements) pass it too. 22.5 GB of weights, drawn on the GPU."""
+    experts, hidden, inter, top_k = 256, 7168, 2048, 8
+    attrs = GroupedMoEAttributes(top_k=top_k, scoring="sigmoid", normalize_topk=True, routed_scaling=2.5, n_group=8,
+                                 topk_group=4, group_scoring="sum_top2")
+    g = torch.Generator(device="cuda").manual_seed(13)
+
+    def draw(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, device="cuda", dtype=torch.bfloat16).mul_(scale)
+
+    inputs = {"hidden": draw(tokens, hidden), "router_logits": draw(tokens, experts).float(),
+              "w_gate_up": draw(experts, 2 * inter, hidden, scale=hidden ** -0.5),
+              "w_down": draw(experts, hidden, inter, scale=inter ** -0.5),
+              "score_bias": draw(experts, scale=0.3).float()}
+    _, chosen = route(inputs["router_logits"], attrs, inputs["score_bias"])
+    assert chosen.max().item() >= 74  # some rows read weights past 2^31 elements
+    assert_matches_reference(inputs, attrs, config=None)
 
 
 @pytest.mark.gpu

@@ -28,6 +28,13 @@ Parameters come in the order TensorRT's AOT plugin passes them (plugins/tensorrt
 input pointers, then runtime ints, then output pointers, then constexprs. Floats are
 constexprs (TensorRT passes int32 scalars only).
 
+Offsets into tensors that can pass 2^31 elements are computed in 64 bits: an expert's weights
+(`expert * stride_we`: DeepSeek-V3's 256 experts of 2*2048 x 7168 pass it at expert 74), a
+token's or slot's row (`slot * H`: T*k*H passes it from about 37,000 tokens at DeepSeek-V3's
+shape), and the combine's rows. Everything else (counts, slot numbers, offsets within one
+expert's matrix) stays int32. The TensorRT plugins pass their ints as int32 (strides of one
+expert's matrix, which fit) and the products are formed in the kernels, so they get the same.
+
 No host synchronisation anywhere: the alignment (2, 3) writes into worst-case buffers
 (`launch.LaunchPlan`), and GEMM programs whose row block lies past the padded total find
 expert id E in `block_expert` and return at once. That is what makes the pipeline CUDA-graph
@@ -148,12 +155,13 @@ def _route_kernel(logits_ptr, hidden_ptr, score_bias_ptr,
     experts = tl.arange(0, BLOCK_E)
     token_ok = tokens < num_tokens
     expert_ok = experts < num_experts
-    logits = tl.load(logits_ptr + tokens[:, None] * stride_logits + experts[None, :],
+    rows = tokens.to(tl.int64)  # 64-bit offsets: T * stride may pass 2^31 (see the module docstring)
+    logits = tl.load(logits_ptr + rows[:, None] * stride_logits + experts[None, :],
                      mask=token_ok[:, None] & expert_ok[None, :], other=0.0).to(tl.float32)
     finite = tl.sum(_nonfinite(logits).to(tl.int32), axis=1) == 0
     for first in tl.range(0, HIDDEN, BLOCK_HC):
         cols = first + tl.arange(0, BLOCK_HC)
-        x = tl.load(hidden_ptr + tokens[:, None] * stride_hidden + cols[None, :],
+        x = tl.load(hidden_ptr + rows[:, None] * stride_hidden + cols[None, :],
                     mask=token_ok[:, None] & (cols < HIDDEN)[None, :], other=0.0).to(tl.float32)
         finite = finite & (tl.sum(_nonfinite(x).to(tl.int32), axis=1) == 0)
     tl.store(nonfinite_ptr + tokens, (~finite).to(tl.int32), mask=token_ok)
@@ -242,7 +250,8 @@ def _tile(max_blocks, N: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.conste
 @triton.jit
 def _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr, expert_start_ptr, num_experts,
                 BLOCK_M: tl.constexpr):
-    """(expert, is it real, its slots in row block `block`, which rows are real)."""
+    """(expert, is it real, its slots in row block `block`, which rows are real); expert and
+    slots as int64, since they multiply strides and row lengths into offsets past 2^31."""
     expert = tl.load(block_expert_ptr + block)
     real_expert = expert < num_experts
     safe_expert = tl.where(real_expert, expert, 0)
@@ -250,7 +259,7 @@ def _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr, expe
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = (rows < end) & real_expert
     slots = tl.load(sorted_ids_ptr + rows, mask=row_ok, other=0)
-    return safe_expert, real_expert, slots, row_ok
+    return safe_expert.to(tl.int64), real_expert, slots.to(tl.int64), row_ok
 
 
 @triton.jit
@@ -347,8 +356,9 @@ def _combine_kernel(per_slot_ptr, nonfinite_ptr, hidden_size, out_ptr, K: tl.con
     token = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden_size
+    row = token.to(tl.int64)  # T * k * H may pass 2^31
     acc = tl.zeros((BLOCK_H,), tl.float32)
     for j in range(K):
-        acc += tl.load(per_slot_ptr + (token * K + j) * hidden_size + cols, mask=mask, other=0.0).to(tl.float32)
+        acc += tl.load(per_slot_ptr + (row * K + j) * hidden_size + cols, mask=mask, other=0.0).to(tl.float32)
     acc = tl.where(tl.load(nonfinite_ptr + token) != 0, float("nan"), acc)  # the NaN/Inf rule, see kernel 1
-    tl.store(out_ptr + token * hidden_size + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + row * hidden_size + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)

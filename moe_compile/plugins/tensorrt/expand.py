@@ -84,6 +84,8 @@ def _checked_layer(node: onnx.NodeProto, shapes: dict, opt_tokens: int) -> tuple
     (experts, two_inter, hidden), dtype = shapes[inputs["w_gate_up"]]
     if shapes[inputs["w_down"]][0] != (experts, hidden, two_inter // 2) or two_inter % 2:
         raise refuse(f"w_down {shapes[inputs['w_down']][0]} does not match w_gate_up {(experts, two_inter, hidden)}")
+    if two_inter * hidden >= 2 ** 31:  # stride_we, which TensorRT passes as an int32 (the kernels widen the products)
+        raise refuse(f"one expert's gate_up matrix has {two_inter * hidden} elements; the plugins take at most 2^31 - 1")
     if dtype not in _FLOAT_TYPES:
         raise refuse(f"weights of ONNX element type {dtype}; the plugins take float32, float16 or bfloat16")
     values = _attribute_values(node)
