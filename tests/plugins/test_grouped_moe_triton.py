@@ -246,7 +246,7 @@ def test_op_under_torch_compile_and_cuda_graph():
 
 
 def test_tune_writes_a_table_lookup_reads(tmp_path):
-    from moe_compile.plugins.grouped_moe.configs import config_file_name, lookup_config, write_table
+    from moe_compile.plugins.grouped_moe.configs import config_file_name, default_config, lookup_config, write_table
     from moe_compile.plugins.grouped_moe.timing import cuda_graph_us, wall_us
     from moe_compile.plugins.grouped_moe.tune import Shape, tune
 
@@ -255,10 +255,25 @@ def test_tune_writes_a_table_lookup_reads(tmp_path):
     table = tune(Shape(experts=4, hidden=24, inter=20, top_k=2), [1, 16], space,
                  cuda_graph_us if DEVICE == "cuda" else wall_us, device=DEVICE, dtype=torch.float32,
                  on_result=lambda tokens, config, us: seen.append((tokens, config, us)))
-    assert table[1] == space[0]  # one row per expert: a 32-row block is not even tried
-    assert table[16] in space and [t for t, *_ in seen] == [1, 16]
+    assert table[1].BLOCK_M == 16  # one row per expert: a 32-row block is not even tried
+    assert table[16] in [*space, default_config(16, 4, 2)] and [t for t, *_ in seen] == [1, 16]
     write_table(tmp_path / config_file_name(4, 20, "dev"), table)
     assert lookup_config(30, 4, 20, 2, "dev", directory=tmp_path) == table[16]
+
+
+def test_tune_with_no_time_left_keeps_the_default_and_tries_nothing_else():
+    from moe_compile.plugins.grouped_moe.configs import default_config
+    from moe_compile.plugins.grouped_moe.timing import wall_us
+    from moe_compile.plugins.grouped_moe.tune import Shape, search_order, tune
+
+    shape = Shape(experts=4, hidden=24, inter=20, top_k=2)
+    space = [KernelConfig(16, 16, 16), KernelConfig(16, 32, 16), KernelConfig(16, 16, 32)]
+    timed = []
+    table = tune(shape, [1, 2], space, lambda fn: timed.append(fn) or wall_us(fn), device=DEVICE,
+                 dtype=torch.float32, max_seconds=0)
+    assert table == {t: default_config(t, 4, 2) for t in (1, 2)} and len(timed) == 2
+    order = search_order(1, shape, space)
+    assert order[0] == default_config(1, 4, 2) and set(order[1:]) == set(space) and order == search_order(1, shape, space)
 
 
 def test_tune_command_needs_a_gpu(capsys):
