@@ -179,6 +179,30 @@ def test_cuda_kernel_of_the_op_runs_the_launcher():
 
 # ---- GPU: the full grid of issue #6 item 3, the op under torch.compile and CUDA graphs ----
 
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore:no tuned grouped-MoE config")
+@pytest.mark.parametrize("tokens", [64, 40_000])
+def test_deepseek_v3_expert_shape_on_gpu(tokens):
+    """DeepSeek-V3's routed experts, 256 of 7168 x 2048, with its routing: expert e's gate_up starts
+    e * 2 * 2048 * 7168 elements in, past 2^31 from expert 74; at 40,000 tokens the slot rows
+    (T * k * H = 2.3e9 elements) pass it too. 22.5 GB of weights, drawn on the GPU."""
+    experts, hidden, inter, top_k = 256, 7168, 2048, 8
+    attrs = GroupedMoEAttributes(top_k=top_k, scoring="sigmoid", normalize_topk=True, routed_scaling=2.5, n_group=8,
+                                 topk_group=4, group_scoring="sum_top2")
+    g = torch.Generator(device="cuda").manual_seed(13)
+
+    def draw(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, device="cuda", dtype=torch.bfloat16).mul_(scale)
+
+    inputs = {"hidden": draw(tokens, hidden), "router_logits": draw(tokens, experts).float(),
+              "w_gate_up": draw(experts, 2 * inter, hidden, scale=hidden ** -0.5),
+              "w_down": draw(experts, hidden, inter, scale=inter ** -0.5),
+              "score_bias": draw(experts, scale=0.3).float()}
+    _, chosen = route(inputs["router_logits"], attrs, inputs["score_bias"])
+    assert chosen.max().item() >= 74  # some rows read weights past 2^31 elements
+    assert_matches_reference(inputs, attrs, config=None)
+
+
 GRID_ATTRS = {
     "softmax": lambda k: GroupedMoEAttributes(top_k=k),
     "softmax-norm-gelu": lambda k: GroupedMoEAttributes(top_k=k, normalize_topk=True, activation="gelu_glu"),
@@ -208,30 +232,6 @@ def test_group_limited_on_gpu():
     for tokens in (1, 64, 1000):
         assert_matches_reference(make_inputs(tokens, 256, top_k=8, hidden=200, inter=136, dtype=torch.bfloat16,
                                              score_bias=True), attrs, config=None)
-
-
-@pytest.mark.gpu
-@pytest.mark.filterwarnings("ignore:no tuned grouped-MoE config")
-@pytest.mark.parametrize("tokens", [64, 40_000])
-def test_deepseek_v3_expert_shape_on_gpu(tokens):
-    """DeepSeek-V3's routed experts, 256 of 7168 x 2048, with its routing: expert e's gate_up starts
-    e * 2 * 2048 * 7168 elements in, past 2^31 from expert 74; at 40,000 tokens the slot rows
-    (T * k * H = 2.3e9 elements) pass it too. 22.5 GB of weights, drawn on the GPU."""
-    experts, hidden, inter, top_k = 256, 7168, 2048, 8
-    attrs = GroupedMoEAttributes(top_k=top_k, scoring="sigmoid", normalize_topk=True, routed_scaling=2.5, n_group=8,
-                                 topk_group=4, group_scoring="sum_top2")
-    g = torch.Generator(device="cuda").manual_seed(13)
-
-    def draw(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g, device="cuda", dtype=torch.bfloat16).mul_(scale)
-
-    inputs = {"hidden": draw(tokens, hidden), "router_logits": draw(tokens, experts).float(),
-              "w_gate_up": draw(experts, 2 * inter, hidden, scale=hidden ** -0.5),
-              "w_down": draw(experts, hidden, inter, scale=inter ** -0.5),
-              "score_bias": draw(experts, scale=0.3).float()}
-    _, chosen = route(inputs["router_logits"], attrs, inputs["score_bias"])
-    assert chosen.max().item() >= 74  # some rows read weights past 2^31 elements
-    assert_matches_reference(inputs, attrs, config=None)
 
 
 @pytest.mark.gpu

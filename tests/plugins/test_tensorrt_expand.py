@@ -64,7 +64,7 @@ def test_each_node_becomes_six_stage_nodes_the_checker_accepts():
                                                     topk_group=2, group_scoring="sum_top2"))
     model = grouped_moe_model([{**attribute_values(GroupedMoEAttributes(top_k=2)), "biases": True},
                                {**sigmoid, "score_bias": True}])
-    expanded = expand_grouped_moe(model, opt_tokens=4096)
+    expanded = expand_grouped_moe(model, max_tokens=4096)
     casts = [n for n in expanded.graph.node if n.op_type == "Cast"]
     assert [(n.input[0], attrs_of(n)["to"]) for n in casts] == [("router_logits", TensorProto.FLOAT)] * 2
     nodes = [n for n in expanded.graph.node if n.op_type != "Cast"]

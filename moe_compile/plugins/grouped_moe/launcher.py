@@ -63,11 +63,11 @@ def experts_and_combine(hidden: torch.Tensor, w_gate_up: torch.Tensor, w_down: t
     stand_in = buf["topk_weights"]  # for an absent bias: never read
     kernels._gate_up_kernel[grids["gate_up"]](
         hidden, w_gate_up, stand_in if b_gate_up is None else b_gate_up, *rows,
-        attrs.top_k, plan.experts, plan.max_blocks, *w_gate_up.stride(),
+        attrs.top_k, plan.experts, plan.gemm_blocks, *w_gate_up.stride(),
         0 if b_gate_up is None else b_gate_up.stride(0), buf["inter"], **constexprs["gate_up"], **plan.options())
     kernels._down_kernel[grids["down"]](
         buf["inter"], w_down, stand_in if b_down is None else b_down, buf["topk_weights"], *rows,
-        plan.experts, plan.max_blocks, *w_down.stride(), 0 if b_down is None else b_down.stride(0), buf["per_slot"],
+        plan.experts, plan.gemm_blocks, *w_down.stride(), 0 if b_down is None else b_down.stride(0), buf["per_slot"],
         **constexprs["down"], **plan.options())
     kernels._combine_kernel[grids["combine"]](buf["per_slot"], buf["nonfinite"], plan.hidden, out,
                                               **constexprs["combine"])
