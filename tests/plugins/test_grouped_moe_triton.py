@@ -138,6 +138,31 @@ def test_deterministic_bit_for_bit():
     assert torch.equal(first, grouped_moe_triton(**inputs, attrs=attrs, config=SMALL))
 
 
+def test_a_call_allocates_one_workspace_and_reuses_its_launch_arguments(monkeypatch):
+    """Host work per call: the scratch buffers are views of one allocation, 128 bytes apart, and a
+    second call of the same shape computes no grids, constexprs or layout again."""
+    from moe_compile.plugins.grouped_moe import launcher
+
+    inputs = make_inputs(5, 8, seed=14)
+    attrs = GroupedMoEAttributes(top_k=2)
+    want = grouped_moe_triton(**inputs, attrs=attrs, config=SMALL)
+    hits = launcher._launch_args.cache_info().hits, launcher._layout.cache_info().hits
+    allocations = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: allocations.append(a) or real_empty(*a, **k))
+    assert torch.equal(grouped_moe_triton(**inputs, attrs=attrs, config=SMALL), want)
+    monkeypatch.undo()
+    assert len(allocations) == 1  # the workspace (the output is hidden.new_empty)
+    assert launcher._launch_args.cache_info().hits == hits[0] + 2 and launcher._layout.cache_info().hits == hits[1] + 1
+    plan = launch_plan(inputs["hidden"], inputs["w_gate_up"], attrs, SMALL)
+    buf = allocate(plan, torch.float32, inputs["hidden"].device)
+    base = min(t.data_ptr() for t in buf.values())
+    assert all((t.data_ptr() - base) % 128 == 0 and t.data_ptr() % 16 == 0 for t in buf.values())
+    assert {name: (tuple(t.shape), t.dtype) for name, t in buf.items()} == {
+        name: (shape, torch.float32 if kind in ("act", "float32") else torch.int32)
+        for name, (shape, kind) in plan.buffers().items()}
+
+
 def test_no_tokens():
     inputs = make_inputs(0, 8)
     assert grouped_moe_triton(**inputs, attrs=GroupedMoEAttributes(top_k=2), config=SMALL).shape == (0, 40)
