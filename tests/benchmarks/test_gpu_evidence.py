@@ -1,31 +1,27 @@
 """benchmarks/gpu_evidence.py: its dry run (the five steps on CPU, the same scripts) and its parts."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import benchmark_module
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "gpu_evidence.py"
 
 
 @pytest.fixture(scope="module")
 def evidence():
-    spec = importlib.util.spec_from_file_location("gpu_evidence", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_module("gpu_evidence") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("evidence")
     done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, json.loads(done.stdout)
 

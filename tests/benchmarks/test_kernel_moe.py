@@ -1,25 +1,17 @@
 """benchmarks/kernel_moe.py without a GPU: its dry run, its arithmetic, and the grouped_mm peer."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "kernel_moe.py"
+from benchmark_scripts import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("kernel_moe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_module("kernel_moe") as module:
+        yield module
 
 
 @pytest.mark.filterwarnings("ignore:no tuned grouped-MoE config")
