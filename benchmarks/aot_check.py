@@ -35,11 +35,10 @@ import torch
 
 from moe_compile.atomic import write_text_atomic
 from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
-from moe_compile.plugins.grouped_moe.configs import default_config
 from moe_compile.plugins.tensorrt.aot_kernel import (StageKernel, current_arch, device_name, entry_parameters,
                                                      stage_kernel)
 from moe_compile.plugins.tensorrt.pipeline import run_stages
-from moe_compile.plugins.tensorrt.stages import GEMM_STAGES, STAGES, StageLaunch, StageLayer
+from moe_compile.plugins.tensorrt.stages import GEMM_STAGES, STAGES, StageLaunch, StageLayer, engine_block_m
 from moe_compile.plugins.tensorrt.symbolic import SYM_OPS, Sym, evaluate
 from moe_compile.versions import package_versions
 
@@ -63,7 +62,7 @@ class Layer:
     nan_rows: bool = False  # poison a few tokens' inputs: their rows must come out NaN
 
     def stage_layer(self) -> StageLayer:
-        block_m = default_config(64, self.experts, self.attrs.top_k).BLOCK_M  # as expand.py, opt_tokens=64
+        block_m = engine_block_m(self.experts, self.attrs.top_k, max(self.tokens))  # as expand.py
         return StageLayer(self.attrs, self.experts, self.hidden, self.inter, block_m,
                           has_score_bias=self.score_bias, has_gate_up_bias=self.biases, has_down_bias=self.biases)
 

@@ -1,24 +1,27 @@
-"""Grouped-MoE kernel speed on one GPU against its peers, with the device's own peaks (issue #6, items 4-5).
+"""Grouped-MoE kernel speed on one GPU against its peers, with the device's own peaks (issues #6, #20).
 
-Layer shapes of four real MoE models, bf16, token counts from decode (1) to prefill (16384).
+Layer shapes of five real MoE models, bf16, token counts from decode (1) to prefill (8192).
 Every implementation runs the whole MoE op (routing included) on the same seeded inputs; each
 peer's output is first checked against the PyTorch reference, and a peer that disagrees or
 fails is reported under "peers_failed" instead of being timed. Timing replays a CUDA graph
 (`moe_compile.plugins.grouped_moe.timing`); peers that synchronise with the host (the
 reference loop, liger-kernel's .item()) cannot be captured and are timed eagerly, which each
 row's "timing" records. Two copies of the weights alternate so decode reads come from HBM,
-not L2. In the same run: copy bandwidth (a 2 GiB device copy, read + write bytes) and the
+not L2 (one copy where a copy is larger than 8 GiB: DeepSeek-V3's). In the same run: copy bandwidth (a 2 GiB device copy, read + write bytes) and the
 dense bf16 GEMM rate (8192^3 matmul), against which
 
     hbm_fraction   = (distinct chosen experts' weight bytes + activations) / time / copy rate
     flops_fraction = 2 * T * k * 3 * H * I / time / GEMM rate
 
 Item 5 (LExI): the Qwen1.5-MoE layer at a per-layer plan with sum k = 75% of base against the
-base top-k on every layer. Writes benchmarks/results/kernel-<device>.json and .png.
+base top-k on every layer. Writes benchmarks/results/kernel-<device>.json (again after every
+row, so a run cut short keeps what it measured) and .png (where matplotlib is installed; else
+`benchmarks/gpu_evidence.py --render` draws it from the JSON).
 
     python benchmarks/kernel_moe.py                    # on an H100 / H200 (peers: pip install '.[bench]')
     python benchmarks/kernel_moe.py --shapes mixtral-8x7b --merge   # one shape at a time, merged
-    python benchmarks/kernel_moe.py --dry-run --out X  # CPU: shape table, JSON and plot only
+    python benchmarks/kernel_moe.py --dry-run --tokens 1 9 --out X  # CPU, Triton's interpreter: the same
+                                                       # measurement at each shape's E and k, H=32, I=16
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -45,9 +49,12 @@ SHAPES = {  # name: (E, H, I, k)
     "olmoe-1b-7b": (64, 2048, 1024, 8),
     "mixtral-8x7b": (8, 4096, 14336, 2),
     "qwen3-30b-a3b": (128, 2048, 768, 8),
+    "deepseek-v3": (256, 7168, 2048, 8),  # its routed experts (softmax top-k here: the kernel's speed)
 }
-TOKENS = (1, 8, 64, 512, 4096, 16384)
+DRY_RUN_HIDDEN, DRY_RUN_INTER = 32, 16
+TOKENS = (1, 8, 64, 512, 4096, 8192)
 WEIGHT_COPIES = 2
+ONE_COPY_BYTES = 8 * 2 ** 30  # weights larger than this are one copy (far larger than any L2 anyway)
 # Item 5: Qwen1.5-MoE has 24 MoE layers at k=4; a plan at 75% of sum k (72 of 96). Without
 # --plan, a plan of LExI's shape: a third of the layers keep k=4, a third get 3, a third 2.
 LEXI_SHAPE, LEXI_LAYERS = "qwen1.5-moe-a2.7b", 24
@@ -170,17 +177,23 @@ def row(name, E, H, I, k, tokens, experts_used, ours_us, peers_us, peak) -> dict
             "flops_fraction": flops / (ours_us * 1e-6) / (peak["bf16_tflops"] * 1e12) if timed else None}
 
 
-class Layer:
-    """Seeded inputs of one layer shape: WEIGHT_COPIES sets of weights, taken in turn per call."""
+def weight_copies(E, H, I, itemsize=2) -> int:
+    return 1 if 3 * E * H * I * itemsize > ONE_COPY_BYTES else WEIGHT_COPIES
 
-    def __init__(self, E, H, I, tokens, device, dtype=torch.bfloat16, seed=0):
+
+class Layer:
+    """Seeded inputs of one layer shape: its weight copies, taken in turn per call (or those of
+    `weights`, shared with another token count's Layer), and the activations of one token count."""
+
+    def __init__(self, E, H, I, tokens, device, dtype=torch.bfloat16, seed=0, weights=None):
         g = torch.Generator(device=device).manual_seed(seed)
-        self.hidden = torch.randn(tokens, H, generator=g, device=device).to(dtype)
-        self.logits = torch.randn(tokens, E, generator=g, device=device)
-        self.weights = [((torch.randn(E, 2 * I, H, generator=g, device=device) / H ** 0.5).to(dtype),
-                         (torch.randn(E, H, I, generator=g, device=device) / I ** 0.5).to(dtype))
-                        for _ in range(WEIGHT_COPIES)]
-        self.turn = itertools.cycle(range(WEIGHT_COPIES))
+        self.hidden = torch.randn(tokens, H, generator=g, device=device, dtype=dtype)  # [T, H]
+        self.logits = torch.randn(tokens, E, generator=g, device=device)  # [T, E]
+        self.weights = weights or [
+            (torch.randn(E, 2 * I, H, generator=g, device=device, dtype=dtype).mul_(H ** -0.5),  # [E, 2I, H]
+             torch.randn(E, H, I, generator=g, device=device, dtype=dtype).mul_(I ** -0.5))  # [E, H, I]
+            for _ in range(weight_copies(E, H, I, torch.finfo(dtype).bits // 8))]
+        self.turn = itertools.cycle(range(len(self.weights)))
 
     def call(self, impl, k, copy: int | None = None):
         """impl on weight copy `copy`, or on the next copy in turn."""
@@ -191,17 +204,16 @@ class Layer:
         return int(route_topk(self.logits, k)[1].unique().numel())
 
 
-def measure_peak() -> dict:
-    from moe_compile.plugins.grouped_moe.timing import cuda_graph_us
-
-    src = torch.empty(2 ** 30, dtype=torch.bfloat16, device="cuda").normal_()
+def measure_peak(timer: "Timer", copy_elements: int = 2 ** 30, n: int = 8192) -> dict:
+    """Copy bandwidth (read + write bytes of a bf16 copy) and the dense bf16 GEMM rate (n^3)."""
+    src = torch.empty(copy_elements, dtype=torch.bfloat16, device=timer.device).normal_()
     dst = torch.empty_like(src)
-    copy_us = cuda_graph_us(lambda: dst.copy_(src), reps=10)
-    n = 8192
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    gemm_us = cuda_graph_us(lambda: a @ b, reps=10)
+    copy_us = timer.graph(lambda: dst.copy_(src))
+    a, b = (torch.randn(n, n, device=timer.device, dtype=torch.bfloat16) for _ in range(2))
+    gemm_us = timer.graph(lambda: a @ b)
     return {"copy_tb_s": 2 * src.numel() * 2 / (copy_us * 1e-6) / 1e12,
-            "bf16_tflops": 2 * n ** 3 / (gemm_us * 1e-6) / 1e12}
+            "bf16_tflops": 2 * n ** 3 / (gemm_us * 1e-6) / 1e12,
+            "copy_bytes": 2 * src.numel() * 2, "gemm_n": n}
 
 
 @dataclass(frozen=True)
@@ -211,12 +223,21 @@ class Timer:
     device: str
     graph: Callable
     eager: Callable
+    graph_label: str = "cuda_graph"  # how each is reported in a row's "timing"
+    eager_label: str = "eager"
 
 
 def gpu_timer() -> Timer:
     from moe_compile.plugins.grouped_moe.timing import cuda_graph_us, eager_us
 
     return Timer("cuda", cuda_graph_us, eager_us)
+
+
+def cpu_timer() -> Timer:
+    """The dry run's: host wall clock for everything (nothing is captured on CPU)."""
+    from moe_compile.plugins.grouped_moe.timing import wall_us
+
+    return Timer("cpu", wall_us, wall_us, "host_wall_clock", "host_wall_clock")
 
 
 def check_and_time(layer: Layer, impl, k, capturable, want, timer: Timer) -> tuple[float, str]:
@@ -228,21 +249,26 @@ def check_and_time(layer: Layer, impl, k, capturable, want, timer: Timer) -> tup
         raise AssertionError(f"max |diff| {error:.3g} from the reference")
     if capturable:
         try:
-            return timer.graph(lambda: layer.call(impl, k)), "cuda_graph"
+            return timer.graph(lambda: layer.call(impl, k)), timer.graph_label
         except RuntimeError as exc:
             if timer.device == "cuda":
                 torch.cuda.synchronize()
-            mode = f"eager (CUDA-graph capture failed: {' '.join(str(exc).split())[:120]})"
+            mode = f"{timer.eager_label} (CUDA-graph capture failed: {' '.join(str(exc).split())[:120]})"
     else:
-        mode = "eager"
+        mode = timer.eager_label
     return timer.eager(lambda: layer.call(impl, k)), mode
 
 
-def benchmark_shape(name, tokens, peers, peak, failed, progress, timer: Timer) -> list[dict]:
+def benchmark_shape(name, tokens, peers, peak, failed, progress, timer: Timer, dims=None,
+                    dtype=torch.bfloat16) -> list[dict]:
+    """Every token count of one shape; `dims` (H, I) overrides the shape's (the dry run's small ones)."""
     E, H, I, k = SHAPES[name]
+    H, I = dims or (H, I)
     rows = []
+    weights = None
     for t in tokens:
-        layer = Layer(E, H, I, t, timer.device)
+        layer = Layer(E, H, I, t, timer.device, dtype, weights=weights)
+        weights = layer.weights
         want = layer.call(reference_moe, k, copy=0)
         ours_us, timing = check_and_time(layer, ours, k, True, want, timer)
         peers_us, peer_timing = {}, {"ours": timing}
@@ -254,16 +280,21 @@ def benchmark_shape(name, tokens, peers, peak, failed, progress, timer: Timer) -
                 why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 failed.setdefault(peer, {})[f"{name}/T={t}"] = why
         rows.append(row(name, E, H, I, k, t, layer.experts_used(k), ours_us, peers_us, peak) | {"timing": peer_timing})
+        del layer, want
         progress(rows[-1])
     return rows
 
 
-def lexi_payoff(plan_k: list[int], timer: Timer, shape: str = LEXI_SHAPE, tokens=LEXI_TOKENS) -> dict:
+def lexi_payoff(plan_k: list[int], timer: Timer, shape: str = LEXI_SHAPE, tokens=LEXI_TOKENS, dims=None,
+                dtype=torch.bfloat16) -> dict:
     """Sum over the layers of one MoE op at each layer's k, plan vs base, per token count."""
     E, H, I, base = SHAPES[shape]
+    H, I = dims or (H, I)
     result = {}
+    weights = None
     for t in tokens:
-        layer = Layer(E, H, I, t, timer.device)
+        layer = Layer(E, H, I, t, timer.device, dtype, weights=weights)
+        weights = layer.weights
         per_k = {k: timer.graph(lambda k=k, layer=layer: layer.call(ours, k)) for k in sorted(set(plan_k) | {base})}
         base_us, plan_us = len(plan_k) * per_k[base], sum(per_k[k] for k in plan_k)
         result[str(t)] = {"base_us": base_us, "plan_us": plan_us, "speedup": base_us / plan_us,
@@ -272,6 +303,7 @@ def lexi_payoff(plan_k: list[int], timer: Timer, shape: str = LEXI_SHAPE, tokens
 
 
 def plot(report: dict, path: Path) -> None:
+    """The PNG of a report (which may have been measured elsewhere: plots need no GPU)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,7 +323,8 @@ def plot(report: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"grouped MoE, bf16, CUDA-graph timing: {report['device']}")
+    fig.suptitle(f"grouped MoE, {report.get('dtype', 'bfloat16')}, {report['rows'][0]['timing']['ours'] if report['rows'] else ''}"
+                 f" timing: {report['device']}")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -322,7 +355,8 @@ def parse_args(argv=None):
     parser.add_argument("--plan", type=Path,
                         help="plan.json of Qwen1.5-MoE for item 5 (default: a synthetic 75%% plan)")
     parser.add_argument("--no-lexi", action="store_true", help="skip item 5")
-    parser.add_argument("--dry-run", action="store_true", help="no GPU: the shape table, JSON and plot only")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="no GPU: the same measurement on CPU (Triton's interpreter, fp32, H=32, I=16)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for kernel-<device>.json/.png")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of shapes not run now from an existing result file (runs split by shape)")
@@ -354,35 +388,52 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     command = "python benchmarks/kernel_moe.py " + " ".join(argv if argv is not None else sys.argv[1:])
     plan_k, plan_source = plan_top_k(args.plan)
-    if args.dry_run:
-        device, peak, failed = "dry-run", None, {}
-        rows = [row(name, *SHAPES[name], t, min(SHAPES[name][0], t * SHAPES[name][3]), None, {}, None)
-                for name in args.shapes for t in args.tokens]
-        lexi = None
+    if args.dry_run:  # fp32: Triton 3.6's interpreter multiplies bf16 dot operands as raw bits
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        device, timer, dims, dtype, lexi_tokens = "dry-run", cpu_timer(), (DRY_RUN_HIDDEN, DRY_RUN_INTER), \
+            torch.float32, tuple(args.tokens)
+        peak = measure_peak(timer, copy_elements=2 ** 20, n=256)
+    elif not torch.cuda.is_available():
+        print("kernel_moe: error: needs a CUDA GPU (or --dry-run)", file=sys.stderr)
+        sys.exit(2)
     else:
-        if not torch.cuda.is_available():
-            print("kernel_moe: error: needs a CUDA GPU (or --dry-run)", file=sys.stderr)
-            sys.exit(2)
-        device, failed = torch.cuda.get_device_name(), {}
-        peak, timer = measure_peak(), gpu_timer()
-        print(f"peak: {peak}", file=sys.stderr)
-        rows = []
-        for name in args.shapes:
-            rows += benchmark_shape(name, args.tokens, installed_peers(args.peers, failed), peak, failed,
-                                    lambda r: print(json.dumps(r), file=sys.stderr), timer)
-        lexi = None if args.no_lexi else lexi_payoff(plan_k, timer)
-    report = {"device": device, "versions": versions(), "command": command, "peak": peak, "rows": rows,
-              "peers_failed": failed,
+        device, timer, dims, dtype, lexi_tokens = torch.cuda.get_device_name(), gpu_timer(), None, torch.bfloat16, \
+            LEXI_TOKENS
+        peak = measure_peak(timer)
+    print(f"peak: {peak}", file=sys.stderr)
+    stem, failed = f"kernel-{slug(device)}", {}
+    old = json.loads((args.out / f"{stem}.json").read_text()) \
+        if args.merge and (args.out / f"{stem}.json").is_file() else None
+    report = {"device": device, "versions": versions(), "command": command, "peak": peak, "rows": [],
+              "peers_failed": failed, "dtype": str(dtype).removeprefix("torch."),
               "lexi": {"shape": LEXI_SHAPE, "plan_top_k": plan_k, "plan_source": plan_source,
-                       "sum_k": sum(plan_k), "base_sum_k": LEXI_LAYERS * SHAPES[LEXI_SHAPE][3], "tokens": lexi}}
-    stem = f"kernel-{slug(device)}"
-    if args.merge and (args.out / f"{stem}.json").is_file():
-        report = merged(json.loads((args.out / f"{stem}.json").read_text()), report, args.shapes)
-    report["summary"] = summary(report["rows"])
-    write_text_atomic(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-    plot(report, args.out / f"{stem}.png")
-    print(json.dumps(report, indent=2))
-    return report
+                       "sum_k": sum(plan_k), "base_sum_k": LEXI_LAYERS * SHAPES[LEXI_SHAPE][3], "tokens": None}}
+
+    def save() -> dict:
+        """The report so far, merged and summarised, written at once."""
+        out = merged(old, report, args.shapes) if old is not None else dict(report)
+        out["summary"] = summary(out["rows"])
+        write_text_atomic(args.out / f"{stem}.json", json.dumps(out, indent=2) + "\n")
+        return out
+
+    def progress(measured: dict) -> None:
+        report["rows"].append(measured)
+        print(json.dumps(measured), file=sys.stderr)
+        save()
+
+    for name in args.shapes:
+        benchmark_shape(name, args.tokens, installed_peers(args.peers, failed), peak, failed, progress, timer,
+                        dims, dtype)
+    if not args.no_lexi:
+        report["lexi"]["tokens"] = lexi_payoff(plan_k, timer, tokens=lexi_tokens, dims=dims, dtype=dtype)
+    final = save()
+    try:
+        plot(final, args.out / f"{stem}.png")
+    except ImportError:
+        print("kernel_moe: matplotlib is not installed: no PNG (benchmarks/gpu_evidence.py --render draws it)",
+              file=sys.stderr)
+    print(json.dumps(final, indent=2))
+    return final
 
 
 if __name__ == "__main__":

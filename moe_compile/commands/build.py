@@ -37,8 +37,9 @@ def summary_table(summary: dict) -> Table:
     table.add_row("GroupedMoE nodes in the ONNX", str(summary["grouped_moe_nodes"]))
     table.add_row("device memory", f"{summary['device_memory_bytes'] / 2**20:.1f} MiB")
     table.add_row("engine file", f"{summary['engine_bytes'] / 2**20:.1f} MiB")
-    for name, shape in _grouped_profile(summary["profile"]):
-        table.add_row(f"profile {name}", f"min {shape['min']}  opt {shape['opt']}  max {shape['max']}")
+    for profile, inputs in summary["profiles"].items():
+        for name, shape in _grouped_profile(inputs):
+            table.add_row(f"{profile} profile {name}", f"min {shape['min']}  opt {shape['opt']}  max {shape['max']}")
     if summary["timing_cache"]:
         table.add_row("timing cache", summary["timing_cache"])
     return table

@@ -1,50 +1,46 @@
 """benchmarks/kernel_moe.py without a GPU: its dry run, its arithmetic, and the grouped_mm peer."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "kernel_moe.py"
+from benchmark_scripts import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("kernel_moe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with benchmark_module("kernel_moe") as module:
+        yield module
 
 
-def test_dry_run_writes_the_result_schema_and_a_plot(bench, tmp_path, capsys):
-    bench.main(["--dry-run", "--out", str(tmp_path)])
+@pytest.mark.filterwarnings("ignore:no tuned grouped-MoE config")
+def test_dry_run_measures_on_cpu_and_writes_the_result_schema_and_a_plot(bench, tmp_path, capsys):
+    """The dry run is the GPU run's measurement on CPU: one shape at its E and k, small H and I."""
+    bench.main(["--dry-run", "--shapes", "mixtral-8x7b", "--tokens", "1", "5", "--no-lexi", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "kernel-dry_run.json").read_text())
     assert json.loads(capsys.readouterr().out) == report
     assert (tmp_path / "kernel-dry_run.png").read_bytes()[:4] == b"\x89PNG"
-    assert {"device", "versions", "command", "peak", "rows"} <= set(report)
-    assert [(r["shape"], r["tokens"]) for r in report["rows"]] == [
-        (shape, tokens) for shape in bench.SHAPES for tokens in bench.TOKENS]  # every shape at every count
+    assert {"device", "versions", "command", "peak", "rows", "summary"} <= set(report)
+    assert report["peak"]["copy_tb_s"] > 0 and report["peak"]["bf16_tflops"] > 0
+    assert [(r["E"], r["H"], r["I"], r["k"], r["tokens"]) for r in report["rows"]] == [(8, 32, 16, 2, 1), (8, 32, 16, 2, 5)]
     for r in report["rows"]:
-        assert {"shape", "E", "H", "I", "k", "tokens", "ours_us", "peers_us", "hbm_fraction", "flops_fraction"} <= set(r)
-        assert (r["E"], r["H"], r["I"], r["k"]) == bench.SHAPES[r["shape"]]
-    lexi = report["lexi"]  # the default plan is LExI-shaped: k within 1..base, below the base total
-    base_k = bench.SHAPES[lexi["shape"]][3]
-    assert all(1 <= k <= base_k for k in lexi["plan_top_k"]) and len(lexi["plan_top_k"]) == bench.LEXI_LAYERS
-    assert lexi["sum_k"] == sum(lexi["plan_top_k"]) < lexi["base_sum_k"] == base_k * bench.LEXI_LAYERS
+        assert r["ours_us"] > 0 and r["hbm_fraction"] > 0 and r["timing"]["ours"] == "host_wall_clock"
+        assert "pytorch_reference" in r["peers_us"]
+    assert report["summary"]["geomean_speedup_vs_best_peer"] is not None
+
+
+def test_the_benchmark_covers_five_shapes_from_decode_to_8192_tokens(bench):
+    assert set(bench.SHAPES) == {"qwen1.5-moe-a2.7b", "olmoe-1b-7b", "mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v3"}
+    assert bench.SHAPES["deepseek-v3"] == (256, 7168, 2048, 8)
+    assert min(bench.TOKENS) == 1 and max(bench.TOKENS) == 8192
+    assert bench.weight_copies(256, 7168, 2048) == 1 and bench.weight_copies(60, 2048, 1408) == 2
 
 
 def test_a_plan_file_gives_item_five_its_top_k(bench, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"layers": [{"index": i, "top_k": 3} for i in range(24)]}))
-    bench.main(["--dry-run", "--out", str(tmp_path), "--plan", str(plan), "--shapes", "olmoe-1b-7b", "--tokens", "8"])
-    report = json.loads((tmp_path / "kernel-dry_run.json").read_text())
-    assert report["lexi"]["plan_top_k"] == [3] * 24 and len(report["rows"]) == 1
+    assert bench.plan_top_k(plan) == ([3] * 24, str(plan))
 
 
 def test_fractions_and_summary(bench):
@@ -92,10 +88,8 @@ def test_merge_keeps_the_shapes_not_rerun(bench):
 def test_measurement_path_on_cpu(bench, monkeypatch, bf16_dot_in_interpreter):
     """The GPU run's code (inputs, reference check, peers, failures, rows, item 5) on a tiny shape,
     on CPU: our kernels in Triton's interpreter, host wall-clock timing."""
-    from moe_compile.plugins.grouped_moe.timing import wall_us
-
     monkeypatch.setitem(bench.SHAPES, "tiny", (8, 32, 16, 2))
-    timer = bench.Timer("cpu", wall_us, wall_us)
+    timer = bench.cpu_timer()
     failed, seen = {}, []
 
     def wrong(hidden, logits, w_gate_up, w_down, k):
@@ -106,7 +100,7 @@ def test_measurement_path_on_cpu(bench, monkeypatch, bf16_dot_in_interpreter):
                                  {"copy_tb_s": 1.0, "bf16_tflops": 1.0}, failed, seen.append, timer)
     assert rows == seen and rows[0]["ours_us"] > 0 and rows[0]["hbm_fraction"] > 0
     assert set(rows[0]["peers_us"]) == {"pytorch_reference", "torch_grouped_mm"}
-    assert rows[0]["timing"] == {"ours": "cuda_graph", "pytorch_reference": "eager", "torch_grouped_mm": "cuda_graph"}
+    assert rows[0]["timing"] == dict.fromkeys(["ours", "pytorch_reference", "torch_grouped_mm"], "host_wall_clock")
     assert "from the reference" in failed["wrong"]["tiny/T=3"]  # a wrong peer is reported, not timed
     lexi = bench.lexi_payoff([2, 1, 1], timer, shape="tiny", tokens=(2,))
     assert set(lexi["2"]["per_k_us"]) == {"1", "2"}

@@ -138,9 +138,56 @@ def test_deterministic_bit_for_bit():
     assert torch.equal(first, grouped_moe_triton(**inputs, attrs=attrs, config=SMALL))
 
 
+def test_a_call_allocates_one_workspace_and_reuses_its_launch_arguments(monkeypatch):
+    """Host work per call: the scratch buffers are views of one allocation, 128 bytes apart, and a
+    second call of the same shape computes no grids, constexprs or layout again."""
+    from moe_compile.plugins.grouped_moe import launcher
+
+    inputs = make_inputs(5, 8, seed=14)
+    attrs = GroupedMoEAttributes(top_k=2)
+    want = grouped_moe_triton(**inputs, attrs=attrs, config=SMALL)
+    hits = launcher._launch_args.cache_info().hits, launcher._layout.cache_info().hits
+    allocations = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: allocations.append(a) or real_empty(*a, **k))
+    assert torch.equal(grouped_moe_triton(**inputs, attrs=attrs, config=SMALL), want)
+    monkeypatch.undo()
+    assert len(allocations) == 1  # the workspace (the output is hidden.new_empty)
+    assert launcher._launch_args.cache_info().hits == hits[0] + 2 and launcher._layout.cache_info().hits == hits[1] + 1
+    plan = launch_plan(inputs["hidden"], inputs["w_gate_up"], attrs, SMALL)
+    buf = allocate(plan, torch.float32, inputs["hidden"].device)
+    base = min(t.data_ptr() for t in buf.values())
+    assert all((t.data_ptr() - base) % 128 == 0 and t.data_ptr() % 16 == 0 for t in buf.values())
+    assert {name: (tuple(t.shape), t.dtype) for name, t in buf.items()} == {
+        name: (shape, torch.float32 if kind in ("act", "float32") else torch.int32)
+        for name, (shape, kind) in plan.buffers().items()}
+
+
 def test_no_tokens():
     inputs = make_inputs(0, 8)
     assert grouped_moe_triton(**inputs, attrs=GroupedMoEAttributes(top_k=2), config=SMALL).shape == (0, 40)
+
+
+def test_expert_weights_past_two_to_the_31_elements():
+    """Experts 2 and 3 start 2^31 and 3 * 2^30 elements into their weights: 32-bit offsets wrap.
+
+    The weights are strided views into one storage of 5.5 * 2^30 bf16 elements (11 GB of address
+    space); on CPU only the pages of the four experts' matrices are touched (a few KB of memory).
+    The views start 2^31 elements into the storage, so a wrapped offset still lands inside it
+    (reading untouched zeros, a wrong result) instead of outside the process's memory.
+    """
+    experts, hidden, inter, stride, start = 4, 32, 16, 2 ** 30, 2 ** 31
+    storage = torch.empty(start + (experts - 1) * stride + 3 * hidden * inter, dtype=torch.bfloat16, device=DEVICE)
+    w_gate_up = storage.as_strided((experts, 2 * inter, hidden), (stride, hidden, 1), start)  # [E, 2I, H]
+    w_down = storage.as_strided((experts, hidden, inter), (stride, inter, 1), start + 2 * inter * hidden)  # [E, H, I]
+    small = make_inputs(6, experts, hidden=hidden, inter=inter, dtype=torch.bfloat16, seed=12)
+    w_gate_up.copy_(small["w_gate_up"])
+    w_down.copy_(small["w_down"])
+    small["router_logits"][:, 2:] += 20  # every token on experts 2 and 3, the ones past 2^31
+    inputs = dict(small, w_gate_up=w_gate_up, w_down=w_down)
+    assert w_gate_up[3].data_ptr() - storage.data_ptr() >= 2 ** 31 * storage.element_size() * 2
+    got = assert_matches_reference(inputs, GroupedMoEAttributes(top_k=2))
+    assert got.abs().max() > 0
 
 
 @pytest.mark.filterwarnings("ignore:no tuned grouped-MoE config")
@@ -156,6 +203,30 @@ def test_cuda_kernel_of_the_op_runs_the_launcher():
 
 
 # ---- GPU: the full grid of issue #6 item 3, the op under torch.compile and CUDA graphs ----
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore:no tuned grouped-MoE config")
+@pytest.mark.parametrize("tokens", [64, 40_000])
+def test_deepseek_v3_expert_shape_on_gpu(tokens):
+    """DeepSeek-V3's routed experts, 256 of 7168 x 2048, with its routing: expert e's gate_up starts
+    e * 2 * 2048 * 7168 elements in, past 2^31 from expert 74; at 40,000 tokens the slot rows
+    (T * k * H = 2.3e9 elements) pass it too. 22.5 GB of weights, drawn on the GPU."""
+    experts, hidden, inter, top_k = 256, 7168, 2048, 8
+    attrs = GroupedMoEAttributes(top_k=top_k, scoring="sigmoid", normalize_topk=True, routed_scaling=2.5, n_group=8,
+                                 topk_group=4, group_scoring="sum_top2")
+    g = torch.Generator(device="cuda").manual_seed(13)
+
+    def draw(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, device="cuda", dtype=torch.bfloat16).mul_(scale)
+
+    inputs = {"hidden": draw(tokens, hidden), "router_logits": draw(tokens, experts).float(),
+              "w_gate_up": draw(experts, 2 * inter, hidden, scale=hidden ** -0.5),
+              "w_down": draw(experts, hidden, inter, scale=inter ** -0.5),
+              "score_bias": draw(experts, scale=0.3).float()}
+    _, chosen = route(inputs["router_logits"], attrs, inputs["score_bias"])
+    assert chosen.max().item() >= 74  # some rows read weights past 2^31 elements
+    assert_matches_reference(inputs, attrs, config=None)
+
 
 GRID_ATTRS = {
     "softmax": lambda k: GroupedMoEAttributes(top_k=k),
@@ -200,7 +271,7 @@ def test_op_under_torch_compile_and_cuda_graph():
 
 
 def test_tune_writes_a_table_lookup_reads(tmp_path):
-    from moe_compile.plugins.grouped_moe.configs import config_file_name, lookup_config, write_table
+    from moe_compile.plugins.grouped_moe.configs import config_file_name, default_config, lookup_config, write_table
     from moe_compile.plugins.grouped_moe.timing import cuda_graph_us, wall_us
     from moe_compile.plugins.grouped_moe.tune import Shape, tune
 
@@ -209,10 +280,25 @@ def test_tune_writes_a_table_lookup_reads(tmp_path):
     table = tune(Shape(experts=4, hidden=24, inter=20, top_k=2), [1, 16], space,
                  cuda_graph_us if DEVICE == "cuda" else wall_us, device=DEVICE, dtype=torch.float32,
                  on_result=lambda tokens, config, us: seen.append((tokens, config, us)))
-    assert table[1] == space[0]  # one row per expert: a 32-row block is not even tried
-    assert table[16] in space and [t for t, *_ in seen] == [1, 16]
+    assert table[1].BLOCK_M == 16  # one row per expert: a 32-row block is not even tried
+    assert table[16] in [*space, default_config(16, 4, 2)] and [t for t, *_ in seen] == [1, 16]
     write_table(tmp_path / config_file_name(4, 20, "dev"), table)
     assert lookup_config(30, 4, 20, 2, "dev", directory=tmp_path) == table[16]
+
+
+def test_tune_with_no_time_left_keeps_the_default_and_tries_nothing_else():
+    from moe_compile.plugins.grouped_moe.configs import default_config
+    from moe_compile.plugins.grouped_moe.timing import wall_us
+    from moe_compile.plugins.grouped_moe.tune import Shape, search_order, tune
+
+    shape = Shape(experts=4, hidden=24, inter=20, top_k=2)
+    space = [KernelConfig(16, 16, 16), KernelConfig(16, 32, 16), KernelConfig(16, 16, 32)]
+    timed = []
+    table = tune(shape, [1, 2], space, lambda fn: timed.append(fn) or wall_us(fn), device=DEVICE,
+                 dtype=torch.float32, max_seconds=0)
+    assert table == {t: default_config(t, 4, 2) for t in (1, 2)} and len(timed) == 2
+    order = search_order(1, shape, space)
+    assert order[0] == default_config(1, 4, 2) and set(order[1:]) == set(space) and order == search_order(1, shape, space)
 
 
 def test_tune_command_needs_a_gpu(capsys):

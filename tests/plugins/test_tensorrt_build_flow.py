@@ -66,6 +66,8 @@ class FakeTensorRT:
 
             def add_optimization_profile(self, profile):
                 calls["profiles_added"] = calls.get("profiles_added", 0) + 1
+                calls.setdefault("profiles", []).append(dict(calls["profile"]))
+                calls["profile"].clear()
 
             def create_timing_cache(self, data):
                 calls["cache_in"] = bytes(data)
@@ -161,7 +163,7 @@ def fake(monkeypatch):
         monkeypatch.setitem(sys.modules, "tensorrt", trt.module)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setitem(sys.modules, "moe_compile.plugins.tensorrt.expand", types.SimpleNamespace(
-            expand_grouped_moe=lambda model, opt_tokens: trt.expanded.append(opt_tokens) or model))
+            expand_grouped_moe=lambda model, max_tokens: trt.expanded.append(max_tokens) or model))
         monkeypatch.setitem(sys.modules, "moe_compile.plugins.tensorrt.plugin", types.SimpleNamespace(
             register_plugins=lambda: trt.registered.append(True)))
         return trt
@@ -176,9 +178,11 @@ def test_build_writes_the_engine_and_the_timing_cache(fake, tmp_path):
     engine = (tmp_path / "engine.plan").read_bytes()
     assert engine.startswith(b"ENGINE moe_compile:")
     assert metadata_from_engine_name(engine.decode()[len("ENGINE "):]) == METADATA  # validate --engine reads this
-    assert trt.expanded == [4] and trt.registered == [True]  # opt tokens: a full batch of single tokens
+    assert trt.expanded == [4 * 16] and trt.registered == [True]  # the most tokens a call: a full batch of contexts
     assert trt.calls["network_flags"] == 1 << 0 and trt.calls["cleared"] == [7]  # strongly typed, no TF32
-    assert trt.calls["profile"] == {"input_ids": ((1, 1), (4, 1), (4, 16))} and trt.calls["profiles_added"] == 1
+    # decode (one new token, tuned at a full batch), then prefill (every shape, tuned at one whole context)
+    assert trt.calls["profiles"] == [{"input_ids": ((1, 1), (4, 1), (4, 1))}, {"input_ids": ((1, 1), (1, 16), (4, 16))}]
+    assert summary.profiles["prefill"]["input_ids"] == {"min": [1, 1], "opt": [1, 16], "max": [4, 16]}
     assert trt.calls["cache_in"] == b"" and (tmp_path / "timing.cache").read_bytes() == b"+timings"
     assert (summary.layers, summary.device_memory_bytes) == (2, 4096)
     assert summary.plugin_layers == {"moe_compile::GroupedMoE": 1}
@@ -225,10 +229,20 @@ def test_summary_table_groups_the_cache_inputs():
     summary = {"onnx": "m.onnx", "engine": "e.plan", "precision": "bf16", "tensorrt": "10.8.0", "layers": 40,
                "plugin_layers": {"moe_compile::GroupedMoERoute": 2}, "grouped_moe_nodes": 2,
                "device_memory_bytes": 3 * 2**20, "engine_bytes": 2**21, "build_seconds": 12.0, "timing_cache": None,
-               "profile": {"input_ids": {"min": [1, 1], "opt": [4, 1], "max": [4, 64]},
-                           "past_key_values.0.key": cache, "past_key_values.0.value": cache}}
+               "profiles": {"prefill": {"input_ids": {"min": [1, 1], "opt": [4, 1], "max": [4, 64]},
+                                        "past_key_values.0.key": cache, "past_key_values.0.value": cache}}}
     console = Console(record=True, width=200)
     console.print(summary_table(summary))
     text = console.export_text()
     assert "e.plan: TensorRT 10.8.0, bf16" in text and "moe_compile::GroupedMoERoute x2" in text
     assert "3.0 MiB" in text and "past_key_values.* (2)" in text and "past_key_values.0.key" not in text
+
+
+def test_the_runner_takes_the_first_profile_that_holds_the_inputs():
+    from moe_compile.validate.runners.trt import profile_for
+
+    decode = {"input_ids": [(1, 1), (4, 1), (4, 1)], "past": [(1, 0), (4, 7), (4, 15)]}
+    prefill = {"input_ids": [(1, 1), (1, 16), (4, 16)], "past": [(1, 0), (1, 0), (4, 15)]}
+    assert profile_for({"input_ids": (3, 1), "past": (3, 9)}, [decode, prefill]) == 0
+    assert profile_for({"input_ids": (2, 5), "past": (2, 0)}, [decode, prefill]) == 1
+    assert profile_for({"input_ids": (5, 1), "past": (5, 0)}, [decode, prefill]) is None

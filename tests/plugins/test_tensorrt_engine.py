@@ -37,7 +37,8 @@ def test_build_summary(built):
     assert summary.precision == "fp32" and summary.grouped_moe_nodes == 2  # layers 0 and 2 are MoE layers
     assert summary.layers > 0 and summary.device_memory_bytes > 0
     assert sum(summary.plugin_layers.values()) >= summary.grouped_moe_nodes
-    assert summary.profile["input_ids"] == {"min": [1, 1], "opt": [4, 1], "max": [4, 64]}
+    assert summary.profiles["decode"]["input_ids"] == {"min": [1, 1], "opt": [4, 1], "max": [4, 1]}
+    assert summary.profiles["prefill"]["input_ids"] == {"min": [1, 1], "opt": [1, 64], "max": [4, 64]}
     assert sorted(p.name for p in folder.iterdir()) == ["engine.plan", "model.onnx", "timing.cache"]
 
 

@@ -64,7 +64,7 @@ def test_each_node_becomes_six_stage_nodes_the_checker_accepts():
                                                     topk_group=2, group_scoring="sum_top2"))
     model = grouped_moe_model([{**attribute_values(GroupedMoEAttributes(top_k=2)), "biases": True},
                                {**sigmoid, "score_bias": True}])
-    expanded = expand_grouped_moe(model, opt_tokens=4096)
+    expanded = expand_grouped_moe(model, max_tokens=4096)
     casts = [n for n in expanded.graph.node if n.op_type == "Cast"]
     assert [(n.input[0], attrs_of(n)["to"]) for n in casts] == [("router_logits", TensorProto.FLOAT)] * 2
     nodes = [n for n in expanded.graph.node if n.op_type != "Cast"]
@@ -198,3 +198,15 @@ def test_the_expanded_stage_nodes_compute_the_layers(tokens):
     assert torch.equal(got.isnan(), want.isnan()) and got[tokens // 2].isnan().all()
     torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=0,
                                atol=2e-5 * want.nan_to_num().abs().max().item())
+
+
+def test_an_expert_matrix_past_int32_is_refused():
+    """TensorRT passes the plugins' ints as int32: one expert's gate_up stride must fit in one."""
+    model = grouped_moe_model([attribute_values(GroupedMoEAttributes(top_k=2))])
+    del model.graph.initializer[:2]  # the weights become typed graph inputs of a huge shape
+    model.graph.input.extend([helper.make_tensor_value_info("w_gate_up_0", TensorProto.FLOAT, [E, 2 * 65536, 16384]),
+                              helper.make_tensor_value_info("w_down_0", TensorProto.FLOAT, [E, 16384, 65536])])
+    before = model.SerializeToString()
+    with pytest.raises(InvalidInput, match=r"^node 'moe_layer_0': one expert's gate_up matrix has 2147483648"):
+        expand_grouped_moe(model)
+    assert model.SerializeToString() == before

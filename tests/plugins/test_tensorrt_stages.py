@@ -146,3 +146,25 @@ def test_symbolic_sizes_equal_the_int_sizes():
                                                                              **concrete.outputs}[name]
             first = evaluate({**symbolic.inputs}[stage.token_input][0][0], tokens)
             assert layer.tokens(stage, first) == tokens
+
+
+@pytest.mark.parametrize("block_m", [16, 32])
+def test_gemm_stages_with_a_smaller_block_m_than_the_alignment(block_m):
+    """The engine aligns each expert's rows for its largest BLOCK_M (64 here); a decode tactic
+    runs the GEMMs with a smaller BLOCK_M dividing it, and row blocks of padding only do nothing."""
+    attrs = GroupedMoEAttributes(top_k=2)
+    inputs = make_inputs(20, 8, seed=21)
+    layer = layer_for(inputs, attrs, block_m=64)
+    config = KernelConfig(BLOCK_M=block_m, BLOCK_N=16, BLOCK_K=16)
+    plan = layer.plan(20, config)
+    assert plan.alignment == 64 and plan.max_blocks < plan.gemm_blocks <= plan.max_blocks * (64 // block_m)
+    got = run_stages(layer, inputs, triton_launch, gemm_config=config)
+    want = grouped_moe_reference(**inputs, attrs=attrs)
+    torch.testing.assert_close(got, want, rtol=0, atol=TOLERANCE[torch.float32] * want.abs().max().item())
+
+
+def test_tactics_offer_every_default_block_m_that_divides_the_alignment():
+    layer = StageLayer(GroupedMoEAttributes(top_k=4), experts=60, hidden=2048, inter=1408, block_m=64)
+    assert {c.BLOCK_M for c in layer.gemm_configs()} == {16, 32, 64}
+    with pytest.raises(Exception, match="does not divide"):
+        layer.config(KernelConfig(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16))

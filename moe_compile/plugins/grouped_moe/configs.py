@@ -8,20 +8,23 @@ block sizes, warps and stages that were fastest there:
 
 `tune.py` writes them on the device they are for. Lookup takes the entry with the nearest token
 count; with no file for the shape and device it falls back to `default_config` and warns once.
-Pure Python: the TensorRT plugin reads the same files to offer them as tactics.
+Pure Python: the TensorRT plugin reads the same files to offer them as tactics. The folder is
+the package's configs/, or MOE_COMPILE_CONFIG_DIR where that is set (benchmarks/gpu_evidence.py
+points every step at the tables it has just tuned).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from moe_compile.errors import InvalidInput
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(os.environ.get("MOE_COMPILE_CONFIG_DIR") or Path(__file__).parent / "configs")
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@
       │                     in registers, and those two are not launched
       ▼ topk_ids [S], topk_weights [S], slot_rank [S], chunk_counts [chunks, E], nonfinite [T]    S = T*k
       │ 2 _scan_kernel      grid (1,)       exclusive scan of chunk_counts over chunks; each
-      │                     expert's rows padded to BLOCK_M; the expert of every row block
+      │                     expert's rows padded to ALIGN_M; the expert of every ALIGN_M rows
       ▼ chunk_offsets [chunks, E], expert_counts [E], expert_start [E], block_expert [max_blocks]
       │ 3 _scatter_kernel   grid (chunks,)  sorted_ids[expert_start + chunk_offset + rank] = slot
-      ▼ sorted_ids [max_padded]: slots grouped by expert, ascending, each group BLOCK_M aligned
-      │ 4 _gate_up_kernel   grid (max_blocks * cdiv(I, BLOCK_N),)  x[slot // k] @ W_gate_up[e]^T
+      ▼ sorted_ids [max_padded]: slots grouped by expert, ascending, each group ALIGN_M aligned
+      │ 4 _gate_up_kernel   grid (gemm_blocks * cdiv(I, BLOCK_N),)  x[slot // k] @ W_gate_up[e]^T
       │                     (+ b), both halves in one program, fused activation
       ▼ inter [S, I]
-      │ 5 _down_kernel      grid (max_blocks * cdiv(H, BLOCK_N),)  inter @ W_down[e]^T (+ b),
+      │ 5 _down_kernel      grid (gemm_blocks * cdiv(H, BLOCK_N),)  inter @ W_down[e]^T (+ b),
       │                     times the slot's routing weight
       ▼ per_slot [S, H]
       │ 6 _combine_kernel   grid (T, cdiv(H, BLOCK_H))  out[t] = Σ_j per_slot[t*k + j], j = 0..k-1;
@@ -27,6 +27,13 @@
 Parameters come in the order TensorRT's AOT plugin passes them (plugins/tensorrt/stages.py):
 input pointers, then runtime ints, then output pointers, then constexprs. Floats are
 constexprs (TensorRT passes int32 scalars only).
+
+Offsets into tensors that can pass 2^31 elements are computed in 64 bits: an expert's weights
+(`expert * stride_we`: DeepSeek-V3's 256 experts of 2*2048 x 7168 pass it at expert 74), a
+token's or slot's row (`slot * H`: T*k*H passes it from about 37,000 tokens at DeepSeek-V3's
+shape), and the combine's rows. Everything else (counts, slot numbers, offsets within one
+expert's matrix) stays int32. The TensorRT plugins pass their ints as int32 (strides of one
+expert's matrix, which fit) and the products are formed in the kernels, so they get the same.
 
 No host synchronisation anywhere: the alignment (2, 3) writes into worst-case buffers
 (`launch.LaunchPlan`), and GEMM programs whose row block lies past the padded total find
@@ -105,20 +112,20 @@ def _group_limited(choice, experts, num_experts, N_GROUP: tl.constexpr, TOPK_GRO
 
 @triton.jit
 def _place_experts(counts, experts, expert_ok, expert_counts_ptr, expert_start_ptr, block_expert_ptr, max_blocks,
-                   BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr):
+                   ALIGN_M: tl.constexpr, BLOCK_B: tl.constexpr):
     """From the row count of every expert: its padded start and the owner of every row block
     (written for the GEMMs); returns the starts."""
-    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    padded = (counts + ALIGN_M - 1) // ALIGN_M * ALIGN_M
     end = tl.cumsum(padded, axis=0)
     tl.store(expert_counts_ptr + experts, counts, mask=expert_ok)
     tl.store(expert_start_ptr + experts, end - padded, mask=expert_ok)
-    # Block b belongs to the expert whose padded range holds row b*BLOCK_M: the number of
+    # Block b belongs to the expert whose padded range holds row b*ALIGN_M: the number of
     # experts ending at or before it. Past the padded total that is num_experts: "no work".
     last = tl.where(expert_ok, end, 2147483647)
     first = 0
     while first < max_blocks:  # a while loop: the bound depends on the token count
         blocks = first + tl.arange(0, BLOCK_B)
-        owner = tl.sum((last[None, :] <= blocks[:, None] * BLOCK_M).to(tl.int32), axis=1)
+        owner = tl.sum((last[None, :] <= blocks[:, None] * ALIGN_M).to(tl.int32), axis=1)
         tl.store(block_expert_ptr + blocks, owner, mask=blocks < max_blocks)
         first += BLOCK_B
     return end - padded
@@ -132,7 +139,7 @@ def _route_kernel(logits_ptr, hidden_ptr, score_bias_ptr,
                   K: tl.constexpr, SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr, ROUTED_SCALING: tl.constexpr,
                   HAS_SCORE_BIAS: tl.constexpr, N_GROUP: tl.constexpr, TOPK_GROUP: tl.constexpr,
                   GROUP_SUM_TOP2: tl.constexpr, SINGLE_CHUNK: tl.constexpr, HIDDEN: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                  ALIGN_M: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
                   BLOCK_G: tl.constexpr, BLOCK_HC: tl.constexpr):
     """Routing, the NaN/Inf flag of each token, and the chunk's counts and ranks for kernels 2-3;
     with one chunk only (decode), the whole alignment in registers, so that kernels 2-3 are not
@@ -148,12 +155,13 @@ def _route_kernel(logits_ptr, hidden_ptr, score_bias_ptr,
     experts = tl.arange(0, BLOCK_E)
     token_ok = tokens < num_tokens
     expert_ok = experts < num_experts
-    logits = tl.load(logits_ptr + tokens[:, None] * stride_logits + experts[None, :],
+    rows = tokens.to(tl.int64)  # 64-bit offsets: T * stride may pass 2^31 (see the module docstring)
+    logits = tl.load(logits_ptr + rows[:, None] * stride_logits + experts[None, :],
                      mask=token_ok[:, None] & expert_ok[None, :], other=0.0).to(tl.float32)
     finite = tl.sum(_nonfinite(logits).to(tl.int32), axis=1) == 0
     for first in tl.range(0, HIDDEN, BLOCK_HC):
         cols = first + tl.arange(0, BLOCK_HC)
-        x = tl.load(hidden_ptr + tokens[:, None] * stride_hidden + cols[None, :],
+        x = tl.load(hidden_ptr + rows[:, None] * stride_hidden + cols[None, :],
                     mask=token_ok[:, None] & (cols < HIDDEN)[None, :], other=0.0).to(tl.float32)
         finite = finite & (tl.sum(_nonfinite(x).to(tl.int32), axis=1) == 0)
     tl.store(nonfinite_ptr + tokens, (~finite).to(tl.int32), mask=token_ok)
@@ -182,7 +190,7 @@ def _route_kernel(logits_ptr, hidden_ptr, score_bias_ptr,
     rank = tl.cumsum(ones, axis=0) - ones
     if SINGLE_CHUNK:
         start = _place_experts(tl.sum(ones, axis=0), experts, expert_ok, expert_counts_ptr, expert_start_ptr,
-                               block_expert_ptr, max_blocks, BLOCK_M, BLOCK_B)
+                               block_expert_ptr, max_blocks, ALIGN_M, BLOCK_B)
         tl.store(sorted_ids_ptr + start[None, :] + rank, slots, mask=chosen)
     else:
         tl.store(slot_rank_ptr + slots, rank, mask=chosen)
@@ -193,7 +201,7 @@ def _route_kernel(logits_ptr, hidden_ptr, score_bias_ptr,
 def _scan_kernel(chunk_counts_ptr, topk_ids_ptr,
                  num_chunks, num_experts, max_blocks,
                  chunk_offsets_ptr, expert_counts_ptr, expert_start_ptr, block_expert_ptr,
-                 BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+                 ALIGN_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
     """topk_ids_ptr is not read: its length, the slot count, is how the TensorRT plugin sizes
     block_expert (a plugin's output shapes are functions of its input shapes only)."""
     experts = tl.arange(0, BLOCK_E)
@@ -209,7 +217,7 @@ def _scan_kernel(chunk_counts_ptr, topk_ids_ptr,
         carry += tl.sum(counts, axis=0)
         first += BLOCK_C
     _place_experts(carry, experts, expert_ok, expert_counts_ptr, expert_start_ptr, block_expert_ptr, max_blocks,
-                   BLOCK_M, BLOCK_B)
+                   ALIGN_M, BLOCK_B)
 
 
 @triton.jit
@@ -241,16 +249,23 @@ def _tile(max_blocks, N: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.conste
 
 @triton.jit
 def _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr, expert_start_ptr, num_experts,
-                BLOCK_M: tl.constexpr):
-    """(expert, is it real, its slots in row block `block`, which rows are real)."""
-    expert = tl.load(block_expert_ptr + block)
+                BLOCK_M: tl.constexpr, ALIGN_M: tl.constexpr):
+    """(expert, has this row block work, its slots in row block `block`, which rows are real);
+    expert and slots as int64, since they multiply strides and row lengths into offsets past 2^31.
+
+    The groups are ALIGN_M-aligned (block_expert has one entry per ALIGN_M rows) and BLOCK_M
+    divides ALIGN_M, so a row block lies inside one group; a block of padding rows only (the
+    groups of the TensorRT engine are aligned for its largest BLOCK_M) has no work."""
+    expert = tl.load(block_expert_ptr + block // (ALIGN_M // BLOCK_M))
     real_expert = expert < num_experts
     safe_expert = tl.where(real_expert, expert, 0)
     end = tl.load(expert_start_ptr + safe_expert) + tl.load(expert_counts_ptr + safe_expert)
-    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    first_row = block * BLOCK_M
+    real_expert = real_expert & (first_row < end)
+    rows = first_row + tl.arange(0, BLOCK_M)
     row_ok = (rows < end) & real_expert
     slots = tl.load(sorted_ids_ptr + rows, mask=row_ok, other=0)
-    return safe_expert, real_expert, slots, row_ok
+    return safe_expert.to(tl.int64), real_expert, slots.to(tl.int64), row_ok
 
 
 @triton.jit
@@ -277,10 +292,11 @@ def _gate_up_kernel(hidden_ptr, w_ptr, bias_ptr, sorted_ids_ptr, block_expert_pt
                     inter_ptr,
                     SWIGLU_ALPHA: tl.constexpr, SWIGLU_LIMIT: tl.constexpr, HIDDEN: tl.constexpr, INTER: tl.constexpr,
                     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                    ALIGN_M: tl.constexpr):
     block, column = _tile(max_blocks, INTER, BLOCK_N, GROUP_M)
     expert, real_expert, slots, row_ok = _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
-                                                     expert_start_ptr, num_experts, BLOCK_M)
+                                                     expert_start_ptr, num_experts, BLOCK_M, ALIGN_M)
     if real_expert:
         tokens = slots // top_k
         cols = column * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -317,10 +333,11 @@ def _down_kernel(inter_ptr, w_ptr, bias_ptr, topk_weights_ptr, sorted_ids_ptr, b
                  num_experts, max_blocks, stride_we, stride_wn, stride_wk, stride_be,
                  per_slot_ptr,
                  HIDDEN: tl.constexpr, INTER: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                 ALIGN_M: tl.constexpr):
     block, column = _tile(max_blocks, HIDDEN, BLOCK_N, GROUP_M)
     expert, real_expert, slots, row_ok = _block_rows(block, sorted_ids_ptr, block_expert_ptr, expert_counts_ptr,
-                                                     expert_start_ptr, num_experts, BLOCK_M)
+                                                     expert_start_ptr, num_experts, BLOCK_M, ALIGN_M)
     if real_expert:
         cols = column * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < HIDDEN
@@ -347,8 +364,9 @@ def _combine_kernel(per_slot_ptr, nonfinite_ptr, hidden_size, out_ptr, K: tl.con
     token = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden_size
+    row = token.to(tl.int64)  # T * k * H may pass 2^31
     acc = tl.zeros((BLOCK_H,), tl.float32)
     for j in range(K):
-        acc += tl.load(per_slot_ptr + (token * K + j) * hidden_size + cols, mask=mask, other=0.0).to(tl.float32)
+        acc += tl.load(per_slot_ptr + (row * K + j) * hidden_size + cols, mask=mask, other=0.0).to(tl.float32)
     acc = tl.where(tl.load(nonfinite_ptr + token) != 0, float("nan"), acc)  # the NaN/Inf rule, see kernel 1
-    tl.store(out_ptr + token * hidden_size + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + row * hidden_size + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)

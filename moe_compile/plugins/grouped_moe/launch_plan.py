@@ -59,6 +59,10 @@ class LaunchPlan:
     # One chunk of tokens: route aligns alone (four launches). Off for the TensorRT engine,
     # whose token count is only known at run time, so its launches are always the six.
     decode_shortcut: bool = True
+    # Rows each expert's group is padded to; the GEMMs' BLOCK_M must divide it. None: BLOCK_M (the
+    # PyTorch launcher, which picks a config per call). The TensorRT engine aligns for the largest
+    # BLOCK_M it may use, so that the GEMM stages can take a smaller one per optimization profile.
+    align_m: int | None = None
     ops: SizeOps = field(default=INT_OPS, compare=False, repr=False)
 
     @property
@@ -92,12 +96,26 @@ class LaunchPlan:
         return self.decode_shortcut and self.chunks == 1
 
     @property
+    def alignment(self) -> int:
+        return self.align_m or self.config.BLOCK_M
+
+    def __post_init__(self):
+        if self.alignment % self.config.BLOCK_M:
+            raise ValueError(f"BLOCK_M={self.config.BLOCK_M} does not divide the alignment {self.alignment}")
+
+    @property
     def max_padded(self) -> int:
-        """Rows after padding each used expert's group to BLOCK_M: at most min(S, E) groups are used."""
-        return self.slots + self.ops.minimum(self.slots, self.experts) * (self.config.BLOCK_M - 1)
+        """Rows after padding each used expert's group to the alignment: at most min(S, E) groups are used."""
+        return self.slots + self.ops.minimum(self.slots, self.experts) * (self.alignment - 1)
 
     @property
     def max_blocks(self) -> int:
+        """Groups of `alignment` rows (block_expert's length)."""
+        return self.ops.cdiv(self.max_padded, self.alignment)
+
+    @property
+    def gemm_blocks(self) -> int:
+        """Row blocks of BLOCK_M rows the GEMM grids cover."""
         return self.ops.cdiv(self.max_padded, self.config.BLOCK_M)
 
     def grids(self) -> dict[str, tuple[int, ...]]:
@@ -106,8 +124,8 @@ class LaunchPlan:
         return {
             "route": (self.chunks,),
             **alignment,
-            "gate_up": (self.max_blocks * cdiv(self.inter, self.config.BLOCK_N),),
-            "down": (self.max_blocks * cdiv(self.hidden, self.config.BLOCK_N),),
+            "gate_up": (self.gemm_blocks * cdiv(self.inter, self.config.BLOCK_N),),
+            "down": (self.gemm_blocks * cdiv(self.hidden, self.config.BLOCK_N),),
             "combine": (self.tokens, cdiv(self.hidden, COMBINE_BLOCK_H)),
         }
 
@@ -135,16 +153,16 @@ class LaunchPlan:
         config = self.config
         gemm = {"HIDDEN": self.hidden, "INTER": self.inter, "PRECISION": "ieee" if fp32 else "tf32",
                 "BLOCK_M": config.BLOCK_M, "BLOCK_N": config.BLOCK_N, "BLOCK_K": config.BLOCK_K,
-                "GROUP_M": config.GROUP_M}
+                "GROUP_M": config.GROUP_M, "ALIGN_M": self.alignment}
         return {
             "route": {"K": attrs.top_k, "SIGMOID": attrs.scoring == "sigmoid", "NORMALIZE": bool(attrs.normalize_topk),
                       "ROUTED_SCALING": float(attrs.routed_scaling), "HAS_SCORE_BIAS": score_bias,
                       "N_GROUP": self.n_group, "TOPK_GROUP": attrs.topk_group,
                       "GROUP_SUM_TOP2": attrs.group_scoring == "sum_top2", "SINGLE_CHUNK": self.single_chunk,
-                      "HIDDEN": self.hidden, "BLOCK_M": config.BLOCK_M, "BLOCK_B": SCAN_BLOCKS,
+                      "HIDDEN": self.hidden, "ALIGN_M": self.alignment, "BLOCK_B": SCAN_BLOCKS,
                       "BLOCK_T": self.block_t, "BLOCK_E": self.block_e, "BLOCK_G": self.block_g,
                       "BLOCK_HC": ROUTE_BLOCK_HC},
-            "scan": {"BLOCK_M": config.BLOCK_M, "BLOCK_C": SCAN_CHUNKS, "BLOCK_E": self.block_e,
+            "scan": {"ALIGN_M": self.alignment, "BLOCK_C": SCAN_CHUNKS, "BLOCK_E": self.block_e,
                      "BLOCK_B": SCAN_BLOCKS},
             "scatter": {"SLOTS_PER_CHUNK": self.slots_per_chunk, "BLOCK_S": next_power_of_2(self.slots_per_chunk)},
             "gate_up": {"SWIGLU_ALPHA": float(attrs.swiglu_alpha), "SWIGLU_LIMIT": float(attrs.swiglu_limit),

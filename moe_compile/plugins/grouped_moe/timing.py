@@ -56,9 +56,10 @@ def eager_us(fn: Callable[[], object], reps: int = 10, rounds: int = 5) -> float
     return _median_us(run, reps, rounds)
 
 
-def wall_us(fn: Callable[[], object], reps: int = 1) -> float:
+def wall_us(fn: Callable[[], object], reps: int = 1, warm_up: bool = True) -> float:
     """Host wall-clock microseconds per call: for CPU runs (Triton's interpreter) only."""
-    fn()
+    if warm_up:
+        fn()
     start = time.perf_counter()
     for _ in range(reps):
         fn()

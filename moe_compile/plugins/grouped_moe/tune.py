@@ -7,12 +7,19 @@ a candidate whose output differs from the default configuration's (beyond bf16 r
 that does not fit the device (shared memory, registers), is dropped; the rest are timed from a
 CUDA graph. The winners go to configs/E=..,N=..,device_name=...json, which `lookup_config`
 reads. Run it on the device the table is for.
+
+`--max-seconds` bounds the search: each token count gets an equal share of the time, tries the
+default config first and then the others in a seeded random order until its share is spent, so
+a short search samples the whole space instead of one corner of it. `--dry-run` runs the same
+search on CPU in Triton's interpreter (TRITON_INTERPRET=1), fp32, timed by the host clock.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,22 +66,37 @@ def make_inputs(tokens: int, shape: Shape, device: str, dtype: torch.dtype, seed
             "w_down": (torch.randn(e, h, i, generator=g, device=device) / i ** 0.5).to(dtype)}
 
 
+def search_order(tokens: int, shape: Shape, space: Iterable[KernelConfig]) -> list[KernelConfig]:
+    """The default config, then the other candidates in a random order seeded by the token count."""
+    default = default_config(tokens, shape.experts, shape.top_k)
+    others = [c for c in candidates_for(tokens, shape, space) if c != default]
+    random.Random(tokens).shuffle(others)
+    return [default, *others]
+
+
 def tune(shape: Shape, token_counts: Iterable[int], space: list[KernelConfig], measure: Callable,
          device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
-         on_result: Callable[[int, KernelConfig, float], None] | None = None) -> dict[int, KernelConfig]:
-    """{token count: fastest correct config}; `measure(fn)` times a callable in microseconds."""
+         on_result: Callable[[int, KernelConfig, float], None] | None = None,
+         max_seconds: float | None = None) -> dict[int, KernelConfig]:
+    """{token count: fastest correct config}; `measure(fn)` times a callable in microseconds.
+    With `max_seconds`, each token count stops trying candidates once its share is spent."""
     from triton.runtime.errors import OutOfResources
 
     from .launcher import grouped_moe_triton
 
     attrs = GroupedMoEAttributes(top_k=shape.top_k)
+    token_counts = list(token_counts)
+    started = time.monotonic()
     table = {}
-    for tokens in token_counts:
+    for index, tokens in enumerate(token_counts):
+        stop = None if max_seconds is None else started + max_seconds * (index + 1) / len(token_counts)
         inputs = make_inputs(tokens, shape, device, dtype)
         want = grouped_moe_triton(**inputs, attrs=attrs, config=default_config(tokens, shape.experts, shape.top_k))
         tolerance = 4e-2 * want.float().abs().max().item() if dtype != torch.float32 else 1e-4
         best = None
-        for config in candidates_for(tokens, shape, space):
+        for config in search_order(tokens, shape, space):
+            if best is not None and stop is not None and time.monotonic() > stop:
+                break
             def run(config=config, inputs=inputs):
                 return grouped_moe_triton(**inputs, attrs=attrs, config=config)
             try:
@@ -100,6 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, required=True)
     parser.add_argument("--tokens", type=int, nargs="+", default=list(TOKEN_COUNTS))
     parser.add_argument("--quick", action="store_true", help="a smaller search space (128 configs)")
+    parser.add_argument("--max-seconds", type=float, help="bound the whole search (shared among the token counts)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="no GPU: the same search on CPU in Triton's interpreter (TRITON_INTERPRET=1), fp32")
     parser.add_argument("--out-dir", type=Path, default=CONFIG_DIR)
     return parser.parse_args(argv)
 
@@ -108,10 +133,15 @@ def main(argv: list[str] | None = None) -> Path:
     from rich.console import Console
     from rich.progress import Progress
 
-    from .timing import cuda_graph_us
+    from .launcher import device_name
+    from .timing import cuda_graph_us, wall_us
 
     args = parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.dry_run:
+        device, dtype, measure = "cpu", torch.float32, wall_us
+    elif torch.cuda.is_available():
+        device, dtype, measure = "cuda", torch.bfloat16, cuda_graph_us
+    else:
         raise BackendUnavailable("tuning needs a CUDA GPU: run it on the device the table is for")
     shape = Shape(args.experts, args.hidden, args.inter, args.top_k)
     console = Console(stderr=True)
@@ -122,8 +152,9 @@ def main(argv: list[str] | None = None) -> Path:
             progress.advance(task)
             console.print(f"T={tokens}: {time_us:.1f} us  {config.as_dict()}")
 
-        table = tune(shape, args.tokens, search_space(args.quick), cuda_graph_us, on_result=report)
-    path = args.out_dir / config_file_name(shape.experts, shape.inter, torch.cuda.get_device_name())
+        table = tune(shape, args.tokens, search_space(args.quick), measure, device=device, dtype=dtype,
+                     on_result=report, max_seconds=args.max_seconds)
+    path = args.out_dir / config_file_name(shape.experts, shape.inter, device_name(torch.device(device)))
     write_table(path, table)
     console.print(f"wrote {path}")
     return path

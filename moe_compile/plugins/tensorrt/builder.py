@@ -4,8 +4,13 @@ node running as our plugins.
     check the request (file, --out, sizes, precision; no TensorRT needed)
     -> TensorRT and a GPU here? -> load the ONNX -> expand each GroupedMoE node into plugin nodes
     -> register the plugins -> strongly typed network from TensorRT's ONNX parser
-    -> one optimization profile (batch, sequence, past) -> timing cache in -> build (progress on
+    -> two optimization profiles, decode and prefill (batch, sequence, past) -> timing cache in -> build (progress on
     stderr) -> timing cache out -> inspect the engine -> write engine.plan, only now, atomically
+
+Two optimization profiles, one per token bucket, because the grouped-MoE GEMM stages choose their
+kernel config (BLOCK_M included) as a TensorRT tactic, and TensorRT times tactics per profile:
+"decode" (one new token per sequence, tuned at a full batch) and "prefill" (every shape, tuned at
+one sequence of the whole context); the runner takes the first profile that holds its inputs.
 
 A strongly typed network keeps every tensor's type from the ONNX file, so the precision is the
 export's (`export --dtype fp16` builds an fp16 engine); `--precision` states what the user
@@ -111,6 +116,15 @@ def axis_ranges(max_batch: int, max_seq: int) -> dict[str, AxisRange]:
             PAST: AxisRange(0, past_opt, max_seq - 1), TOTAL: AxisRange(1, past_opt + 1, max_seq)}
 
 
+def profile_ranges(max_batch: int, max_seq: int) -> dict[str, dict[str, AxisRange]]:
+    """The optimization profiles, in the order the runner tries them: decode (a single new token
+    per sequence) first, then prefill, which holds every shape the engine serves."""
+    full = axis_ranges(max_batch, max_seq)
+    return {"decode": full | {SEQUENCE: AxisRange(1, 1, 1)},
+            "prefill": full | {BATCH: AxisRange(1, 1, max_batch), SEQUENCE: AxisRange(1, max_seq, max_seq),
+                               PAST: AxisRange(0, 0, max_seq - 1), TOTAL: AxisRange(1, max_seq, max_seq)}}
+
+
 @dataclass(frozen=True)
 class ShapeRange:
     min: tuple[int, ...]
@@ -133,10 +147,12 @@ def _axis_symbols(inputs) -> dict[str, str]:
     return symbols
 
 
-def profile_shapes(inputs, max_batch: int, max_seq: int) -> dict[str, ShapeRange]:
+def profile_shapes(inputs, max_batch: int, max_seq: int,
+                   ranges: dict[str, AxisRange] | None = None) -> dict[str, ShapeRange]:
     """min/opt/max shapes of every input with a dynamic axis (ONNX ValueInfos of the graph's
-    inputs, initializers excluded). A dynamic axis that is not a decoder axis is refused."""
-    ranges = axis_ranges(max_batch, max_seq)
+    inputs, initializers excluded), for `ranges` (default: axis_ranges). A dynamic axis that is
+    not a decoder axis is refused."""
+    ranges = ranges or axis_ranges(max_batch, max_seq)
     symbols = _axis_symbols(inputs)
     shapes = {}
     for value in inputs:
@@ -200,7 +216,7 @@ class BuildSummary:
     device_memory_bytes: int
     engine_bytes: int
     build_seconds: float
-    profile: dict[str, dict[str, list[int]]]
+    profiles: dict[str, dict[str, dict[str, list[int]]]]  # profile -> input -> min/opt/max
     timing_cache: str | None = None
     grouped_moe_nodes: int = 0
 
@@ -244,7 +260,9 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str | Non
     onnx_path, out = Path(onnx_path), Path(out)
     header = read_onnx_header(onnx_path)
     found = check_precision(precision, onnx_precision(header), onnx_path)
-    shapes = profile_shapes(graph_inputs(header), max_batch, max_seq)
+    inputs = graph_inputs(header)
+    shapes = {name: profile_shapes(inputs, max_batch, max_seq, ranges)
+              for name, ranges in profile_ranges(max_batch, max_seq).items()}
     check_writable(out)
     if timing_cache is not None:
         if Path(timing_cache).is_dir():
@@ -252,7 +270,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str | Non
         check_writable(timing_cache)
     trt = require_tensorrt("build")
     started = time.perf_counter()
-    model = _load_expanded(onnx_path, opt_tokens=max_batch * axis_ranges(max_batch, max_seq)[SEQUENCE].opt)
+    model = _load_expanded(onnx_path, max_tokens=max_batch * max_seq)
     from moe_compile.plugins.tensorrt.plugin import register_plugins
 
     register_plugins()
@@ -279,7 +297,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str | Non
     return summary
 
 
-def _load_expanded(onnx_path: Path, opt_tokens: int):
+def _load_expanded(onnx_path: Path, max_tokens: int):
     """The ONNX model with its weights, each GroupedMoE node replaced by the plugin nodes."""
     import onnx
 
@@ -289,7 +307,7 @@ def _load_expanded(onnx_path: Path, opt_tokens: int):
         model = onnx.load(str(onnx_path))
     except Exception as exc:  # a missing or truncated external-data file
         raise InvalidInput(f"{onnx_path}: cannot read its weights ({one_line(exc)})") from None
-    return expand_grouped_moe(model, opt_tokens=opt_tokens)
+    return expand_grouped_moe(model, max_tokens=max_tokens)
 
 
 @contextlib.contextmanager
@@ -342,17 +360,18 @@ def _parse(trt, log, staged: Path, onnx_path: Path):
     return builder, network, parser
 
 
-def _config(trt, builder, shapes: dict[str, ShapeRange], timing_cache: str | Path | None):
+def _config(trt, builder, shapes: dict[str, dict[str, ShapeRange]], timing_cache: str | Path | None):
     config = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector then describes each layer
     tf32 = getattr(trt.BuilderFlag, "TF32", None)
     if tf32 is not None:  # fp32 means fp32, as in our kernels (no TF32 in matrix products)
         config.clear_flag(tf32)
-    if shapes:
-        profile = builder.create_optimization_profile()
-        for name, shape in shapes.items():
-            profile.set_shape(name, shape.min, shape.opt, shape.max)
-        config.add_optimization_profile(profile)
+    for one_profile in shapes.values():  # profile index i: the i-th of profile_ranges
+        if one_profile:
+            profile = builder.create_optimization_profile()
+            for name, shape in one_profile.items():
+                profile.set_shape(name, shape.min, shape.opt, shape.max)
+            config.add_optimization_profile(profile)
     cached = Path(timing_cache).read_bytes() if timing_cache is not None and Path(timing_cache).is_file() else b""
     cache = config.create_timing_cache(cached)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
@@ -397,7 +416,7 @@ def _progress(trt, config, enabled: bool):
 
 
 def _inspect(trt, log, engine_bytes: bytes, model, onnx_path: Path, out: Path, precision: str | None,
-             shapes: dict[str, ShapeRange]) -> BuildSummary:
+             shapes: dict[str, dict[str, ShapeRange]]) -> BuildSummary:
     engine = trt.Runtime(log).deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise InvalidInput(f"TensorRT built {onnx_path} but cannot load the engine: {log.last_error()}")
@@ -407,5 +426,5 @@ def _inspect(trt, log, engine_bytes: bytes, model, onnx_path: Path, out: Path, p
     return BuildSummary(
         onnx=str(onnx_path), engine=str(out), precision=precision, tensorrt=trt.__version__, layers=layers,
         plugin_layers=plugins, device_memory_bytes=int(engine.device_memory_size_v2), engine_bytes=len(engine_bytes),
-        build_seconds=0.0, profile={name: {"min": list(s.min), "opt": list(s.opt), "max": list(s.max)}
-                                    for name, s in shapes.items()})
+        build_seconds=0.0, profiles={profile: {name: {"min": list(s.min), "opt": list(s.opt), "max": list(s.max)}
+                                               for name, s in inputs.items()} for profile, inputs in shapes.items()})

@@ -4,7 +4,7 @@
 TensorRT's AOT plugins run one kernel each and have no workspace, so before parsing, each node
 becomes the six stage nodes of stages.py (op_type = plugin name, domain and plugin_namespace
 moe_compile, plugin_version 1, aot = 1 so that the ONNX parser asks for the AOT implementation),
-joined by the scratch tensors, all carrying the layer's attributes and its BLOCK_M, after a
+joined by the scratch tensors, all carrying the layer's attributes and its block_m, after a
 Cast of the router logits to fp32 (what Route reads). An absent optional input becomes a
 one-element initializer the kernel never reads.
 
@@ -24,24 +24,26 @@ from moe_compile.errors import InvalidInput
 from moe_compile.export.schema import DOMAIN, INPUTS, OP_TYPE
 from moe_compile.plugins.grouped_moe.attributes import GroupedMoEAttributes
 from moe_compile.dtypes import PRECISIONS, element_type
-from moe_compile.plugins.grouped_moe.configs import default_config
 
-from .stages import ATTRIBUTE_TYPES, NODE_INPUTS, NODE_OUTPUT, PLUGIN_NAMESPACE, PLUGIN_VERSION, STAGES, StageLayer
+from .stages import (ATTRIBUTE_TYPES, NODE_INPUTS, NODE_OUTPUT, PLUGIN_NAMESPACE, PLUGIN_VERSION, STAGES, StageLayer,
+                     engine_block_m)
 
 _FLOAT_TYPES = {element_type(short=name).onnx: element_type(short=name).ort for name in PRECISIONS}
 _PLUGIN_ATTRIBUTES = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION, "aot": 1}
 
 
-def expand_grouped_moe(model: onnx.ModelProto, *, opt_tokens: int = 64) -> onnx.ModelProto:
+def expand_grouped_moe(model: onnx.ModelProto, *, max_tokens: int = 8192) -> onnx.ModelProto:
     """`model` with each GroupedMoE node replaced by its six stage nodes (changed in place and
-    returned: the weights are not copied). BLOCK_M, which sizes the scratch tensors, is the
-    default config's for `opt_tokens` tokens. A model without GroupedMoE nodes is returned as is."""
+    returned: the weights are not copied). block_m, which aligns and sizes the scratch tensors, is
+    stages.engine_block_m for `max_tokens` tokens a call (the engine's largest), so that the GEMM
+    stages can take any smaller BLOCK_M dividing it as a tactic, per optimization profile.
+    A model without GroupedMoE nodes is returned as is."""
     graph = model.graph
     grouped = [node for node in graph.node if node.domain == DOMAIN and node.op_type == OP_TYPE]
     if not grouped:
         return model
     shapes = _static_shapes(graph)
-    layers = [_checked_layer(node, shapes, opt_tokens) for node in grouped]  # all checks before any change
+    layers = [_checked_layer(node, shapes, max_tokens) for node in grouped]  # all checks before any change
     register_stage_schemas()
     expanded = []
     for node in graph.node:
@@ -71,7 +73,7 @@ def _attribute_values(node: onnx.NodeProto) -> dict:
     return {name: value.decode() if isinstance(value, bytes) else value for name, value in values.items()}
 
 
-def _checked_layer(node: onnx.NodeProto, shapes: dict, opt_tokens: int) -> tuple[StageLayer, int]:
+def _checked_layer(node: onnx.NodeProto, shapes: dict, max_tokens: int) -> tuple[StageLayer, int]:
     """(the node's StageLayer, its weights' ONNX element type), or InvalidInput naming the node."""
     def refuse(why: str) -> InvalidInput:
         return InvalidInput(f"node '{node.name}': {why}")
@@ -83,6 +85,8 @@ def _checked_layer(node: onnx.NodeProto, shapes: dict, opt_tokens: int) -> tuple
     (experts, two_inter, hidden), dtype = shapes[inputs["w_gate_up"]]
     if shapes[inputs["w_down"]][0] != (experts, hidden, two_inter // 2) or two_inter % 2:
         raise refuse(f"w_down {shapes[inputs['w_down']][0]} does not match w_gate_up {(experts, two_inter, hidden)}")
+    if two_inter * hidden >= 2 ** 31:  # stride_we, which TensorRT passes as an int32 (the kernels widen the products)
+        raise refuse(f"one expert's gate_up matrix has {two_inter * hidden} elements; the plugins take at most 2^31 - 1")
     if dtype not in _FLOAT_TYPES:
         raise refuse(f"weights of ONNX element type {dtype}; the plugins take float32, float16 or bfloat16")
     values = _attribute_values(node)
@@ -95,7 +99,7 @@ def _checked_layer(node: onnx.NodeProto, shapes: dict, opt_tokens: int) -> tuple
         attrs.validate(experts)
     except (InvalidInput, TypeError) as exc:
         raise refuse(str(exc)) from exc
-    block_m = default_config(opt_tokens, experts, attrs.top_k).BLOCK_M
+    block_m = engine_block_m(experts, attrs.top_k, max_tokens)
     present = {name: bool(inputs.get(name)) for name in ("score_bias", "b_gate_up", "b_down")}
     return StageLayer(attrs, experts, hidden, two_inter // 2, block_m, has_score_bias=present["score_bias"],
                       has_gate_up_bias=present["b_gate_up"], has_down_bias=present["b_down"]), dtype

@@ -89,7 +89,9 @@ ATTRIBUTE_TYPES = _layer_attribute_types()
 @dataclass(frozen=True)
 class StageLayer:
     """What the six nodes of one layer know: the op's attributes, the layer's shape, the
-    optional inputs present, and BLOCK_M (fixed at expansion: it sizes the scratch tensors)."""
+    optional inputs present, and block_m, the rows each expert's group is padded to (fixed at
+    expansion: it sizes the scratch tensors). The GEMM stages' tactics may use any BLOCK_M that
+    divides it, so TensorRT can pick a small one for a decode profile and block_m for prefill."""
 
     attrs: GroupedMoEAttributes
     experts: int
@@ -124,18 +126,20 @@ class StageLayer:
                    bool(values["has_score_bias"]), bool(values["has_gate_up_bias"]), bool(values["has_down_bias"]))
 
     def config(self, gemm: KernelConfig | None = None) -> KernelConfig:
-        """The GEMM config of a tactic, or (stages without a GEMM) any config with this BLOCK_M."""
+        """The GEMM config of a tactic, or (stages without a GEMM) the first tactic's."""
         config = gemm or self.gemm_configs()[0]
-        if config.BLOCK_M != self.block_m:
-            raise InvalidInput(f"config BLOCK_M={config.BLOCK_M} differs from the layer's block_m={self.block_m}")
+        if self.block_m % config.BLOCK_M:
+            raise InvalidInput(f"config BLOCK_M={config.BLOCK_M} does not divide the layer's block_m={self.block_m}")
         return config
 
     def gemm_configs(self, tuned: dict[int, KernelConfig] | None = None) -> list[KernelConfig]:
         """The GEMM configs offered as tactics (tactic i + 1 is entry i): the tuned table's
-        entries with this BLOCK_M, then the untuned defaults, made to this BLOCK_M."""
+        entries whose BLOCK_M divides block_m, then the untuned defaults (decode to prefill), a
+        BLOCK_M that does not divide block_m made block_m."""
         defaults = [default_config(tokens, self.experts, self.attrs.top_k) for tokens in (1, 1024, 16384)]
-        candidates = [c for c in (tuned or {}).values() if c.BLOCK_M == self.block_m]
-        candidates += [dataclasses.replace(c, BLOCK_M=self.block_m) for c in defaults]
+        candidates = [c for c in (tuned or {}).values() if self.block_m % c.BLOCK_M == 0]
+        candidates += [c if self.block_m % c.BLOCK_M == 0 else dataclasses.replace(c, BLOCK_M=self.block_m)
+                       for c in defaults]
         return list(dict.fromkeys(candidates))
 
     def tokens(self, stage: Stage, first_dim):
@@ -146,7 +150,7 @@ class StageLayer:
         """The multi-chunk plan (the engine's token count is only known at run time)."""
         return LaunchPlan(tokens=tokens, experts=self.experts, hidden=self.hidden, inter=self.inter,
                           top_k=self.attrs.top_k, n_group=self.attrs.n_group if self.attrs.group_limited else 1,
-                          config=self.config(config), decode_shortcut=False, ops=ops)
+                          config=self.config(config), decode_shortcut=False, align_m=self.block_m, ops=ops)
 
     def tensors(self, plan: LaunchPlan) -> dict[str, tuple[tuple, str]]:
         """Every tensor of the pipeline: name -> (shape, dtype), dtype "act" being the activations'."""
@@ -168,10 +172,10 @@ class StageLayer:
             "route": {"num_tokens": plan.tokens, "num_experts": e, "stride_logits": e, "stride_hidden": h},
             "scan": {"num_chunks": plan.chunks, "num_experts": e, "max_blocks": plan.max_blocks},
             "scatter": {"num_slots": plan.slots, "num_experts": e},
-            "gate_up": {"top_k": self.attrs.top_k, "num_experts": e, "max_blocks": plan.max_blocks,
+            "gate_up": {"top_k": self.attrs.top_k, "num_experts": e, "max_blocks": plan.gemm_blocks,
                         "stride_we": 2 * i * h, "stride_wn": h, "stride_wk": 1,
                         "stride_be": 2 * i if self.has_gate_up_bias else 0},
-            "down": {"num_experts": e, "max_blocks": plan.max_blocks, "stride_we": h * i, "stride_wn": i,
+            "down": {"num_experts": e, "max_blocks": plan.gemm_blocks, "stride_we": h * i, "stride_wn": i,
                      "stride_wk": 1, "stride_be": h if self.has_down_bias else 0},
             "combine": {"hidden_size": h},
         }
@@ -200,6 +204,12 @@ class StageLaunch:
     outputs: dict[str, tuple[tuple, str]]
     constexprs: dict[str, object]
     options: dict[str, int]
+
+
+def engine_block_m(experts: int, top_k: int, max_tokens: int) -> int:
+    """A layer's block_m in an engine serving up to `max_tokens` tokens a call: the BLOCK_M of the
+    default config at that count, the largest any token bucket's config takes (smaller ones divide it)."""
+    return default_config(max_tokens, experts, top_k).BLOCK_M
 
 
 def stage_named(plugin: str) -> Stage:

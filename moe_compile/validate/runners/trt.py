@@ -34,7 +34,9 @@ def load_engine(path: str | Path):
 class TensorRTRunner:
     """An engine behind the runner interface: each input copied to the GPU in the engine's type,
     its shape set, the outputs allocated at the shapes TensorRT infers from them, one
-    `execute_async_v3` on a stream of our own (TensorRT warns about the default stream)."""
+    `execute_async_v3` on a stream of our own (TensorRT warns about the default stream). The
+    optimization profile is the first that holds the inputs' shapes (builder.profile_ranges:
+    decode, then prefill), so each token bucket runs the tactics TensorRT chose for it."""
 
     name = "tensorrt"
 
@@ -54,13 +56,22 @@ class TensorRTRunner:
         self.dtypes = {n: getattr(torch, _TORCH_TYPES[self.engine.get_tensor_dtype(n).name]) for n in names}
         self.stream = torch.cuda.Stream()
         self._empty = torch.empty(1, device="cuda")  # the address given for a tensor with no elements
+        self.profile = 0  # a new context starts on profile 0
 
     def _address(self, tensor: torch.Tensor) -> int:
         return tensor.data_ptr() if tensor.numel() else self._empty.data_ptr()
 
+    def _use_profile(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        ranges = [{name: [tuple(s) for s in self.engine.get_tensor_profile_shape(name, index)] for name in shapes}
+                  for index in range(self.engine.num_optimization_profiles)]
+        index = profile_for(shapes, ranges)
+        if index is not None and index != self.profile:
+            self.context.set_optimization_profile_async(index, self.stream.cuda_stream)
+            self.profile = index
+
     def _set_input(self, name: str, tensor: torch.Tensor) -> None:
         if not self.context.set_input_shape(name, tuple(tensor.shape)):
-            low, _, high = (tuple(shape) for shape in self.engine.get_tensor_profile_shape(name, 0))
+            low, _, high = (tuple(shape) for shape in self.engine.get_tensor_profile_shape(name, self.profile))
             raise InvalidInput(f"{self.path}: input '{name}' of shape {tuple(tensor.shape)} is outside the engine's "
                                f"profile ({low} to {high}); build it with a larger --max-batch or --max-seq")
         self.context.set_tensor_address(name, self._address(tensor))
@@ -69,6 +80,7 @@ class TensorRTRunner:
         with torch.cuda.stream(self.stream):
             inputs = {name: torch.from_numpy(np.ascontiguousarray(feed[name])).to("cuda", self.dtypes[name])
                       for name in self.input_names}
+            self._use_profile({name: tuple(tensor.shape) for name, tensor in inputs.items()})
             for name, tensor in inputs.items():
                 self._set_input(name, tensor)
             outputs = {name: torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
@@ -79,6 +91,16 @@ class TensorRTRunner:
                 raise RuntimeError(f"TensorRT could not run {self.path}")
         self.stream.synchronize()
         return {name: (out.float() if out.is_floating_point() else out).cpu().numpy() for name, out in outputs.items()}
+
+
+def profile_for(shapes: dict[str, tuple[int, ...]], ranges: list[dict[str, list[tuple[int, ...]]]]) -> int | None:
+    """The first profile whose (min, opt, max) of every input holds its shape; None if none does.
+    Inputs without a dynamic axis report the same shape for min and max, so they always fit."""
+    def holds(profile: dict[str, list[tuple[int, ...]]]) -> bool:
+        return all(len(shape) == len(low) and all(lo <= d <= hi for d, lo, hi in zip(shape, low, high, strict=True))
+                   for name, shape in shapes.items() for low, _, high in [profile[name]])
+
+    return next((index for index, profile in enumerate(ranges) if holds(profile)), None)
 
 
 # tensorrt.DataType member name -> torch dtype name (moe_compile/dtypes.py)
