@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tiny_models
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_models, marker_requirements
+
+from marker_requirements import tensorrt_missing, tensorrt_rtx_missing  # noqa: E402
 
 
 def pytest_configure(config):
@@ -20,35 +22,11 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _tensorrt_missing() -> str | None:
-    """Why the `tensorrt` tests cannot run here: they need NVIDIA's full TensorRT (the module
-    `tensorrt` with `tensorrt.plugin`, >= 10.8). TensorRT-RTX (module `tensorrt_rtx`, what CI
-    installs) is another package without tensorrt.plugin; its tests use the `tensorrt_rtx` marker."""
-    import importlib.util
-
-    from moe_compile.plugins.tensorrt import MIN_TENSORRT, MIN_TENSORRT_TEXT, tensorrt_version
-
-    if importlib.util.find_spec("tensorrt") is None:
-        rtx = " (TensorRT-RTX is, but it is not TensorRT)" if importlib.util.find_spec("tensorrt_rtx") else ""
-        return f"needs NVIDIA TensorRT >= {MIN_TENSORRT_TEXT} (module tensorrt): not installed{rtx}"
-    import tensorrt
-
-    if tensorrt_version(tensorrt) < MIN_TENSORRT:
-        return f"needs NVIDIA TensorRT >= {MIN_TENSORRT_TEXT} (tensorrt.plugin); {tensorrt.__version__} is installed"
-    return None
-
-
-def _tensorrt_rtx_missing() -> str | None:
-    import importlib.util
-
-    return None if importlib.util.find_spec("tensorrt_rtx") else "needs TensorRT-RTX (pip install tensorrt-rtx-cu13)"
-
-
 def pytest_collection_modifyitems(config, items):
     reasons = {
         "gpu": None if _has_cuda() else "no CUDA GPU on this machine",
-        "tensorrt": _tensorrt_missing(),
-        "tensorrt_rtx": _tensorrt_rtx_missing(),
+        "tensorrt": tensorrt_missing(),
+        "tensorrt_rtx": tensorrt_rtx_missing(),
         "slow": None if os.environ.get("MOE_COMPILE_SLOW") == "1" else "slow test: set MOE_COMPILE_SLOW=1",
     }
     for item in items:

@@ -5,7 +5,7 @@ import importlib.util
 import sys
 import types
 
-import conftest
+import marker_requirements
 
 
 def _only(monkeypatch, *present):
@@ -22,14 +22,14 @@ def _only(monkeypatch, *present):
 
 def test_tensorrt_rtx_alone_does_not_satisfy_the_tensorrt_marker(monkeypatch):
     _only(monkeypatch, "tensorrt_rtx")
-    reason = conftest._tensorrt_missing()
+    reason = marker_requirements.tensorrt_missing()
     assert "module tensorrt" in reason and "TensorRT-RTX is, but it is not TensorRT" in reason
-    assert conftest._tensorrt_rtx_missing() is None
+    assert marker_requirements.tensorrt_rtx_missing() is None
 
 
 def test_an_old_tensorrt_does_not_satisfy_it(monkeypatch):
     _only(monkeypatch, "tensorrt")
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
-    assert "10.3.0 is installed" in conftest._tensorrt_missing()
+    assert "10.3.0 is installed" in marker_requirements.tensorrt_missing()
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9.0"))
-    assert conftest._tensorrt_missing() is None
+    assert marker_requirements.tensorrt_missing() is None
