@@ -211,9 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-timeout", type=_positive_float, default=120.0, help="seconds to wait for ready")
     p.add_argument("--json", action="store_true", help="print the addresses as one JSON line")
 
-    p = command("eval", "held-out perplexity, optionally under a plan", _run("eval:run_eval"))
+    p = command("eval", "held-out perplexity, optionally under a plan or of an ONNX export", _run("eval:run_eval"))
     _model_arg(p)
     p.add_argument("--plan", help="a plan.json: score the model at its per-layer top-k")
+    p.add_argument("--onnx", help="an ONNX export of MODEL (target onnxruntime or onnx, fp32 or fp16): score it in "
+                   "ONNX Runtime")
     p.add_argument("--text", help="UTF-8 text to score (default: the model folder's heldout.txt, else the demo's)")
     p.add_argument("--json", action="store_true")
     return parser

@@ -29,6 +29,12 @@ class OnnxRuntimeRunner:
         self.input_names = list(self.input_types)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        """The decoder's past_key_values.* inputs with no cached positions. Their layout is
+        [batch, heads, past, head size] (export/decoder.py); heads and head size are static in the graph."""
+        return {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), dtype=_NUMPY_TYPES[i.type])
+                for i in self.session.get_inputs() if i.name.startswith("past_key_values.")}
+
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         typed = {name: value.astype(_NUMPY_TYPES.get(self.input_types[name], value.dtype))
                  for name, value in feed.items()}
