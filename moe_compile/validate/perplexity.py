@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_compile.errors import InvalidInput, one_line
+from moe_compile.finite import check_finite_values
 
 WINDOW = 128
 BATCH = 16
@@ -71,6 +72,7 @@ def perplexity(model: torch.nn.Module, token_windows: torch.Tensor, vocab_size: 
         loss, tokens = window_loss(model, token_windows[start:start + batch])
         total, count = total + loss, count + tokens
     mean = total / count
+    check_finite_values({"the mean next-token loss": mean}, f"perplexity over {count} tokens")
     return Perplexity(perplexity=math.exp(mean), loss=mean, tokens=count, vocab_size=vocab_size)
 
 
