@@ -61,3 +61,46 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+class Staging:
+    """The outputs of one command, written under a staging folder beside them and moved into
+    place together by `commit`; see `all_or_none`."""
+
+    def __init__(self, folder: Path, root: Path) -> None:
+        self.folder = folder  # where the outputs go
+        self.root = root  # where they are written first
+        self.committed = False
+
+    def path(self, target: str | os.PathLike) -> Path:
+        """Where to write `target` (a file in `folder`) until the commit: same name, staged."""
+        target = Path(target)
+        if target.parent.resolve() != self.folder.resolve():
+            raise ValueError(f"{target} is not in {self.folder}")  # a bug, not bad input
+        return self.root / target.name
+
+    def commit(self) -> list[Path]:
+        """Move every staged file onto its target (signals wait until all are moved)."""
+        interrupts.raise_if_received()
+        moved = []
+        with interrupts.deferred():
+            for staged in sorted(self.root.iterdir()):
+                os.replace(staged, self.folder / staged.name)
+                moved.append(self.folder / staged.name)
+        self.committed = True
+        return moved
+
+
+@contextlib.contextmanager
+def all_or_none(*targets: str | os.PathLike) -> Iterator[Staging]:
+    """For a command that writes several files into one folder: write them to `staging.path(t)`
+    and call `staging.commit()` when all are good. An error, a signal or a block that ends
+    without the commit removes every staged file; the targets keep what they held before.
+    Each target is checked writable first, before any work."""
+    paths = [check_writable(target) for target in targets]
+    folder = paths[0].parent
+    root = Path(tempfile.mkdtemp(prefix=f".{paths[0].name}.staging.", dir=folder))
+    try:
+        yield Staging(folder, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import shlex
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from moe_compile import __version__, interrupts
 from moe_compile.dtypes import PRECISIONS
@@ -253,6 +255,19 @@ def _signals_interrupt():
             signal.signal(signum, handler)
 
 
+def os_error_line(exc: OSError) -> str:
+    """`[Errno 28] No space left on device: '/x/.model.onnx.staging.ab12/model.onnx'` -> one line
+    naming a path the user knows: the staged files are gone by now (atomic.py), so the nearest
+    folder that still exists."""
+    if not exc.filename:
+        return one_line(exc)
+    path = Path(exc.filename)
+    if exc.errno != errno.ENOENT:
+        while not path.exists() and path.parent != path:
+            path = path.parent
+    return f"{exc.strerror or one_line(exc)}: {path}"
+
+
 def _interrupted() -> int:
     name = interrupts.received() or "SIGINT"
     print(f"moe-compile: interrupted ({name}); outputs left as they were", file=sys.stderr)
@@ -276,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted()
         print(f"moe-compile: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the machine refused a read or write: a full disk, a read-only mount, permissions
+        if interrupts.received():
+            return _interrupted()
+        print(f"moe-compile: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
     except Exception:
         if interrupts.received():
             return _interrupted()
