@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from moe_compile.atomic import writing_into
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
 
@@ -18,8 +19,10 @@ from .parity_table import print_parity
 
 
 def run_export(args: argparse.Namespace) -> int:
-    result = export_with_progress(load_moe_model(args.model), args.out, target=args.target, plan=args.plan,
-                                  dtype=args.dtype)
+    out = Path(args.out)
+    with writing_into(out.parent, out.parent / f".{out.name}"):
+        result = export_with_progress(load_moe_model(args.model), out, target=args.target, plan=args.plan,
+                                      dtype=args.dtype)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

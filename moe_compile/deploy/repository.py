@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from moe_compile.atomic import writing_into
 from moe_compile.errors import InvalidInput, one_line
 
 from .config import (
@@ -130,8 +131,9 @@ def deploy(artifact: str | Path, repo: str | Path, name: str, backend: str | Non
                generate_config(name, signature, instances)]
 
     created = not repo.exists()
-    repo.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    with writing_into(repo, repo):
+        repo.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
     try:
         _stage_decoder(staging / name, backend, artifact, signature)
         _stage_model_py(staging / names[1], "generate.py")
@@ -142,6 +144,9 @@ def deploy(artifact: str | Path, repo: str | Path, name: str, backend: str | Non
             if (repo / model).exists():
                 shutil.rmtree(repo / model)
             (staging / model).replace(repo / model)
+    except OSError as exc:  # a full disk, a quota: nothing stays
+        shutil.rmtree(repo if created else staging, ignore_errors=True)
+        raise InvalidInput(f"cannot write into --repo {repo} ({exc.strerror or one_line(exc)})") from None
     except BaseException:
         shutil.rmtree(repo if created else staging, ignore_errors=True)
         raise

@@ -71,31 +71,29 @@ def altered_model(source: Path, folder: Path, config: dict | None = None, tensor
     return folder
 
 
-def _filled_tmpfs(mountpoint: Path) -> bool:
-    """Mount a 1 MiB tmpfs at `mountpoint` and fill it to the last byte; False where mounting is not allowed."""
+def _mount_tmpfs(mountpoint: Path) -> bool:
+    """Mount a 1 MiB tmpfs at `mountpoint`; False where this machine does not allow it."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
-                      capture_output=True, check=False).returncode != 0:
-        return False
-    with (mountpoint / ".filler").open("wb") as filler:
-        with contextlib.suppress(OSError):
-            while True:
-                filler.write(b"\0" * 4096)
-                filler.flush()
-    return True
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
+                          capture_output=True, check=False).returncode == 0
 
 
 @pytest.fixture(scope="session")
 def full_disk_root(tmp_path_factory):
-    """A folder on a full file system: a filled 1 MiB tmpfs where this machine lets us mount one
-    (root in a container, as in CI here), else None (the tests then use RLIMIT_FSIZE 0 in a
-    subprocess: every write past byte 0 fails with EFBIG, as a full disk fails with ENOSPC)."""
+    """A folder on a full file system: a 1 MiB tmpfs filled to the last page where this machine
+    lets us mount one (root in a container, as in CI here), else None (test_full_disk_without_tmpfs
+    then stands in: RLIMIT_FSIZE 0 in a subprocess, every write fails with EFBIG)."""
     mountpoint = tmp_path_factory.mktemp("full-disk")
-    if not _filled_tmpfs(mountpoint):
+    if not _mount_tmpfs(mountpoint):
         yield None
         return
-    yield mountpoint
-    subprocess.run(["umount", str(mountpoint)], check=False)
+    try:
+        with (mountpoint / ".filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
 
 
 @pytest.fixture
