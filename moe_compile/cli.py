@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: tensorrt for .plan, python (ONNX Runtime in the python backend) for .onnx")
     p.add_argument("--max-batch", type=_positive_int, default=8, help="max_batch_size of the decoder")
     p.add_argument("--instances", type=_positive_int, default=1, help="model instances per device")
+    p.add_argument("--max-new-tokens", type=_positive_int,
+                   help="server-side cap on the tokens one NAME_generate request may ask for, at most the model's "
+                        "context (default: 1024, or the context when shorter)")
     p.add_argument("--force", action="store_true", help="replace NAME and NAME_generate if the repository has them")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
 

@@ -28,12 +28,14 @@ from moe_compile.errors import InvalidInput, one_line
 
 from .config import (
     BACKENDS,
+    DEFAULT_MAX_NEW_TOKENS,
     GENERATE_SUFFIX,
     MODEL_FILES,
     check_decoder,
     config_text,
     decoder_config,
     generate_config,
+    max_positions,
 )
 from .signature import ModelSignature, engine_signature, onnx_signature
 
@@ -114,21 +116,27 @@ def _check_repo(repo: Path, names: list[str], force: bool) -> None:
 
 
 def deploy(artifact: str | Path, repo: str | Path, name: str, backend: str | None = None, max_batch: int = 8,
-           instances: int = 1, force: bool = False) -> Deployment:
+           instances: int = 1, force: bool = False, max_new_tokens: int | None = None) -> Deployment:
     artifact, repo = Path(artifact), Path(repo)
     _check_name(name)
     backend = backend or default_backend(artifact)
     if backend not in BACKENDS:
         raise InvalidInput(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
-    if max_batch < 1 or instances < 1:
-        raise InvalidInput(f"--max-batch ({max_batch}) and --instances ({instances}) must be at least 1")
+    if max_batch < 1 or instances < 1 or (max_new_tokens is not None and max_new_tokens < 1):
+        raise InvalidInput(f"--max-batch ({max_batch}), --instances ({instances}) and --max-new-tokens "
+                           f"({max_new_tokens}) must be at least 1")
     names = [name, name + GENERATE_SUFFIX]
     _check_repo(repo, names, force)
     _check_artifact(artifact)
     signature = read_signature(artifact, backend)
     check_decoder(signature, artifact)
+    context = max_positions(signature, artifact)
+    if max_new_tokens is None:
+        max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, context or DEFAULT_MAX_NEW_TOKENS)
+    elif context is not None and max_new_tokens > context:
+        raise InvalidInput(f"--max-new-tokens {max_new_tokens} is more than the model's context ({context} positions)")
     configs = [decoder_config(name, backend, signature, max_batch, instances, artifact),
-               generate_config(name, signature, instances)]
+               generate_config(name, signature, instances, max_new_tokens, context)]
 
     created = not repo.exists()
     with writing_into(repo, repo):
