@@ -50,6 +50,7 @@ def _number(parse: Callable[[str], float], accept: Callable[[float], bool], requ
 _fraction = _number(float, lambda value: 0.0 < value <= 1.0, "is outside (0, 1]")
 _positive_float = _number(float, lambda value: value > 0, "must be positive")
 _positive_int = _number(int, lambda value: value >= 1, "must be at least 1")
+_port = _number(int, lambda value: 1 <= value <= 65535, "is not a TCP port (1 to 65535)")
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -211,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", "serve a model repository with Triton Inference Server (nvidia-pytriton's tritonserver) "
                 "on 127.0.0.1 until Ctrl-C", _run("deploy:run_serve"))
     p.add_argument("--repo", required=True, help="a model repository from `moe-compile deploy`")
-    p.add_argument("--http-port", type=_positive_int, default=8000)
-    p.add_argument("--grpc-port", type=_positive_int, default=8001)
+    p.add_argument("--http-port", type=_port, default=8000)
+    p.add_argument("--grpc-port", type=_port, default=8001)
     p.add_argument("--startup-timeout", type=_positive_float, default=120.0, help="seconds to wait for ready")
     p.add_argument("--json", action="store_true", help="print the addresses as one JSON line")
 
