@@ -166,8 +166,9 @@ def _compare_runners(model: torch.nn.Module, candidate, path: Path, metadata: di
                              reference.output_names)
 
     empty = [t.float().numpy() for t in nothing]
-    tokens_ref = greedy_generate(reference, prompt.numpy(), new_tokens, empty)
-    tokens_candidate = greedy_generate(candidate, prompt.numpy(), new_tokens, empty)
+    context = getattr(model.config, "max_position_embeddings", None)
+    tokens_ref = greedy_generate(reference, prompt.numpy(), new_tokens, empty, context)
+    tokens_candidate = greedy_generate(candidate, prompt.numpy(), new_tokens, empty, context)
     differs = np.flatnonzero((tokens_ref != tokens_candidate).any(axis=0))
     report = ParityReport(
         file=str(path), runtime=candidate.name, target=metadata["moe_compile.target"], dtype=dtype,

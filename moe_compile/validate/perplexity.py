@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_compile.errors import InvalidInput, one_line
+from moe_compile.finite import check_finite_values
 
 WINDOW = 128
 BATCH = 16
@@ -80,6 +81,7 @@ def perplexity(logits_of: Logits, token_windows: torch.Tensor, vocab_size: int, 
         loss, tokens = window_loss(logits_of, token_windows[start:start + batch])
         total, count = total + loss, count + tokens
     mean = total / count
+    check_finite_values({"the mean next-token loss": mean}, f"perplexity over {count} tokens")
     return Perplexity(perplexity=math.exp(mean), loss=mean, tokens=count, vocab_size=vocab_size)
 
 
