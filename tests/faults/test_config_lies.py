@@ -4,7 +4,7 @@ size the weights do not have, and `num_hidden_layers` 2 on a 3-layer checkpoint 
 2 layers. One case per field the adapters read, on headers alone (no tensor is read)."""
 
 import pytest
-from conftest import altered_model
+from fault_helpers import altered_model
 
 
 def _double(model_type: str, key: str) -> dict:

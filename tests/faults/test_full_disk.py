@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import snapshot
+from fault_helpers import snapshot
 
 COMMANDS = {
     "profile": ["profile", "{model}", "--draws", "1", "--out", "{out}/profile.json"],

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import altered_model, snapshot
+from fault_helpers import altered_model, snapshot
 
 from moe_compile.errors import InvalidInput
 
@@ -64,11 +64,10 @@ def test_nan_sensitivity_in_a_saved_profile_is_refused(tiny_model_dirs, cli, tmp
 def test_a_perplexity_that_overflows_is_refused_not_printed():
     from moe_compile.validate.perplexity import perplexity
 
-    class Overflowing(torch.nn.Module):
-        def forward(self, input_ids):
-            logits = torch.zeros(*input_ids.shape, 8)
-            logits[..., 0] = math.inf
-            return type("Output", (), {"logits": logits})()
+    def overflowing(input_ids):
+        logits = torch.zeros(*input_ids.shape, 8)
+        logits[..., 0] = math.inf
+        return logits
 
     with pytest.raises(InvalidInput, match="perplexity over 14 tokens: the mean next-token loss is nan"):
-        perplexity(Overflowing(), torch.ones(2, 8, dtype=torch.long), vocab_size=8)
+        perplexity(overflowing, torch.ones(2, 8, dtype=torch.long), vocab_size=8)

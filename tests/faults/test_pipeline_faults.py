@@ -12,7 +12,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import snapshot
+from fault_helpers import snapshot
 
 import moe_compile.commands.export as pipeline
 from moe_compile.errors import InvalidInput
