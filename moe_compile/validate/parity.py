@@ -46,6 +46,9 @@ class ParityReport:
     generation_identical: bool
     first_generation_difference: int | None
     first_diverging_layer: int | None = None
+    # When every MoE layer is within tolerance but the outputs are not: the MoE layer whose
+    # output differs most (relative), so a failure always points somewhere.
+    largest_moe_difference_layer: int | None = None
     layer_diffs: list[OutputDiff] = field(default_factory=list)
 
     @property
@@ -127,7 +130,9 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
         tolerance = TOLERANCES[report.dtype]
         report.layer_diffs = _layer_diffs(moe_model, model, path, prefill_feed, tolerance)
         report.first_diverging_layer = next(
-            (int(d.name.split(".")[1]) for d in report.layer_diffs if not d.passed), None)
+            (_moe_layer(d) for d in report.layer_diffs if not d.passed), None)
+        if report.first_diverging_layer is None and report.layer_diffs:
+            report.largest_moe_difference_layer = _moe_layer(max(report.layer_diffs, key=lambda d: d.max_rel))
     return report
 
 
@@ -185,6 +190,11 @@ def _check_interface(candidate, reference: TorchRunner, path: Path) -> None:
     if missing:
         raise InvalidInput(f"{path} is not a decoder exported by moe-compile for this model "
                            f"(it lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})")
+
+
+def _moe_layer(diff: OutputDiff) -> int:
+    """The layer index of a `moe_output.{layer}` diff."""
+    return int(diff.name.split(".")[1])
 
 
 def _layer_diffs(moe_model: MoEModel, model: torch.nn.Module, onnx_path: Path, feed: dict,

@@ -108,21 +108,28 @@ def test_export_is_byte_identical(tiny_model_dirs, tmp_path):
     assert metadata["moe_compile.weights_sha256"] == ir.fingerprint["weights_sha256"]
 
 
-def test_validate_names_the_first_diverging_layer(tiny_model_dirs, tmp_path, capsys):
+@pytest.mark.parametrize("broken, named", [
+    ("model.model.layers.1.mlp.w_down", "first diverging MoE layer: 1"),
+    ("model.model.norm.weight", "every MoE layer is within tolerance (the largest difference at MoE layer "),
+], ids=["an MoE layer", "outside the MoE layers"])
+def test_validate_says_where_the_file_diverges(broken, named, tiny_model_dirs, tmp_path, capsys):
     ir = load_moe_model(tiny_model_dirs["olmoe"])
     export_onnx(ir, tmp_path / "model.onnx", target="onnx")
     model = onnx.load(tmp_path / "model.onnx")
-    for init in model.graph.initializer:  # break layer 1's experts in the file
-        if "layers.1." in init.name and "w_down" in init.name:
+    for init in model.graph.initializer:  # break those weights in the file (the final norm: after every MoE layer)
+        if init.name == broken:
             init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 1.5, init.name))
+            break
+    else:
+        raise AssertionError(f"no initializer {broken}")
     onnx.save(model, tmp_path / "broken.onnx")
     capsys.readouterr()
     code = main(["validate", str(tiny_model_dirs["olmoe"]), "--onnx", str(tmp_path / "broken.onnx")])
     out, err = capsys.readouterr()
     assert code == 1
-    assert err.strip().splitlines() == [
-        f"moe-compile: validate: {tmp_path / 'broken.onnx'} does not match the PyTorch reference; "
-        "first diverging MoE layer: 1"]
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"moe-compile: validate: {tmp_path / 'broken.onnx'} does not match the PyTorch reference; "
+                           + named), line
     assert "moe_output.0" in out and "NO" in out
 
 
