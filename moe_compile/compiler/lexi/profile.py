@@ -18,7 +18,7 @@ from moe_compile.compiler.fingerprint import check_same_model
 from moe_compile.compiler.ir import ExpertWeights, MoELayerSpec, MoEModel
 from moe_compile.errors import InvalidInput
 from moe_compile.finite import check_finite_values
-from moe_compile.plugins.grouped_moe import choose_experts, expert_outputs_per_slot, routing_weights
+from moe_compile.grouped_moe_op import choose_experts, expert_outputs_per_slot, routing_weights
 
 from .options import ProfileOptions
 

@@ -32,7 +32,7 @@ import numpy as np
 import onnxscript
 from onnxscript import opset18 as op
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 from .standard import FLOAT, grouped_moe_standard, ints, poison_nonfinite_tokens, route
 
