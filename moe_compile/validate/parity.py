@@ -26,6 +26,7 @@ from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.errors import InvalidInput, one_line
 from moe_compile.export.decoder import decoder_inputs, empty_past, past_names
 from moe_compile.export.lowering import TARGETS, moe_output_name
+from moe_compile.onnx_files import read_onnx_graph, read_onnx_model
 
 from .compare import OutputDiff, compare_outputs
 from .generation import greedy_generate
@@ -60,16 +61,7 @@ class ParityReport:
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
-    import onnx
-
-    if path.is_dir():
-        raise InvalidInput(f"ONNX file '{path}' is a folder")
-    if not path.is_file():
-        raise InvalidInput(f"ONNX file '{path}' does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise InvalidInput(f"{path} is not an ONNX model ({one_line(exc)})") from None
+    model = read_onnx_graph(path)
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     if "moe_compile.model_sha256" not in metadata:
         raise InvalidInput(f"{path} was not exported by moe-compile (no moe_compile metadata)")
@@ -204,7 +196,7 @@ def _layer_diffs(moe_model: MoEModel, model: torch.nn.Module, onnx_path: Path, f
     import onnx
 
     names = [moe_output_name(spec.index) for spec in moe_model.layers]
-    graph_model = onnx.load(str(onnx_path))
+    graph_model = read_onnx_model(onnx_path)
     elem_type = graph_model.graph.output[0].type.tensor_type.elem_type
     graph_model.graph.output.extend(onnx.helper.make_tensor_value_info(name, elem_type, None) for name in names)
     with tempfile.TemporaryDirectory() as folder:
