@@ -79,7 +79,8 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "quantize_speed.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_bench({"rows": rows}, RESULTS / "quantize_speed.png")
+    plot_bench({"rows": rows, "model": {"name": "onnx_speed.py model"}, "machine": report["machine"]},
+               RESULTS / "quantize_speed.png")
     print(json.dumps({"load": report["load_average_before_after"], "summary": summary}, indent=2))
 
 
