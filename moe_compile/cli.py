@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=("tensorrt", "onnxruntime", "onnx"), default="onnxruntime",
                    help="tensorrt: plugin nodes; onnxruntime: com.microsoft.MoE; onnx: standard ops only")
     p.add_argument("--dtype", choices=PRECISIONS, default="fp32")
+    p.add_argument("--quantize", metavar="int8|int4",
+                   help="weight-only quantized experts (com.microsoft.QMoE) and dense projections (MatMulNBits); "
+                        "onnxruntime target, fp32")
+    p.add_argument("--block-size", type=_positive_int,
+                   help="quantization block along the input features: 16, 32, 64 or 128 (default: 32, or the "
+                        "largest smaller one dividing the hidden and expert sizes)")
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 

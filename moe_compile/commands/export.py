@@ -19,10 +19,15 @@ from .parity_table import print_parity
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from moe_compile.quantization.scheme import quant_scheme
+
     out = Path(args.out)
+    moe_model = load_moe_model(args.model)
+    scheme = quant_scheme(args.quantize, args.block_size, int(moe_model.config.hidden_size),
+                          [spec.intermediate for spec in moe_model.layers])  # refused before any work
     with writing_into(out.parent, out.parent / f".{out.name}"):
-        result = export_with_progress(load_moe_model(args.model), out, target=args.target, plan=args.plan,
-                                      dtype=args.dtype)
+        result = export_with_progress(moe_model, out, target=args.target, plan=args.plan, dtype=args.dtype,
+                                      quantize=scheme)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -31,7 +36,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _lowering_table(report: dict) -> Table:
-    table = Table(title=f"{report['onnx']}: target {report['target']}, {report['dtype']}")
+    quantized = report.get("quantized")
+    table = Table(title=f"{report['onnx']}: target {report['target']}, {report['dtype']}" + (
+        f", weights {quantized['scheme']} ({quantized['dense']} dense projections as MatMulNBits, "
+        f"{quantized['dense_kept_fp32']} kept fp32)" if quantized else ""))
     for column in ("layer", "top-k", "GroupedMoE lowered to", "routing", "why"):
         table.add_column(column)
     for layer in report["moe_layers"]:

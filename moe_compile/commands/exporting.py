@@ -9,7 +9,8 @@ from pathlib import Path
 from moe_compile.compiler.ir import MoEModel
 
 
-def export_with_progress(moe_model: MoEModel, out: Path, *, target: str, plan, dtype: str, show: bool = True):
+def export_with_progress(moe_model: MoEModel, out: Path, *, target: str, plan, dtype: str, show: bool = True,
+                         quantize=None):
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -19,5 +20,5 @@ def export_with_progress(moe_model: MoEModel, out: Path, *, target: str, plan, d
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=not (show and console.is_terminal)) as progress:
         progress.add_task(f"exporting {moe_model.model_type} ({len(moe_model.layers)} MoE layers) to ONNX, "
-                          f"target {target}, {dtype}", total=None)
-        return export_onnx(moe_model, out, target=target, plan=plan, dtype=dtype)
+                          f"target {target}, {dtype}" + (f", {quantize.metadata()}" if quantize else ""), total=None)
+        return export_onnx(moe_model, out, target=target, plan=plan, dtype=dtype, quantize=quantize)

@@ -3,6 +3,7 @@
     check --out -> load the model -> apply the plan (rewrite) -> wrap with its KV cache
     -> torch.onnx (dynamo), translating each GroupedMoE call for the target
     -> name each layer's MoE output -> the target's weight pass (onnxruntime: reorder experts, interleave fc1)
+    -> with --quantize (onnxruntime target): experts to QMoE, dense projections to MatMulNBits
     -> strip trace metadata -> add moe_compile metadata -> check -> staged save and rename
 """
 
@@ -25,10 +26,13 @@ from moe_compile.compiler.compiled import compiled_model
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.dtypes import PRECISIONS, torch_dtype
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
+from moe_compile.quantization.scheme import METADATA_KEY as QUANTIZE_METADATA_KEY
+from moe_compile.quantization.scheme import QuantScheme
 
 from .complex_views import make_complex_views_exportable
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
 from .lowering import TARGETS, LoweringReport, moe_output_name, translation, weight_pass
+from .quantize_pass import quantize_graph
 
 DTYPES = {name: torch_dtype(name) for name in PRECISIONS}  # from the one table (moe_compile/dtypes.py)
 OPSET = 18
@@ -41,10 +45,12 @@ class ExportResult:
     report: LoweringReport
     top_k: dict[int, int]
     dtype: str
+    quantized: dict | None = None  # what --quantize turned into QMoE / MatMulNBits
 
     def to_json(self) -> dict:
         return {"onnx": str(self.path), "target": self.report.target, "dtype": self.dtype,
-                "top_k": {str(k): v for k, v in self.top_k.items()}, "moe_layers": self.report.layers}
+                "top_k": {str(k): v for k, v in self.top_k.items()}, "moe_layers": self.report.layers,
+                **({"quantized": self.quantized} if self.quantized else {})}
 
 
 def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
@@ -81,29 +87,36 @@ def _strip_trace_metadata(onnx_model) -> None:
 
 
 def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan: str | Path | None = None,
-                dtype: str = "fp32", top_k: dict[int, int] | None = None) -> ExportResult:
-    """Export MODEL, rewritten to `plan` (or to `top_k`, or at its base top-k), to `out`."""
+                dtype: str = "fp32", top_k: dict[int, int] | None = None,
+                quantize: QuantScheme | None = None) -> ExportResult:
+    """Export MODEL, rewritten to `plan` (or to `top_k`, or at its base top-k), to `out`;
+    weight-only quantized with `quantize` (onnxruntime target, fp32)."""
     if target not in TARGETS:
         raise InvalidInput(f"target '{target}' is not one of {', '.join(TARGETS)}")
     if dtype not in DTYPES:
         raise InvalidInput(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    if quantize and (target != "onnxruntime" or dtype != "fp32"):
+        raise InvalidInput(f"--quantize {quantize.name}: only for --target onnxruntime at --dtype fp32 "
+                           "(com.microsoft.QMoE and MatMulNBits run in ONNX Runtime)")
     out = check_writable(out)
     model, top_k = compiled_model(moe_model, plan, dtype, top_k)
-    report = LoweringReport(target)
+    report = LoweringReport(target, quantized=quantize is not None)
     layers = [spec.index for spec in moe_model.layers]
     onnx_model = _trace(model, DTYPES[dtype], report, layers)
     _name_moe_outputs(onnx_model, layers)
     weight_pass(target)(onnx_model)
+    quantized = quantize_graph(onnx_model, quantize) if quantize else None
     _strip_trace_metadata(onnx_model)
     metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
                 "moe_compile.model_sha256": moe_model.fingerprint["sha256"],
                 "moe_compile.weights_sha256": moe_model.fingerprint["weights_sha256"],
                 "moe_compile.top_k": json.dumps({str(k): v for k, v in sorted(top_k.items())}),
-                "moe_compile.max_positions": str(moe_model.config.max_position_embeddings)}  # the served context
+                "moe_compile.max_positions": str(moe_model.config.max_position_embeddings),  # the served context
+                **({QUANTIZE_METADATA_KEY: quantize.metadata()} if quantize else {})}
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
     _save(onnx_model, out)
-    return ExportResult(out, report, top_k, dtype)
+    return ExportResult(out, report, top_k, dtype, quantized)
 
 
 @contextlib.contextmanager

@@ -27,11 +27,13 @@ from moe_compile.errors import InvalidInput, one_line
 from moe_compile.export.decoder import decoder_inputs, empty_past, past_names
 from moe_compile.export.lowering import TARGETS, moe_output_name
 from moe_compile.onnx_files import read_onnx_graph, read_onnx_model
+from moe_compile.quantization.scheme import METADATA_KEY as QUANTIZE_KEY
+from moe_compile.quantization.scheme import QuantScheme, dequantize_model
 
 from .compare import OutputDiff, compare_outputs
 from .generation import greedy_generate
 from .runners import OnnxRuntimeRunner, TensorRTRunner, TorchRunner
-from .tolerances import TOLERANCES
+from .tolerances import INT8_EXPERTS, TOLERANCES, Tolerance
 
 
 @dataclass
@@ -88,6 +90,11 @@ def _check_metadata(metadata: dict[str, str], path: Path) -> None:
     for key, allowed in (("moe_compile.dtype", TOLERANCES), ("moe_compile.target", TARGETS)):
         if metadata.get(key) not in allowed:
             raise malformed(f"{key} is {metadata.get(key)!r}, not one of {', '.join(allowed)}")
+    if QUANTIZE_KEY in metadata:
+        try:
+            QuantScheme.from_metadata(metadata[QUANTIZE_KEY])
+        except ValueError:
+            raise malformed(f"{QUANTIZE_KEY} is {metadata[QUANTIZE_KEY]!r}, not int4|int8/block size") from None
     try:
         top_k = json.loads(metadata.get("moe_compile.top_k", ""))
     except ValueError:
@@ -116,16 +123,31 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
                            "(--engine), or export --target onnxruntime|onnx to check it in ONNX Runtime")
     if metadata["moe_compile.dtype"] == "bf16":
         raise InvalidInput("ONNX Runtime on the CPU does not run bf16 models: validate an fp32 or fp16 export")
-    model, _ = compiled_model(moe_model, None, metadata["moe_compile.dtype"], top_k)
+    model = reference_model(moe_model, metadata, top_k)
     report, prefill_feed = _compare_runners(model, OnnxRuntimeRunner(path), path, metadata, new_tokens, seed)
     if not report.passed:
-        tolerance = TOLERANCES[report.dtype]
+        tolerance = tolerance_of(metadata)
         report.layer_diffs = _layer_diffs(moe_model, model, path, prefill_feed, tolerance)
         report.first_diverging_layer = next(
             (_moe_layer(d) for d in report.layer_diffs if not d.passed), None)
         if report.first_diverging_layer is None and report.layer_diffs:
             report.largest_moe_difference_layer = _moe_layer(max(report.layer_diffs, key=lambda d: d.max_rel))
     return report
+
+
+def reference_model(moe_model: MoEModel, metadata: dict, top_k: dict[int, int]) -> torch.nn.Module:
+    """The PyTorch model a file is checked against: at its top-k and dtype and, for a quantized
+    export, with the weights it quantized replaced by their dequantized values."""
+    model, _ = compiled_model(moe_model, None, metadata["moe_compile.dtype"], top_k)
+    if QUANTIZE_KEY in metadata:
+        dequantize_model(model, QuantScheme.from_metadata(metadata[QUANTIZE_KEY]))
+    return model
+
+
+def tolerance_of(metadata: dict) -> Tolerance:
+    """The dtype's tolerance; int8 experts' own (see tolerances.py) for an int8 export."""
+    scheme = QuantScheme.from_metadata(metadata[QUANTIZE_KEY]) if QUANTIZE_KEY in metadata else None
+    return INT8_EXPERTS if scheme and scheme.name == "int8" else TOLERANCES[metadata["moe_compile.dtype"]]
 
 
 def validate_engine(moe_model: MoEModel, engine_path: str | Path, plan: str | Path | None = None,
@@ -145,7 +167,7 @@ def _compare_runners(model: torch.nn.Module, candidate, path: Path, metadata: di
     """Prefill, one decode step and greedy generation through the reference and `candidate`;
     the report and the prefill feed (for a per-layer look on a mismatch)."""
     dtype = metadata["moe_compile.dtype"]
-    tolerance = TOLERANCES[dtype]
+    tolerance = tolerance_of(metadata)
     reference = TorchRunner(model)
     _check_interface(candidate, reference, path)
 

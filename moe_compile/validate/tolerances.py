@@ -22,3 +22,9 @@ TOLERANCES = {
     "fp16": Tolerance(rtol=2e-2, atol=2e-2),
     "bf16": Tolerance(rtol=5e-2, atol=5e-2),
 }
+
+# QMoE's 8-bit experts on ONNX Runtime's CPU provider have no fp32 kernel: they quantize each
+# token's activations to int8 per block before the product (ORT 1.32's QMoE schema), so an int8
+# export differs from its dequantized reference by that rounding, not by round-off alone. (int4
+# experts and MatMulNBits dequantize to fp32: int4 files keep fp32's tolerance.)
+INT8_EXPERTS = Tolerance(rtol=5e-2, atol=5e-2)

@@ -29,7 +29,7 @@ class Lowering:
         return {"lowered_to": self.lowered_to, "routing": self.routing, **({"reason": self.reason} if self.reason else {})}
 
 
-def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bool) -> Lowering:
+def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bool, quantized: bool = False) -> Lowering:
     if target == "tensorrt":
         return Lowering("plugin", "in the op")
     if target == "onnx":
@@ -39,8 +39,9 @@ def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bo
     unsupported = ort_unsupported_reason(attrs)
     if unsupported:
         return Lowering("standard", "standard ops", unsupported)
-    routing = ort_routing_reason(attrs, has_score_bias)
-    return Lowering("com.microsoft.MoE", "standard ops" if routing else "in the op", routing)
+    routing = ort_routing_reason(attrs, has_score_bias, quantized)
+    return Lowering("com.microsoft.QMoE" if quantized else "com.microsoft.MoE",
+                    "standard ops" if routing else "in the op", routing)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class LoweringReport:
 
     target: str
     layers: list[dict] = field(default_factory=list)
+    quantized: bool = False  # export --quantize: the experts become com.microsoft.QMoE
 
     def add(self, lowering: Lowering, attrs: GroupedMoEAttributes) -> None:
         self.layers.append({**lowering.as_dict(), "top_k": attrs.top_k})
@@ -95,7 +97,8 @@ def translation(target: str, report: LoweringReport, layers: list[int]) -> Calla
     def translate(*args):
         tensors, attrs = split_op_args(args)
         layer = layers[len(report.layers)]
-        lowering = choose_lowering(report.target, attrs, has_score_bias=tensors[6] is not None)
+        lowering = choose_lowering(report.target, attrs, has_score_bias=tensors[6] is not None,
+                                   quantized=report.quantized)
         report.add(lowering, attrs)
         output = lower(*tensors, attrs=attrs, lowering=lowering)
         report.layers[-1]["layer"] = layer

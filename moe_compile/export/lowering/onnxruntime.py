@@ -43,25 +43,26 @@ _SMALLEST_WEIGHT = 1e-30  # a chosen expert's weight is at least this inside the
 
 
 @functools.cache
-def register_ms_moe_schema() -> None:
-    """onnxscript and onnx.checker need com.microsoft.MoE's schema: copy ONNX Runtime's own."""
+def register_ms_schema(name: str = "MoE") -> None:
+    """onnxscript and onnx.checker need the schema of com.microsoft.`name` (MoE, QMoE,
+    MatMulNBits): copy ONNX Runtime's own."""
     from onnx.defs import OpSchema, has, register_schema
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_schemas
 
-    if has("MoE", MS_DOMAIN):
+    if has(name, MS_DOMAIN):
         return
-    ort = next(s for s in ort_schemas.get_all_operator_schema() if s.name == "MoE" and s.domain == MS_DOMAIN)
+    ort = next(s for s in ort_schemas.get_all_operator_schema() if s.name == name and s.domain == MS_DOMAIN)
     option = {"Single": OpSchema.FormalParameterOption.Single, "Optional": OpSchema.FormalParameterOption.Optional}
 
     def parameters(formal):
         return [OpSchema.FormalParameter(p.name, p.typeStr, param_option=option[p.option.name]) for p in formal]
 
-    attr_type = {name: getattr(OpSchema.AttrType, name) for name in ("INT", "FLOAT", "STRING")}
+    attr_type = {kind: getattr(OpSchema.AttrType, kind) for kind in ("INT", "FLOAT", "STRING")}
     register_schema(OpSchema(
-        "MoE", MS_DOMAIN, ort.since_version, inputs=parameters(ort.inputs), outputs=parameters(ort.outputs),
+        name, MS_DOMAIN, ort.since_version, inputs=parameters(ort.inputs), outputs=parameters(ort.outputs),
         type_constraints=[(t.type_param_str, list(t.allowed_type_strs), "") for t in ort.type_constraints],
-        attributes=[OpSchema.Attribute(name, attr_type[a.type.name], "", required=False)
-                    for name, a in ort.attributes.items()]))
+        attributes=[OpSchema.Attribute(attr, attr_type[a.type.name], "", required=False)
+                    for attr, a in ort.attributes.items()]))
 
 
 def selecting_logits(router_logits, score_bias, attrs: GroupedMoEAttributes, num_experts: int):
@@ -86,7 +87,7 @@ def lower_to_ort_moe(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down
     if lowering.lowered_to == "standard":
         return grouped_moe_standard(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias, attrs,
                                     num_experts=num_experts)
-    register_ms_moe_schema()
+    register_ms_schema("MoE")
     routed_outside = lowering.routing == "standard ops"
     if routed_outside:
         logits, total = selecting_logits(router_logits, score_bias, attrs, num_experts)

@@ -19,8 +19,11 @@ def ort_unsupported_reason(attrs: GroupedMoEAttributes) -> str | None:
     return None
 
 
-def ort_routing_reason(attrs: GroupedMoEAttributes, has_score_bias: bool) -> str | None:
-    """Why the routing must be done outside com.microsoft.MoE, or None."""
+def ort_routing_reason(attrs: GroupedMoEAttributes, has_score_bias: bool, quantized: bool = False) -> str | None:
+    """Why the routing must be done outside com.microsoft.MoE (QMoE when `quantized`), or None."""
+    if quantized and not attrs.normalize_topk and attrs.scoring == "softmax" and not has_score_bias \
+            and not attrs.group_limited and attrs.routed_scaling == 1.0:
+        return "top-k weights not renormalised (com.microsoft.QMoE's CPU kernel always renormalises them)"
     reasons = []
     if attrs.scoring != "softmax":
         reasons.append(f"{attrs.scoring} scoring")
