@@ -22,7 +22,8 @@ from moe_compile.errors import InvalidInput
 
 def profile_options(args: argparse.Namespace) -> ProfileOptions:
     return ProfileOptions(batch=args.batch, seq_len=args.seq_len, draws=args.draws, seed=args.seed,
-                          scale=args.scale, k_min=args.k_min)
+                          scale=args.scale, k_min=args.k_min,
+                          estimator=args.estimator, calibration=args.calibration, samples=args.samples)
 
 
 def _plot_path(out: str) -> Path:
@@ -40,7 +41,7 @@ def run_profile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        Console().print(_sensitivity_table(doc["layers"], title=f"LExI Δ(k), written to {args.out}"))
+        Console().print(_sensitivity_table(doc["layers"], title=f"{doc['options']['estimator']} sensitivity, written to {args.out}"))
     return 0
 
 
@@ -58,11 +59,24 @@ def _cost_model(args: argparse.Namespace):
     return RooflineLatency(device=args.cost_model.removeprefix("roofline-"), tokens=args.tokens)
 
 
-def _profile_for_plan(args: argparse.Namespace, moe_model: MoEModel) -> Profile:
+def _profile_for_plan(args: argparse.Namespace, moe_model: MoEModel, objective) -> Profile:
     options = profile_options(args)
     if args.profile:
         return profile_from_json(read_json_object(args.profile, "profile"), moe_model, args.profile, options)
-    return profile_model(moe_model, options)
+    return profile_model(moe_model, options, objective=objective)
+
+
+def _output_objective(args: argparse.Namespace, moe_model: MoEModel):
+    """The real objective the plan is verified on (None with --no-verify): KL to the base model on
+    the --calibration text if given, else on sequences the model samples itself."""
+    if args.no_verify:
+        return None
+    from moe_compile.compiler.lexi.kl_profile import OutputObjective
+    from moe_compile.compiler.lexi.profile import check_options
+
+    options = profile_options(args)
+    check_options(moe_model, options)  # bad options fail before the model is loaded
+    return OutputObjective(moe_model, options)
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -72,9 +86,12 @@ def run_plan(args: argparse.Namespace) -> int:
         budget = Budget(fraction=args.budget, sum_k=args.sum_k, target_ms=args.target_ms)
         if budget == Budget():
             raise InvalidInput("give --budget FRACTION, --sum-k N or (with --objective latency) --target-ms MS")
-        profile = _profile_for_plan(args, moe_model)
+        objective = _output_objective(args, moe_model)
+        profile = _profile_for_plan(args, moe_model, objective)
         doc = make_plan(moe_model, profile, budget, cost_model, solver=args.solver, k_min=args.k_min,
-                        seed=args.seed, command=args.command_line)
+                        seed=args.seed, command=args.command_line,
+                        objective=objective.plan_kl if objective else None, refine_passes=args.refine,
+                        keep_searched=args.keep_searched)
         plot_plan(doc, staging.path(_plot_path(args.out)))
         staging.path(args.out).write_text(dumps(doc))
         staging.commit()
@@ -86,7 +103,18 @@ def run_plan(args: argparse.Namespace) -> int:
                  f"{predicted['cost']:.4g} of {predicted['base_cost']:.4g} {predicted['unit']}, "
                  f"ΣΔ {predicted['delta']:.4g}; written to {args.out}")
         Console().print(_sensitivity_table(doc["layers"], title=title, chosen=True))
+        if "verified" in doc:
+            print(_guard_line(doc["verified"]))
     return 0
+
+
+def _guard_line(verified: dict) -> str:
+    uniform = "does not fit the budget" if verified["uniform"] is None else f"{verified['uniform']:.5g}"
+    kept = " (--keep-searched)" if verified["returned"] == "searched" and verified["uniform"] is not None \
+        and verified["uniform"] < verified["searched"] else ""
+    return (f"guard: KL to the base model on the calibration tokens: searched plan {verified['searched']:.5g} "
+            f"{verified['searched_top_k']} ({verified['refine_moves']} local-search moves), uniform {uniform} "
+            f"{verified['uniform_top_k']}; returned the {verified['returned']} plan{kept}")
 
 
 def _sensitivity_table(layers: list[dict], title: str, chosen: bool = False) -> Table:
