@@ -86,8 +86,11 @@ def run_plan(args: argparse.Namespace) -> int:
         budget = Budget(fraction=args.budget, sum_k=args.sum_k, target_ms=args.target_ms)
         if budget == Budget():
             raise InvalidInput("give --budget FRACTION, --sum-k N or (with --objective latency) --target-ms MS")
-        objective = _output_objective(args, moe_model)
+        # a KL estimator profiles on the objective; a data-free one reads its layers first, then the whole model
+        kl_estimator = args.estimator in ("self-kl", "calibration") and not args.profile
+        objective = _output_objective(args, moe_model) if kl_estimator else None
         profile = _profile_for_plan(args, moe_model, objective)
+        objective = objective if kl_estimator else _output_objective(args, moe_model)
         doc = make_plan(moe_model, profile, budget, cost_model, solver=args.solver, k_min=args.k_min,
                         seed=args.seed, command=args.command_line,
                         objective=objective.plan_kl if objective else None, refine_passes=args.refine,
