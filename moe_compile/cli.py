@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fraction of the cost at the base top-k (sum-k: Σk <= round(F * Σ base k))")
     target.add_argument("--sum-k", type=_positive_int, help="total active experts over all MoE layers")
     target.add_argument("--target-ms", type=_positive_float, help="latency objective: time for all MoE layers")
-    p.add_argument("--objective", choices=("sum-k", "latency"), default="sum-k")
+    p.add_argument("--objective", choices=("sum-k", "latency", "reads"), default="sum-k",
+                   help="what the budget counts: active experts, time, or distinct expert reads per decode "
+                        "step of --samples sequences measured on the calibration tokens (with --budget)")
     p.add_argument("--solver", choices=("dp", "ga"), default="dp", help="exact DP (default) or genetic algorithm")
     p.add_argument("--cost-model", choices=("measured", "roofline-h100", "roofline-h200"), default="measured",
                    help="latency objective: time the op here, or predict it for a GPU")

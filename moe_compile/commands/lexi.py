@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -11,7 +12,7 @@ from rich.table import Table
 
 from moe_compile.atomic import Staging, all_or_none
 from moe_compile.compiler.ir import MoEModel
-from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, RooflineLatency
+from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, MeasuredReads, RooflineLatency
 from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
 from moe_compile.jsonio import read_json_object
 from moe_compile.compiler.lexi.plots import plot_plan, plot_profile
@@ -45,7 +46,12 @@ def run_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cost_model(args: argparse.Namespace):
+def _cost_model(args: argparse.Namespace, objective_of: Callable[[], object]):
+    """The cost of a layer's k; `objective_of()` gives the OutputObjective the reads are measured on."""
+    if args.objective == "reads":
+        if args.budget is None:
+            raise InvalidInput("--objective reads takes --budget FRACTION (of the reads at the base top-k)")
+        return MeasuredReads(lambda index: objective_of().block_inputs[index])
     if args.objective == "sum-k":
         if args.target_ms is not None:
             raise InvalidInput("--target-ms goes with --objective latency")
@@ -67,10 +73,8 @@ def _profile_for_plan(args: argparse.Namespace, moe_model: MoEModel, objective) 
 
 
 def _output_objective(args: argparse.Namespace, moe_model: MoEModel):
-    """The real objective the plan is verified on (None with --no-verify): KL to the base model on
+    """The real objective the plan is verified (and reads are measured) on: KL to the base model on
     the --calibration text if given, else on sequences the model samples itself."""
-    if args.no_verify:
-        return None
     from moe_compile.compiler.lexi.kl_profile import OutputObjective
     from moe_compile.compiler.lexi.profile import check_options
 
@@ -82,15 +86,22 @@ def _output_objective(args: argparse.Namespace, moe_model: MoEModel):
 def run_plan(args: argparse.Namespace) -> int:
     with all_or_none(args.out, _plot_path(args.out)) as staging:
         moe_model = load_moe_model(args.model)
-        cost_model = _cost_model(args)
+        objectives: dict = {}  # the whole model on calibration tokens, built at most once
+
+        def objective_of():
+            if "built" not in objectives:
+                objectives["built"] = _output_objective(args, moe_model)
+            return objectives["built"]
+
+        cost_model = _cost_model(args, objective_of)
         budget = Budget(fraction=args.budget, sum_k=args.sum_k, target_ms=args.target_ms)
         if budget == Budget():
             raise InvalidInput("give --budget FRACTION, --sum-k N or (with --objective latency) --target-ms MS")
         # a KL estimator profiles on the objective; a data-free one reads its layers first, then the whole model
         kl_estimator = args.estimator in ("self-kl", "calibration") and not args.profile
-        objective = _output_objective(args, moe_model) if kl_estimator else None
+        objective = objective_of() if kl_estimator else None
         profile = _profile_for_plan(args, moe_model, objective)
-        objective = objective if kl_estimator else _output_objective(args, moe_model)
+        objective = None if args.no_verify else objective_of()
         doc = make_plan(moe_model, profile, budget, cost_model, solver=args.solver, k_min=args.k_min,
                         seed=args.seed, command=args.command_line,
                         objective=objective.plan_kl if objective else None, refine_passes=args.refine,

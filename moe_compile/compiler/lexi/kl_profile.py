@@ -66,7 +66,15 @@ class OutputObjective:
             self.tokens = self_generated_tokens(lm, int(moe_model.config.vocab_size), options)
         self.lm = rewrite_model(lm, moe_model)
         self.blocks = {spec.index: self.lm.get_submodule(spec.module_path) for spec in moe_model.layers}
+        self.block_inputs: dict[int, torch.Tensor] = {}  # layer index -> its MoE block's input [S, L, H] at base
+
+        def recorder(index: int):
+            return lambda _module, args: self.block_inputs.__setitem__(index, args[0].detach())
+
+        hooks = [block.register_forward_pre_hook(recorder(index)) for index, block in self.blocks.items()]
         self.base_log_probs = self._log_probs()
+        for hook in hooks:
+            hook.remove()
 
     @torch.no_grad()
     def _log_probs(self) -> torch.Tensor:

@@ -6,7 +6,8 @@ kl_profile.OutputObjective):
 
     refine   hill-climbing from the searched plan over pair moves (one layer +1, another -1)
              that stay within the budget, each scored on the real objective
-    guard    the (refined) plan against the uniform plan with the same Σk: the better one wins
+    guard    the (refined) plan against the uniform plan with the same Σk (or, when the budget
+             counts something else, the largest one within it): the better one wins
              unless the caller keeps the searched plan
 """
 
@@ -57,7 +58,11 @@ def refine(ks: list[int], choices: Sequence[LayerChoices], limit: float, objecti
 def guard(ks: list[int], score: float, choices: Sequence[LayerChoices], limit: float, base: Sequence[int],
           k_min: int, objective: Callable[[list[int]], float], keep_searched: bool) -> tuple[list[int], dict]:
     """The plan to return and the record of the comparison with the uniform plan of the same Σk."""
-    uniform = uniform_plan(base, sum(ks), k_min)
+    sum_k = sum(ks)
+    uniform = uniform_plan(base, sum_k, k_min)
+    while total_cost(choices, uniform) > limit + 1e-9 and sum_k > k_min * len(base):
+        sum_k -= 1  # a cost that is not Σk (reads, time): the largest uniform plan within the budget
+        uniform = uniform_plan(base, sum_k, k_min)
     uniform_fits = total_cost(choices, uniform) <= limit + 1e-9
     uniform_score = objective(uniform) if uniform_fits else None
     use_uniform = uniform_score is not None and uniform_score < score and not keep_searched

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from moe_compile.cli import main
+from moe_compile.compiler.lexi.cost import MeasuredReads
 from moe_compile.compiler.lexi.kl_profile import OutputObjective
 from moe_compile.compiler.lexi.profile import ProfileOptions, layer_deltas, pre_moe_norm_weight, profile_model
 from moe_compile.compiler.lexi.search import LayerChoices, total_cost
@@ -105,3 +106,15 @@ def test_bad_calibration_text_is_one_line_and_exit_2(tmp_path, capsys, content, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--calibration" in err[0] and message in err[0]
     assert not out.exists()
+
+
+def test_measured_reads_count_distinct_experts_per_decode_step(tiny_model_dirs):
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    spec = ir.layers[0]
+    ks = list(range(1, spec.base_top_k + 1))
+    objective = OutputObjective(ir, FAST_KL)  # 2 sequences of 8 tokens
+    reads = MeasuredReads(lambda index: objective.block_inputs[index]).costs(spec, ks)
+    assert all(k <= reads[k] <= min(spec.num_experts, 2 * k) for k in ks)
+    assert all(reads[k] < reads[k + 1] for k in ks[:-1])
+    one_sequence = MeasuredReads(lambda index: objective.block_inputs[index][:1]).costs(spec, ks)
+    assert one_sequence == {k: float(k) for k in ks}  # one token reads exactly its k experts
