@@ -1,14 +1,17 @@
 """Quality study on the trained demo: what each way of cutting MoE work costs in perplexity.
 
-At Σk = 50%, 62.5%, 75% and 87.5% of the base (8 layers x top-4 = 32) it scores, on the
-demo's held-out text (`moe-compile eval`'s windows):
+At Σk = 50%, 62.5%, 75% and 87.5% of the base Σk it scores, on the model's held-out text
+(`moe-compile eval`'s windows) and on UNSEEN, a text of another style that no training or
+calibration used (onnxruntime's ThirdPartyNotices.txt: license texts):
 
-    lexi            the LExI plan (data-free profile + exact DP), as `moe-compile plan` makes it
+    <estimator>     for every sensitivity estimator (lexi, model-aware, self-kl, calibration):
+                    the exact DP's plan on its profile ("dp") and the plan `moe-compile plan`
+                    returns after local search and the guard against uniform ("plan")
     uniform         the same Σk spread over the layers as evenly as whole numbers allow
-    random          RANDOM_PLANS seeded random per-layer top-k with the same Σk
-    expert_pruning  NAEE-style: every layer keeps its top-4, but each layer's least used experts
+    random          RANDOM_PLANS seeded random per-layer top-k with the same Σk (best and median)
+    expert_pruning  NAEE-style: every layer keeps its top-k, but each layer's least used experts
                     (counted on the calibration split of the corpus) are removed, router rows
-                    included, until the measured cost is no more than the LExI point's
+                    included, until the measured cost is no more than the uniform point's
 
 Measured cost (the x axis): expert weights a decode step must read, relative to the base
 model. The held-out windows are decoded DECODE_BATCH at a time (one token of each of
@@ -16,17 +19,20 @@ DECODE_BATCH sequences per step); per step and layer we count the distinct exper
 routers pick, and sum over layers. Lowering k and removing experts both lower it; at one
 sequence it is Σk exactly, which no amount of pruning changes.
 
-Item 5 (delta_vs_loss): for every layer j and k < base, Δ_j(k) from the profile against the
-perplexity increase from lowering only layer j to k, as Spearman rank correlations: within each
-layer (over k), across layers at each k, and over all (j, k) pairs.
+delta_vs_loss: for every layer j and k < base, each estimator's s_j(k) against the held-out
+perplexity increase from lowering only layer j to k, as Spearman rank correlations.
+additivity: for every plan scored, the sum of the per-layer perplexity increases against the
+plan's real increase.
 
-    python benchmarks/quality.py        # -> benchmarks/results/quality.json, quality.png
+    python benchmarks/quality.py [--model demo|FOLDER]  # -> benchmarks/results/quality[-NAME].json, .png
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -46,10 +52,12 @@ from demo_corpus import Corpus, load_corpus
 from moe_compile.atomic import atomic_path, write_text_atomic
 from moe_compile.compiler.lexi.cost import ActiveExperts
 from moe_compile.compiler.lexi.plan import Budget, make_plan
+from moe_compile.compiler.lexi.kl_profile import OutputObjective
+from moe_compile.compiler.lexi.options import ESTIMATORS
 from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
+from moe_compile.compiler.lexi.verify import uniform_plan
 from moe_compile.compiler.loader import load_causal_lm, load_moe_model
 from moe_compile.compiler.rewrite import rewrite_model
-from moe_compile.jsonio import read_json_object
 from moe_compile.validate.perplexity import (
     eval_windows,
     load_tokenizer,
@@ -59,18 +67,11 @@ from moe_compile.validate.perplexity import (
 )
 
 BUDGETS = (0.5, 0.625, 0.75, 0.875)
-RANDOM_PLANS = 3
+RANDOM_PLANS = 8
 DECODE_BATCH = 8
 COST_WINDOWS = 24  # held-out windows the cost is counted on
 SEED = 0
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def uniform_plan(base: list[int], sum_k: int) -> list[int]:
-    """`sum_k` spread over the layers as evenly as whole numbers allow, the extra ones evenly spaced."""
-    layers = len(base)
-    low, extra = divmod(sum_k, layers)
-    return [min(b, low + ((i + 1) * extra // layers - i * extra // layers)) for i, b in enumerate(base)]
 
 
 def random_plan(base: list[int], sum_k: int, rng: np.random.Generator, k_min: int = 1) -> list[int]:
@@ -110,14 +111,20 @@ def prune_block(block: nn.Module, kept: list[int]) -> None:
 class Study:
     """The demo, its held-out windows, and ways to score it under a per-layer k or a pruning."""
 
-    def __init__(self, corpus: Corpus, model: str, held_out_windows: int | None) -> None:
+    def __init__(self, corpus: Corpus, model: str, held_out_windows: int | None, unseen: Path) -> None:
         self.moe_model = load_moe_model(model)
         self.base = [spec.base_top_k for spec in self.moe_model.layers]
         self.vocab_size = int(self.moe_model.config.vocab_size)
-        every = eval_windows(self.moe_model.path)
-        count = held_out_windows or every.shape[0]
-        self.held_out = every[:: max(1, every.shape[0] // count)][:count]
+
+        def spaced(every: torch.Tensor) -> torch.Tensor:
+            count = held_out_windows or every.shape[0]
+            return every[:: max(1, every.shape[0] // count)][:count]
+
+        self.texts = {"held_out": spaced(eval_windows(self.moe_model.path)),
+                      "unseen": spaced(eval_windows(self.moe_model.path, unseen))}
+        self.held_out = self.texts["held_out"]
         self.cost_windows = self.held_out[:COST_WINDOWS]
+        self.scores: dict = {}
         tokenizer = load_tokenizer(self.moe_model.path)
         self.calibration = windows(tokenizer.encode(Corpus.joined(corpus.calibration)).ids)
         self.evaluations = 0
@@ -142,11 +149,15 @@ class Study:
                 "rewritten": perplexity(module_logits(rewritten), sample, self.vocab_size).perplexity,
                 "router_top_k": perplexity(module_logits(self.model(ks)), sample, self.vocab_size).perplexity}
 
-    def perplexity(self, ks: list[int], kept: list[list[int]] | None = None) -> float:
-        self.evaluations += 1
-        value = perplexity(module_logits(self.model(ks, kept)), self.held_out, self.vocab_size).perplexity
-        print(f"  eval {self.evaluations}: k {ks}{' (pruned)' if kept else ''} -> {value:.4f}", flush=True)
-        return value
+    def perplexity(self, ks: list[int], kept: list[list[int]] | None = None, text: str = "held_out") -> float:
+        key = (tuple(ks), None if kept is None else tuple(map(tuple, kept)), text)
+        if key not in self.scores:
+            self.evaluations += 1
+            self.scores[key] = perplexity(module_logits(self.model(ks, kept)), self.texts[text],
+                                          self.vocab_size).perplexity
+            print(f"  eval {self.evaluations}: {text} k {ks}{' (pruned)' if kept else ''} -> "
+                  f"{self.scores[key]:.4f}", flush=True)
+        return self.scores[key]
 
     def selections(self, model: nn.Module, token_windows: torch.Tensor) -> dict[int, torch.Tensor]:
         """Per MoE layer, the experts (original numbering) each token is routed to: [N, L, k]."""
@@ -221,25 +232,45 @@ def match_pruning(study: Study, order, usage, target: float, cache: dict[int, fl
     return low
 
 
-def delta_vs_loss(study: Study, profile, base_ppl: float) -> dict:
+def single_layer_losses(study: Study, base_ppl: float) -> list[dict]:
+    """Held-out perplexity increase from lowering only layer j to k, for every j and k < base."""
     rows = []
-    for j, (spec, layer) in enumerate(zip(study.moe_model.layers, profile.layers)):
+    for j, spec in enumerate(study.moe_model.layers):
         for k in range(1, spec.base_top_k):
             ks = list(study.base)
             ks[j] = k
-            rows.append({"layer": spec.index, "k": k, "delta": layer.delta[k],
+            rows.append({"layer": spec.index, "position": j, "k": k,
                          "perplexity_increase": study.perplexity(ks) - base_ppl})
-    def corr(subset):
-        return spearman([r["delta"] for r in subset], [r["perplexity_increase"] for r in subset])
+    return rows
 
-    return {
-        "rows": rows,
-        "spearman_all_pairs": corr(rows),
-        "spearman_within_layer": {str(spec.index): corr([r for r in rows if r["layer"] == spec.index])
-                                  for spec in study.moe_model.layers},
-        "spearman_across_layers_at_k": {str(k): corr([r for r in rows if r["k"] == k])
-                                        for k in range(1, max(study.base))},
-    }
+
+def delta_vs_loss(rows: list[dict], profile) -> dict:
+    """Spearman of an estimator's s_j(k) against the real single-layer loss."""
+    deltas = [profile.layers[r["position"]].delta[r["k"]] for r in rows]
+    losses = [r["perplexity_increase"] for r in rows]
+    ks = sorted({r["k"] for r in rows})
+    return {"spearman_all_pairs": spearman(deltas, losses),
+            "spearman_across_layers_at_k": {str(k): spearman([d for d, r in zip(deltas, rows) if r["k"] == k],
+                                                             [r["perplexity_increase"] for r in rows if r["k"] == k])
+                                            for k in ks}}
+
+
+def additivity(study: Study, rows: list[dict], base_ppl: float) -> dict:
+    """For every plan scored on held-out text (not pruned): Σ_j single-layer increase against the real one."""
+    single = {(r["position"], r["k"]): r["perplexity_increase"] for r in rows}
+    pairs = []
+    for (ks, kept, text), value in study.scores.items():
+        if kept is None and text == "held_out" and sum(k != b for k, b in zip(ks, study.base)) > 1:
+            predicted = sum(single.get((j, k), 0.0) for j, k in enumerate(ks))
+            pairs.append({"top_k": list(ks), "sum_of_single_layer": predicted, "real": value - base_ppl})
+    ratio = [p["real"] / p["sum_of_single_layer"] for p in pairs if p["sum_of_single_layer"] > 0]
+    return {"plans": pairs, "spearman": spearman([p["sum_of_single_layer"] for p in pairs], [p["real"] for p in pairs]),
+            "real_over_sum_median": float(np.median(ratio)) if ratio else None}
+
+
+UNSEEN = Path(__import__("onnxruntime").__file__).parent / "ThirdPartyNotices.txt"
+METHOD_STYLES = {"lexi:plan": "o-", "model-aware:plan": "v-", "self-kl:plan": "D-", "calibration:plan": "P-",
+                 "uniform": "s-", "expert_pruning": "^-"}
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -248,50 +279,73 @@ def plot(doc: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     points = doc["points"]
-    for method, style in (("lexi", "o-"), ("uniform", "s-"), ("expert_pruning", "^-")):
-        left.plot([p["cost"][method] for p in points], [p[method] for p in points], style, label=method)
-    left.scatter([c for p in points for c in p["cost"]["random"]], [v for p in points for v in p["random"]],
-                 marker="x", color="gray", label="random plans")
-    left.scatter([1.0], [doc["base"]["perplexity"]], marker="*", s=150, color="black", label="base (top-4)")
-    left.set_xlabel(f"measured MoE cost (expert reads per decode step of {DECODE_BATCH} sequences, 1 = base)")
-    left.set_ylabel("held-out perplexity")
-    left.set_yscale("log")
-    left.set_title("demo: perplexity against MoE cost")
-    left.legend()
-    rows = doc["delta_vs_loss"]["rows"]
-    for k in sorted({r["k"] for r in rows}):
-        subset = [r for r in rows if r["k"] == k]
-        right.scatter([r["delta"] for r in subset], [max(r["perplexity_increase"], 1e-3) for r in subset],
-                      label=f"k={k}")
-    right.set_xscale("log")
-    right.set_yscale("log")
-    right.set_xlabel("LExI profile Δ_j(k) (data-free)")
-    right.set_ylabel("perplexity increase, only layer j at k")
-    right.set_title(f"Δ vs real loss: Spearman {doc['delta_vs_loss']['spearman_all_pairs']:.2f} over all (j, k)")
-    right.legend()
+    for axis, text in zip(axes, ("held_out", "unseen")):
+        for method, style in METHOD_STYLES.items():
+            axis.plot([p["cost"][method] for p in points], [p[text][method] for p in points], style, label=method)
+        axis.scatter([c for p in points for c in p["cost"]["random"]], [v for p in points for v in p[text]["random"]],
+                     marker="x", color="gray", label="random plans")
+        axis.scatter([1.0], [doc["base"][text]], marker="*", s=150, color="black", label="base")
+        axis.set_xlabel(f"measured MoE cost (expert reads per decode step of {DECODE_BATCH} sequences, 1 = base)")
+        axis.set_ylabel(f"{text.replace('_', '-')} perplexity")
+        axis.set_yscale("log")
+        axis.set_title(f"{doc['model']['name']}: {text.replace('_', '-')} perplexity against measured cost")
+        axis.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 
+def memoised(function):
+    cache: dict = {}
+    return lambda ks: cache[tuple(ks)] if tuple(ks) in cache else cache.setdefault(tuple(ks), function(ks))
+
+
+def verdict(point: dict, method: str) -> dict:
+    """The issue's done-when for one plan at one budget, on both texts."""
+    result = {}
+    for text in ("held_out", "unseen"):
+        value, randoms = point[text][method], point[text]["random"]
+        result[text] = {"no_worse_than_uniform": value <= point[text]["uniform"],
+                        "random_plans_beaten": sum(value < r for r in randoms), "random_plans": len(randoms)}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="demo", help="a folder written by train_demo.py (default: the demo)")
+    parser.add_argument("--model", default="demo", help="'demo' or a folder written by a training script")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "moe-compile" / "corpus")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--windows", type=int, default=None,
-                        help="score only this many evenly spaced held-out windows (default: all of them)")
+                        help="score only this many evenly spaced windows of each text (default: all of them)")
+    parser.add_argument("--unseen", type=Path, default=UNSEEN, help="a text of another style (default: "
+                        "onnxruntime's ThirdPartyNotices.txt)")
+    parser.add_argument("--refine", type=int, default=2, help="`plan --refine`: rounds of local search")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
-    study = Study(load_corpus(args.cache), args.model, args.windows)
+    corpus = load_corpus(args.cache)
+    study = Study(corpus, args.model, args.windows, args.unseen)
     base_sum = sum(study.base)
-    profile = profile_model(study.moe_model, ProfileOptions(), show_progress=False)
-    base_ppl = study.perplexity(study.base)
+    calibration_file = args.results / ".calibration.txt"
+    calibration_file.write_text(Corpus.joined(corpus.calibration), encoding="utf-8")
+    options = {e: ProfileOptions(estimator=e, calibration=str(calibration_file) if e == "calibration" else None)
+               for e in ESTIMATORS}
+    objectives = {"self": OutputObjective(study.moe_model, options["self-kl"]),
+                  "calibration": OutputObjective(study.moe_model, options["calibration"])}
+    objective_of = {e: objectives["calibration" if e == "calibration" else "self"] for e in ESTIMATORS}
+    scorers = {name: memoised(objective.plan_kl) for name, objective in objectives.items()}
+    profiles, profile_seconds = {}, {}
+    for e in ESTIMATORS:
+        tick = time.time()
+        profiles[e] = profile_model(study.moe_model, options[e], show_progress=False,
+                                    objective=objective_of[e] if e in ("self-kl", "calibration") else None)
+        profile_seconds[e] = round(time.time() - tick, 2)
+    calibration_file.unlink()
+    base = {text: study.perplexity(study.base, text=text) for text in study.texts}
     base_cost = study.decode_cost(study.base)
     usage = study.usage()
     order = pruning_order(usage, study.base)
@@ -299,50 +353,63 @@ def main() -> None:
     rng = np.random.default_rng(SEED)
     points = []
     for budget in BUDGETS:
-        plan = make_plan(study.moe_model, profile, Budget(fraction=budget), ActiveExperts())
-        lexi = [layer["top_k"] for layer in plan["layers"]]
-        sum_k = sum(lexi)
-        uniform = uniform_plan(study.base, sum_k)
+        sum_k = int(budget * base_sum + 0.5)
+        plans = {"uniform": uniform_plan(study.base, sum_k)}
+        verified = {}
+        for e in ESTIMATORS:
+            scorer = scorers["calibration" if e == "calibration" else "self"]
+            doc = make_plan(study.moe_model, profiles[e], Budget(fraction=budget), ActiveExperts(),
+                            objective=scorer, refine_passes=args.refine)
+            plans[f"{e}:dp"] = doc["verified"]["dp_top_k"]
+            plans[f"{e}:plan"] = [layer["top_k"] for layer in doc["layers"]]
+            verified[e] = doc["verified"]
         randoms = [random_plan(study.base, sum_k, rng) for _ in range(RANDOM_PLANS)]
-        lexi_cost = study.decode_cost(lexi)
-        drops = match_pruning(study, order, usage, lexi_cost, pruning_costs)
+        cost = {name: study.decode_cost(ks) / base_cost for name, ks in plans.items()}
+        cost["random"] = [study.decode_cost(ks) / base_cost for ks in randoms]
+        drops = match_pruning(study, order, usage, cost["uniform"] * base_cost, pruning_costs)
         kept = kept_after(order, drops, usage)
-        point = {
-            "budget": budget, "sum_k": sum_k, "base_sum_k": base_sum,
-            "lexi": study.perplexity(lexi), "uniform": study.perplexity(uniform),
-            "expert_pruning": study.perplexity(study.base, kept),
-            "random": [study.perplexity(ks) for ks in randoms],
-            "cost": {"lexi": lexi_cost / base_cost, "uniform": study.decode_cost(uniform) / base_cost,
-                     "expert_pruning": pruning_costs[drops] / base_cost,
-                     "random": [study.decode_cost(ks) / base_cost for ks in randoms]},
-            "plans": {"lexi": lexi, "uniform": uniform, "random": randoms,
-                      "expert_pruning_experts_kept": [len(k) for k in kept]},
-        }
-        print(json.dumps({key: point[key] for key in ("budget", "sum_k", "lexi", "uniform", "expert_pruning",
-                                                       "random")}), flush=True)
+        cost["expert_pruning"] = pruning_costs[drops] / base_cost
+        point = {"budget": budget, "sum_k": sum_k, "base_sum_k": base_sum, "cost": cost,
+                 "plans": {**plans, "random": randoms, "expert_pruning_experts_kept": [len(k) for k in kept]},
+                 "verified": verified}
+        for text in study.texts:
+            scores = {name: study.perplexity(ks, text=text) for name, ks in plans.items()}
+            scores["expert_pruning"] = study.perplexity(study.base, kept, text=text)
+            scores["random"] = [study.perplexity(ks, text=text) for ks in randoms]
+            scores["random_best"] = min(scores["random"])
+            scores["random_median"] = float(np.median(scores["random"]))
+            point[text] = scores
+        point["done_when"] = {f"{e}:{kind}": verdict(point, f"{e}:{kind}") for e in ESTIMATORS for kind in ("dp", "plan")}
+        print(json.dumps({"budget": budget, "held_out": point["held_out"], "unseen": point["unseen"]}), flush=True)
         points.append(point)
+    rows = single_layer_losses(study, base["held_out"])
     doc = {
-        "model": {"name": args.model, "sha256": study.moe_model.fingerprint["sha256"],
-                  "recorded_perplexity": read_json_object(study.moe_model.path / "training.json",
-                                                          "training record")["held_out"]["perplexity"]},
-        "held_out": {"windows": int(study.held_out.shape[0]), "window": int(study.held_out.shape[1]),
-                     "calibration_windows": int(study.calibration.shape[0])},
+        "model": {"name": args.model, "sha256": study.moe_model.fingerprint["sha256"]},
+        "texts": {"held_out": {"windows": int(study.held_out.shape[0]), "window": int(study.held_out.shape[1])},
+                  "unseen": {"source": f"onnxruntime {__import__('onnxruntime').__version__} wheel, "
+                                       "onnxruntime/ThirdPartyNotices.txt" if args.unseen == UNSEEN else str(args.unseen),
+                             "sha256": hashlib.sha256(args.unseen.read_bytes()).hexdigest(),
+                             "windows": int(study.texts["unseen"].shape[0])},
+                  "calibration": "the corpus's calibration split (estimator calibration, its guard, expert pruning)"},
         "cost": f"distinct experts read per decode step of {DECODE_BATCH} sequences, summed over MoE layers, "
                 f"counted on {COST_WINDOWS} held-out windows, relative to the base model",
-        "base": {"perplexity": base_ppl, "sum_k": base_sum, "cost": 1.0, "expert_reads_per_step": base_cost},
-        "profile": {"options": profile.to_json()["options"],
-                    "sensitivity": [{str(k): d for k, d in layer.delta.items()} for layer in profile.layers]},
-        "calibration_usage": {str(layer): counts.tolist() for layer, counts in usage.items()},
+        "base": {**base, "sum_k": base_sum, "cost": 1.0, "expert_reads_per_step": base_cost},
+        "profiles": {e: {"options": profiles[e].to_json()["options"], "seconds": profile_seconds[e],
+                         "sensitivity": [{str(k): d for k, d in layer.delta.items()} for layer in profiles[e].layers]}
+                     for e in ESTIMATORS},
         "points": points,
-        "delta_vs_loss": delta_vs_loss(study, profile, base_ppl),
-        "check_same_as_rewrite": study.check_same_as_rewrite(points[1]["plans"]["lexi"]),
+        "single_layer_losses": rows,
+        "delta_vs_loss": {e: delta_vs_loss(rows, profiles[e]) for e in ESTIMATORS},
+        "additivity": additivity(study, rows, base["held_out"]),
         "evaluations": study.evaluations,
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+                    "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
         "wall_seconds": round(time.time() - started, 1),
     }
-    write_text_atomic(args.results / "quality.json", json.dumps(doc, indent=1) + "\n")
-    plot(doc, args.results / "quality.png")
-    print(json.dumps({"base": doc["base"], "spearman_all_pairs": doc["delta_vs_loss"]["spearman_all_pairs"],
+    name = "" if args.model == "demo" else f"-{Path(args.model).name}"
+    write_text_atomic(args.results / f"quality{name}.json", json.dumps(doc, indent=1) + "\n")
+    plot(doc, args.results / f"quality{name}.png")
+    print(json.dumps({"base": doc["base"], "delta_vs_loss": {e: v["spearman_all_pairs"] for e, v in doc["delta_vs_loss"].items()},
                       "wall_seconds": doc["wall_seconds"]}))
 
 

@@ -50,6 +50,7 @@ def _number(parse: Callable[[str], float], accept: Callable[[float], bool], requ
 _fraction = _number(float, lambda value: 0.0 < value <= 1.0, "is outside (0, 1]")
 _positive_float = _number(float, lambda value: value > 0, "must be positive")
 _positive_int = _number(int, lambda value: value >= 1, "must be at least 1")
+_non_negative_int = _number(int, lambda value: value >= 0, "must be 0 or more")
 _port = _number(int, lambda value: 1 <= value <= 65535, "is not a TCP port (1 to 65535)")
 
 
@@ -75,7 +76,7 @@ def _run(target: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _profile_args(parser: argparse.ArgumentParser) -> None:
-    from moe_compile.compiler.lexi.options import ProfileOptions
+    from moe_compile.compiler.lexi.options import ESTIMATORS, ProfileOptions
 
     defaults = ProfileOptions()
     group = parser.add_argument_group("LExI profile (stage 1)")
@@ -85,6 +86,13 @@ def _profile_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the draws (and of the GA)")
     group.add_argument("--scale", type=_positive_float, default=defaults.scale, help="standard deviation of X")
     group.add_argument("--k-min", type=_positive_int, default=defaults.k_min, help="smallest top-k considered")
+    group.add_argument("--estimator", choices=ESTIMATORS, default=defaults.estimator,
+                       help="sensitivity of a layer to k: lexi (Gaussian Δ, the paper), model-aware (input through "
+                            "the block's norm, Δ relative), self-kl (KL on sequences the model samples), "
+                            "calibration (KL on --calibration text); see docs/lexi.md")
+    group.add_argument("--calibration", help="plain UTF-8 text for --estimator calibration (the model's tokenizer.json)")
+    group.add_argument("--samples", type=_positive_int, default=defaults.samples,
+                       help="self-kl/calibration: sequences (windows of --seq-len tokens) scored")
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
@@ -136,12 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fraction of the cost at the base top-k (sum-k: Σk <= round(F * Σ base k))")
     target.add_argument("--sum-k", type=_positive_int, help="total active experts over all MoE layers")
     target.add_argument("--target-ms", type=_positive_float, help="latency objective: time for all MoE layers")
-    p.add_argument("--objective", choices=("sum-k", "latency"), default="sum-k")
+    p.add_argument("--objective", choices=("sum-k", "latency", "reads"), default="sum-k",
+                   help="what the budget counts: active experts, time, or distinct expert reads per decode "
+                        "step of --samples sequences measured on the calibration tokens (with --budget)")
     p.add_argument("--solver", choices=("dp", "ga"), default="dp", help="exact DP (default) or genetic algorithm")
     p.add_argument("--cost-model", choices=("measured", "roofline-h100", "roofline-h200"), default="measured",
                    help="latency objective: time the op here, or predict it for a GPU")
     p.add_argument("--tokens", type=_positive_int, default=1, help="latency objective: tokens per call")
     p.add_argument("--profile", help="reuse a profile.json from `moe-compile profile`")
+    p.add_argument("--refine", type=_non_negative_int, default=2,
+                   help="rounds of local search around the searched plan, scored on the real KL (0: none)")
+    p.add_argument("--keep-searched", action="store_true",
+                   help="return the searched plan even when the uniform plan of the same Σk scores better")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip refine and guard (they run the whole model on calibration tokens)")
     _profile_args(p)
     p.add_argument("--out", required=True, help="plan.json (a plot is written beside it as .png)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")

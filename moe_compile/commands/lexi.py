@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -11,7 +12,7 @@ from rich.table import Table
 
 from moe_compile.atomic import Staging, all_or_none
 from moe_compile.compiler.ir import MoEModel
-from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, RooflineLatency
+from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, MeasuredReads, RooflineLatency
 from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
 from moe_compile.jsonio import read_json_object
 from moe_compile.compiler.lexi.plots import plot_plan, plot_profile
@@ -22,7 +23,8 @@ from moe_compile.errors import InvalidInput
 
 def profile_options(args: argparse.Namespace) -> ProfileOptions:
     return ProfileOptions(batch=args.batch, seq_len=args.seq_len, draws=args.draws, seed=args.seed,
-                          scale=args.scale, k_min=args.k_min)
+                          scale=args.scale, k_min=args.k_min,
+                          estimator=args.estimator, calibration=args.calibration, samples=args.samples)
 
 
 def _plot_path(out: str) -> Path:
@@ -40,11 +42,16 @@ def run_profile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        Console().print(_sensitivity_table(doc["layers"], title=f"LExI Δ(k), written to {args.out}"))
+        Console().print(_sensitivity_table(doc["layers"], title=f"{doc['options']['estimator']} sensitivity, written to {args.out}"))
     return 0
 
 
-def _cost_model(args: argparse.Namespace):
+def _cost_model(args: argparse.Namespace, objective_of: Callable[[], object]):
+    """The cost of a layer's k; `objective_of()` gives the OutputObjective the reads are measured on."""
+    if args.objective == "reads":
+        if args.budget is None:
+            raise InvalidInput("--objective reads takes --budget FRACTION (of the reads at the base top-k)")
+        return MeasuredReads(lambda index: objective_of().block_inputs[index])
     if args.objective == "sum-k":
         if args.target_ms is not None:
             raise InvalidInput("--target-ms goes with --objective latency")
@@ -58,23 +65,47 @@ def _cost_model(args: argparse.Namespace):
     return RooflineLatency(device=args.cost_model.removeprefix("roofline-"), tokens=args.tokens)
 
 
-def _profile_for_plan(args: argparse.Namespace, moe_model: MoEModel) -> Profile:
+def _profile_for_plan(args: argparse.Namespace, moe_model: MoEModel, objective) -> Profile:
     options = profile_options(args)
     if args.profile:
         return profile_from_json(read_json_object(args.profile, "profile"), moe_model, args.profile, options)
-    return profile_model(moe_model, options)
+    return profile_model(moe_model, options, objective=objective)
+
+
+def _output_objective(args: argparse.Namespace, moe_model: MoEModel):
+    """The real objective the plan is verified (and reads are measured) on: KL to the base model on
+    the --calibration text if given, else on sequences the model samples itself."""
+    from moe_compile.compiler.lexi.kl_profile import OutputObjective
+    from moe_compile.compiler.lexi.profile import check_options
+
+    options = profile_options(args)
+    check_options(moe_model, options)  # bad options fail before the model is loaded
+    return OutputObjective(moe_model, options)
 
 
 def run_plan(args: argparse.Namespace) -> int:
     with all_or_none(args.out, _plot_path(args.out)) as staging:
         moe_model = load_moe_model(args.model)
-        cost_model = _cost_model(args)
+        objectives: dict = {}  # the whole model on calibration tokens, built at most once
+
+        def objective_of():
+            if "built" not in objectives:
+                objectives["built"] = _output_objective(args, moe_model)
+            return objectives["built"]
+
+        cost_model = _cost_model(args, objective_of)
         budget = Budget(fraction=args.budget, sum_k=args.sum_k, target_ms=args.target_ms)
         if budget == Budget():
             raise InvalidInput("give --budget FRACTION, --sum-k N or (with --objective latency) --target-ms MS")
-        profile = _profile_for_plan(args, moe_model)
+        # a KL estimator profiles on the objective; a data-free one reads its layers first, then the whole model
+        kl_estimator = args.estimator in ("self-kl", "calibration") and not args.profile
+        objective = objective_of() if kl_estimator else None
+        profile = _profile_for_plan(args, moe_model, objective)
+        objective = None if args.no_verify else objective_of()
         doc = make_plan(moe_model, profile, budget, cost_model, solver=args.solver, k_min=args.k_min,
-                        seed=args.seed, command=args.command_line)
+                        seed=args.seed, command=args.command_line,
+                        objective=objective.plan_kl if objective else None, refine_passes=args.refine,
+                        keep_searched=args.keep_searched)
         plot_plan(doc, staging.path(_plot_path(args.out)))
         staging.path(args.out).write_text(dumps(doc))
         staging.commit()
@@ -86,7 +117,18 @@ def run_plan(args: argparse.Namespace) -> int:
                  f"{predicted['cost']:.4g} of {predicted['base_cost']:.4g} {predicted['unit']}, "
                  f"ΣΔ {predicted['delta']:.4g}; written to {args.out}")
         Console().print(_sensitivity_table(doc["layers"], title=title, chosen=True))
+        if "verified" in doc:
+            print(_guard_line(doc["verified"]))
     return 0
+
+
+def _guard_line(verified: dict) -> str:
+    uniform = "does not fit the budget" if verified["uniform"] is None else f"{verified['uniform']:.5g}"
+    kept = " (--keep-searched)" if verified["returned"] == "searched" and verified["uniform"] is not None \
+        and verified["uniform"] < verified["searched"] else ""
+    return (f"guard: KL to the base model on the calibration tokens: searched plan {verified['searched']:.5g} "
+            f"{verified['searched_top_k']} ({verified['refine_moves']} local-search moves), uniform {uniform} "
+            f"{verified['uniform_top_k']}; returned the {verified['returned']} plan{kept}")
 
 
 def _sensitivity_table(layers: list[dict], title: str, chosen: bool = False) -> Table:

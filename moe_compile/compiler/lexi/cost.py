@@ -1,6 +1,7 @@
 """What a layer's top-k costs: active experts (the paper's budget), or predicted time.
 
-A cost model maps (layer, k) to a cost. `ActiveExperts` counts k. The latency models give the
+A cost model maps (layer, k) to a cost. `ActiveExperts` counts k. `MeasuredReads` counts the
+distinct experts a decode step of a batch of sequences reads, on the layer's real inputs. The latency models give the
 time of one GroupedMoE call at a token count: `MeasuredLatency` times the op on this machine
 (whatever kernel is registered for the device), `RooflineLatency` predicts it from a device's
 peak compute and memory bandwidth when that device is not at hand.
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from moe_compile.compiler.ir import MoELayerSpec
 from moe_compile.errors import InvalidInput
-from moe_compile.grouped_moe_op import call_grouped_moe
+from moe_compile.grouped_moe_op import call_grouped_moe, choose_experts
 
 # Dense bf16 tensor-core peak and HBM bandwidth from NVIDIA's datasheets (SXM parts).
 ROOFLINE_DEVICES = {
@@ -31,6 +34,34 @@ class ActiveExperts:
 
     def costs(self, spec: MoELayerSpec, ks: list[int]) -> dict[int, float]:
         return {k: float(k) for k in ks}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "unit": self.unit}
+
+
+@dataclass
+class MeasuredReads:
+    """Distinct experts read per decode step of S sequences (one token each), averaged over the
+    positions of calibration tokens [S, L]: `block_inputs(layer index)` gives the MoE block's
+    input there [S, L, H] (kl_profile.OutputObjective records it)."""
+
+    block_inputs: Callable[[int], torch.Tensor]
+    name: str = "reads"
+    unit: str = "expert reads"
+
+    def costs(self, spec: MoELayerSpec, ks: list[int]) -> dict[int, float]:
+        x = self.block_inputs(spec.index).float()  # [S, L, H]
+        sequences, length, hidden = x.shape
+        weights = spec.load_weights()
+        bias = None if weights.router_bias is None else weights.router_bias.float()
+        logits = F.linear(x.reshape(-1, hidden), weights.router_weight.float(), bias)  # [S*L, E]
+        _, experts = choose_experts(logits, spec.attributes, weights.score_bias)  # [S*L, k_base], best first
+        experts = experts.view(sequences, length, -1)
+        result = {}
+        for k in ks:
+            hit = F.one_hot(experts[:, :, :k], spec.num_experts).amax(dim=(0, 2))  # [L, E]: read at that step
+            result[k] = hit.sum(-1).float().mean().item()
+        return result
 
     def describe(self) -> dict:
         return {"name": self.name, "unit": self.unit}

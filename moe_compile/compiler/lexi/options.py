@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+ESTIMATORS = ("lexi", "model-aware", "self-kl", "calibration")
+"""lexi: Gaussian X, Δ = ||Y_k - Y_base||_F (the paper); model-aware: X through the block's own
+pre-MoE RMSNorm gamma, Δ relative to ||Y_base||_F; self-kl / calibration: KL of the final
+next-token distribution to the base model with one layer at k, on sequences the model samples
+itself / on the text of --calibration."""
+
 
 @dataclass(frozen=True)
 class ProfileOptions:
@@ -13,6 +19,9 @@ class ProfileOptions:
     seed: int = 0
     scale: float = 1.0
     k_min: int = 1
+    estimator: str = "lexi"
+    calibration: str | None = None  # a UTF-8 text file (estimator "calibration")
+    samples: int = 8  # sequences of seq_len tokens the model samples itself (estimator "self-kl")
 
     @property
     def tokens(self) -> int:

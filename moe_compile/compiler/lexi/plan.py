@@ -8,6 +8,7 @@ that made it. It holds no timestamps: the same inputs and seed give the same byt
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from moe_compile.jsonio import read_json_object
 
 from .profile import Profile
 from .search import LayerChoices, solve_dp, solve_ga, total_cost, total_delta
+from .verify import guard, refine
 
 PLAN_SCHEMA = "moe-compile/plan/v1"
 SOLVERS = ("dp", "ga")
@@ -61,8 +63,13 @@ def make_plan(
     k_min: int = 1,
     seed: int = 0,
     command: str = "",
+    objective: Callable[[list[int]], float] | None = None,
+    refine_passes: int = 0,
+    keep_searched: bool = False,
 ) -> dict:
-    """Solve stage 2 and return the plan document."""
+    """Solve stage 2 and return the plan document. With `objective` (a plan's real loss, e.g.
+    kl_profile.OutputObjective.kl over the ks), the searched plan is refined by up to
+    `refine_passes` rounds of local search and guarded against the uniform plan (verify.py)."""
     choices = layer_choices(moe_model, profile, cost_model, k_min)
     base_ks = [spec.base_top_k for spec in moe_model.layers]
     base_cost = total_cost(choices, base_ks)
@@ -80,6 +87,12 @@ def make_plan(
         ks = solve_ga(choices, limit, seed=seed)
     else:
         raise InvalidInput(f"solver '{solver}' is not one of {', '.join(SOLVERS)}")
+    verified = None
+    if objective is not None:
+        searched = list(ks)
+        ks, score, moves = refine(ks, choices, limit, objective, refine_passes)
+        ks, verified = guard(ks, score, choices, limit, base_ks, k_min, objective, keep_searched)
+        verified = {"dp_top_k": searched, "refine_passes": refine_passes, "refine_moves": moves, **verified}
     return {
         "schema": PLAN_SCHEMA,
         "model": moe_model.fingerprint,
@@ -96,6 +109,7 @@ def make_plan(
         ],
         "predicted": {"sum_k": sum(ks), "base_sum_k": sum(base_ks), "delta": total_delta(choices, ks),
                       "cost": total_cost(choices, ks), "base_cost": base_cost, "unit": unit},
+        **({"verified": verified} if verified is not None else {}),
         "command": command,
     }
 

@@ -1,0 +1,113 @@
+"""Sensitivity measured on the model's output: KL of the final next-token distribution.
+
+With every MoE block rewritten to a StaticTopKMoE at its base top-k, one layer at a time is set
+to k and the whole model runs on calibration tokens; the layer's loss of k is the mean over
+positions of KL(p_base || p_k) of the next-token distribution. The tokens are either sampled
+from the model itself (estimator "self-kl": no data set) or the windows of a UTF-8 text
+(estimator "calibration"). This needs the whole model in memory and one forward pass per
+(layer, k), unlike the data-free estimators, which read one layer's weights at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from moe_compile.compiler.ir import MoEModel
+from moe_compile.compiler.loader import load_causal_lm
+from moe_compile.compiler.rewrite import rewrite_model
+from moe_compile.errors import InvalidInput
+from moe_compile.finite import check_finite_values
+from moe_compile.validate.perplexity import eval_windows
+
+from .options import ProfileOptions
+
+
+def self_generated_tokens(lm, vocab_size: int, options: ProfileOptions) -> torch.Tensor:
+    """`options.samples` sequences [S, seq_len] sampled from the model (temperature 1), each
+    started from a seeded random token."""
+    generator = torch.Generator().manual_seed(options.seed)
+    start = torch.randint(vocab_size, (options.samples, 1), generator=generator)
+    torch.manual_seed(options.seed)  # generate() samples from torch's global generator
+    with torch.no_grad():
+        out = lm.generate(input_ids=start, attention_mask=torch.ones_like(start), do_sample=True, top_k=0,
+                          top_p=1.0, temperature=1.0, max_new_tokens=options.seq_len - 1,
+                          min_new_tokens=options.seq_len - 1, pad_token_id=0, eos_token_id=None)
+    return out[:, : options.seq_len]
+
+
+def calibration_tokens(moe_model: MoEModel, options: ProfileOptions) -> torch.Tensor:
+    """The first `options.samples` windows of seq_len tokens of the --calibration text."""
+    if not options.calibration:
+        raise InvalidInput("--estimator calibration needs --calibration FILE (plain UTF-8 text)")
+    try:
+        tokens = eval_windows(moe_model.path, options.calibration, window=options.seq_len)[: options.samples]
+    except InvalidInput as exc:
+        raise InvalidInput(f"--calibration: {str(exc).replace('evaluation text', 'calibration text')}") from None
+    vocab_size = int(moe_model.config.vocab_size)
+    if int(tokens.max()) >= vocab_size:
+        raise InvalidInput(f"{moe_model.path}: tokenizer.json gives ids up to {int(tokens.max())}, "
+                           f"beyond the model's vocab_size {vocab_size}")
+    return tokens
+
+
+class OutputObjective:
+    """The model at its base top-k on fixed tokens; scores any per-layer top-k by the mean
+    KL(p_base || p_plan) of the next-token distribution (nats per position)."""
+
+    def __init__(self, moe_model: MoEModel, options: ProfileOptions) -> None:
+        self.moe_model = moe_model
+        lm = load_causal_lm(moe_model)
+        if options.estimator == "calibration" or options.calibration:
+            self.tokens = calibration_tokens(moe_model, options)
+        else:
+            self.tokens = self_generated_tokens(lm, int(moe_model.config.vocab_size), options)
+        self.lm = rewrite_model(lm, moe_model)
+        self.blocks = {spec.index: self.lm.get_submodule(spec.module_path) for spec in moe_model.layers}
+        self.block_inputs: dict[int, torch.Tensor] = {}  # layer index -> its MoE block's input [S, L, H] at base
+
+        def recorder(index: int):
+            return lambda _module, args: self.block_inputs.__setitem__(index, args[0].detach())
+
+        hooks = [block.register_forward_pre_hook(recorder(index)) for index, block in self.blocks.items()]
+        self.base_log_probs = self._log_probs()
+        for hook in hooks:
+            hook.remove()
+
+    @torch.no_grad()
+    def _log_probs(self) -> torch.Tensor:
+        return F.log_softmax(self.lm(input_ids=self.tokens).logits.float(), dim=-1)  # [S, L, V]
+
+    def _set(self, top_k: Mapping[int, int]) -> None:
+        for spec in self.moe_model.layers:
+            self.blocks[spec.index].attributes = spec.attributes.with_top_k(top_k.get(spec.index, spec.base_top_k))
+
+    def plan_kl(self, ks: list[int]) -> float:
+        """`kl` of a plan given as one k per MoE layer, in order."""
+        return self.kl({spec.index: k for spec, k in zip(self.moe_model.layers, ks)})
+
+    def kl(self, top_k: Mapping[int, int]) -> float:
+        """Mean KL(p_base || p_plan) over every position of the tokens."""
+        self._set(top_k)
+        try:
+            log_probs = self._log_probs()
+        finally:
+            self._set({})
+        base = self.base_log_probs
+        return (base.exp() * (base - log_probs)).sum(-1).mean().item()
+
+
+def kl_sensitivities(objective: OutputObjective, options: ProfileOptions, progress=None) -> dict[int, dict[int, float]]:
+    """{layer index: {k: KL}} for k in k_min..base_top_k (KL(base) = 0), one layer changed at a time."""
+    moe_model = objective.moe_model
+    result = {}
+    for spec in moe_model.layers:
+        result[spec.index] = {k: (0.0 if k == spec.base_top_k else objective.kl({spec.index: k}))
+                              for k in range(options.k_min, spec.base_top_k + 1)}
+        check_finite_values({f"KL(k={k})": v for k, v in result[spec.index].items()},
+                            f"{options.estimator} profile, MoE layer {spec.index}")
+        if progress is not None:
+            progress()
+    return result

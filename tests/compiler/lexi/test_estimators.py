@@ -1,0 +1,120 @@
+"""Sensitivity estimators beside LExI's Δ, the local search and the guard against uniform."""
+
+import json
+
+import pytest
+import torch
+
+from moe_compile.cli import main
+from moe_compile.compiler.lexi.cost import MeasuredReads
+from moe_compile.compiler.lexi.kl_profile import OutputObjective
+from moe_compile.compiler.lexi.profile import ProfileOptions, layer_deltas, pre_moe_norm_weight, profile_model
+from moe_compile.compiler.lexi.search import LayerChoices, total_cost
+from moe_compile.compiler.lexi.verify import guard, refine, uniform_plan
+from moe_compile.compiler.loader import load_moe_model
+
+FAST_KL = ProfileOptions(seq_len=8, samples=2, estimator="self-kl")
+
+
+def test_uniform_plan_spreads_sum_k_within_each_layers_range():
+    assert uniform_plan([4, 4, 4, 4], 10) == [2, 3, 2, 3]
+    capped = uniform_plan([1, 4, 4], 7)
+    assert sum(capped) == 7 and capped[0] == 1 and all(k <= 4 for k in capped)
+
+
+def _choices(layers: int, base: int) -> list[LayerChoices]:
+    ks = range(1, base + 1)
+    return [LayerChoices(cost={k: float(k) for k in ks}, delta={k: 0.0 for k in ks}) for _ in range(layers)]
+
+
+def test_refine_follows_a_non_additive_objective_within_the_budget():
+    choices = _choices(3, 4)
+
+    def objective(ks):  # layer 0 matters only when layer 1 is low: no sum of per-layer terms
+        return (4 - ks[0]) * (5 - ks[1]) + 0.1 * (4 - ks[2])
+
+    plan, score, moves = refine([1, 1, 4], choices, 6, objective, passes=5)
+    assert total_cost(choices, plan) <= 6
+    assert score == objective(plan) < objective([1, 1, 4]) and moves >= 1
+    assert refine([1, 1, 4], choices, 6, objective, passes=0) == ([1, 1, 4], objective([1, 1, 4]), 0)
+
+
+def test_guard_returns_the_better_plan_unless_told_to_keep_the_searched_one():
+    choices = _choices(4, 4)
+
+    def objective(ks):
+        return sum((k - 2) ** 2 for k in ks)  # uniform [2, 2, 2, 2] is the best plan of Σk 8
+
+    searched = [4, 2, 1, 1]
+    chosen, record = guard(searched, objective(searched), choices, 8, [4] * 4, 1, objective, keep_searched=False)
+    assert chosen == [2, 2, 2, 2] and record["returned"] == "uniform" and record["uniform"] == 0
+    kept, record = guard(searched, objective(searched), choices, 8, [4] * 4, 1, objective, keep_searched=True)
+    assert kept == searched and record["returned"] == "searched"
+
+
+def test_model_aware_input_goes_through_the_blocks_norm_and_is_relative(tiny_model_dirs):
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    spec = ir.layers[0]
+    weights = spec.load_weights()
+    options = ProfileOptions(batch=1, seq_len=16, draws=1, estimator="model-aware")
+    gamma = pre_moe_norm_weight(ir, spec)
+    relative = layer_deltas(spec, weights, options, gamma)
+    # Δ relative to ||Y_base|| does not change when the whole input (and so Y) is scaled up...
+    # the norm's gamma reshapes the input: a different gamma, a different table
+    assert layer_deltas(spec, weights, options, gamma * torch.linspace(0.1, 3.0, gamma.numel())) != relative
+    assert layer_deltas(spec, weights, ProfileOptions(batch=1, seq_len=16, draws=1)) != relative
+    assert relative[spec.base_top_k] == 0 and all(0 < relative[k] < 10 for k in range(1, spec.base_top_k))
+
+
+def test_self_kl_is_zero_at_the_base_and_positive_below(tiny_model_dirs):
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    objective = OutputObjective(ir, FAST_KL)
+    assert objective.tokens.shape == (2, 8)
+    assert objective.kl({}) == pytest.approx(0.0, abs=1e-6)
+    profile = profile_model(ir, FAST_KL, show_progress=False, objective=objective)
+    for layer in profile.layers:
+        assert layer.delta[layer.base_top_k] == 0.0
+        assert layer.delta[1] > 0.0
+    assert objective.kl({}) == pytest.approx(0.0, abs=1e-6)  # every layer set back to its base k
+
+
+def test_plan_prints_the_guard_and_records_it(tmp_path, capsys, tiny_model_dirs):
+    out = tmp_path / "plan.json"
+    argv = ["plan", tiny_model_dirs["qwen2_moe"], "--budget", "0.5", "--estimator", "self-kl", "--seq-len", "8",
+            "--samples", "2", "--refine", "1", "--out", str(out)]
+    assert main([str(a) for a in argv]) == 0
+    printed = capsys.readouterr().out
+    assert "guard: KL to the base model" in printed
+    doc = json.loads(out.read_text())
+    verified = doc["verified"]
+    chosen = [layer["top_k"] for layer in doc["layers"]]
+    assert chosen == (verified["uniform_top_k"] if verified["returned"] == "uniform" else verified["searched_top_k"])
+    assert verified["searched"] >= 0 and doc["profile"]["estimator"] == "self-kl"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "fewer than one window"),
+    (b"\xff\xfe\x00 not text", "cannot read"),
+    (b"a few words", "fewer than one window"),
+], ids=["empty", "not-utf8", "too-short"])
+def test_bad_calibration_text_is_one_line_and_exit_2(tmp_path, capsys, content, message):
+    text = tmp_path / "calibration.txt"
+    text.write_bytes(content)
+    out = tmp_path / "profile.json"
+    code = main(["profile", "demo", "--estimator", "calibration", "--calibration", str(text), "--seq-len", "64",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--calibration" in err[0] and message in err[0]
+    assert not out.exists()
+
+
+def test_measured_reads_count_distinct_experts_per_decode_step(tiny_model_dirs):
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    spec = ir.layers[0]
+    ks = list(range(1, spec.base_top_k + 1))
+    objective = OutputObjective(ir, FAST_KL)  # 2 sequences of 8 tokens
+    reads = MeasuredReads(lambda index: objective.block_inputs[index]).costs(spec, ks)
+    assert all(k <= reads[k] <= min(spec.num_experts, 2 * k) for k in ks)
+    assert all(reads[k] < reads[k + 1] for k in ks[:-1])
+    one_sequence = MeasuredReads(lambda index: objective.block_inputs[index][:1]).costs(spec, ks)
+    assert one_sequence == {k: float(k) for k in ks}  # one token reads exactly its k experts
