@@ -54,18 +54,34 @@ def test_the_whole_context_is_allowed(triton_server):
     assert tokens.shape == (1, CONTEXT - 99)
 
 
+def _decoder_steps(server) -> int:
+    """How many requests the decoder model has executed so far (each decode step is one)."""
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(server.http_url)
+    try:
+        return int(client.get_inference_statistics(MODEL)["model_stats"][0]["inference_count"])
+    finally:
+        client.close()
+
+
 def test_a_long_request_does_not_make_a_short_one_wait(triton_server):
-    """Two NAME_generate instances: a request for the whole context (127 decode steps) is still
-    running when a one-token request, sent after it, has its answer."""
+    """Two NAME_generate instances: a one-token request sent while a request for the whole
+    context (127 decode steps) is in its decode loop gets its answer before the long one ends.
+    The short request goes out only once the decoder has run steps of the long one (its
+    inference count moved), so the test does not depend on how fast this machine is."""
     finished = {}
 
     def run(name, prompt_length, new_tokens):
         _generate(triton_server, prompt_length, new_tokens)
         finished[name] = time.monotonic()
 
+    before = _decoder_steps(triton_server)
     long = threading.Thread(target=run, args=("long", 1, CONTEXT))
     long.start()
-    time.sleep(0.2)  # the long request is in the server
+    while _decoder_steps(triton_server) < before + 2 and long.is_alive():
+        time.sleep(0.001)
+    assert long.is_alive(), "the long request ended before the short one could be sent"
     run("short", 1, 1)
     long.join()
     assert finished["short"] < finished["long"]
