@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from moe_compile import __version__, interrupts
+from moe_compile import __version__, interrupts, process_memory
 from moe_compile.dtypes import PRECISIONS
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 
@@ -261,6 +261,7 @@ def _interrupted() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    process_memory.start_sampling()
     _quiet_libraries()
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
+from moe_compile.jsonio import print_report
 
 
 def _settings(ir, plan: str | None) -> list:
@@ -138,7 +139,7 @@ def _write_outputs(report: dict, args: argparse.Namespace) -> None:
     if args.plot:
         plot_bench(report, args.plot)
     if args.json:
-        sys.stdout.write(text)
+        print_report(report)
     else:
         console = Console()
         if not console.is_terminal:  # a log or a pipe: no wrapping at 80 columns

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moe_compile.atomic import check_writable
+from moe_compile.jsonio import print_report
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -20,7 +20,7 @@ def run_build(args: argparse.Namespace) -> int:
     sizes = {name: value for name, value in (("max_batch", args.max_batch), ("max_seq", args.max_seq)) if value}
     summary = build_engine(args.onnx, args.out, precision=args.precision, timing_cache=args.timing_cache, **sizes)
     if args.json:
-        print(json.dumps(summary.to_json(), indent=2))
+        print_report(summary.to_json())
     else:
         Console().print(summary_table(summary.to_json()))
     return 0

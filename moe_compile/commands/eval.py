@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_causal_lm, load_moe_model
 from moe_compile.compiler.rewrite import rewrite_model
 from moe_compile.errors import InvalidInput
+from moe_compile.jsonio import print_report
 from moe_compile.validate.perplexity import Perplexity, eval_windows, perplexity
 
 
@@ -31,7 +31,7 @@ def evaluate(model: str, plan: str | Path | None = None, text: str | Path | None
 def run_eval(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.plan, args.text)
     if args.json:
-        print(json.dumps(result.to_json()))
+        print_report(result.to_json())
     else:
         print(f"held-out perplexity {result.perplexity:.4f} (loss {result.loss:.4f} nats over "
               f"{result.tokens} tokens, vocab {result.vocab_size})" + (f" under {args.plan}" if args.plan else ""))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -11,6 +10,7 @@ from rich.table import Table
 
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
+from moe_compile.jsonio import print_report
 
 from .lexi import write_plan
 from .parity_table import print_parity
@@ -21,7 +21,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     result = export_onnx(load_moe_model(args.model), args.out, target=args.target, plan=args.plan, dtype=args.dtype)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print_report(result.to_json())
     else:
         Console().print(_lowering_table(result.to_json()))
     return 0

@@ -13,7 +13,7 @@ from moe_compile.atomic import check_writable, write_text_atomic
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, RooflineLatency
 from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
-from moe_compile.jsonio import read_json_object
+from moe_compile.jsonio import print_report, read_json_object
 from moe_compile.compiler.lexi.plots import plot_plan, plot_profile
 from moe_compile.compiler.lexi.profile import Profile, ProfileOptions, profile_from_json, profile_model
 from moe_compile.compiler.loader import load_moe_model
@@ -38,7 +38,7 @@ def run_profile(args: argparse.Namespace) -> int:
     plot_profile(doc, _plot_path(args.out))
     write_text_atomic(args.out, dumps(doc))
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print_report(doc)
     else:
         Console().print(_sensitivity_table(doc["layers"], title=f"LExI Δ(k), written to {args.out}"))
     return 0
@@ -79,7 +79,7 @@ def run_plan(args: argparse.Namespace) -> int:
     plot_plan(doc, _plot_path(args.out))
     write_text_atomic(args.out, dumps(doc))
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print_report(doc)
     else:
         predicted = doc["predicted"]
         title = (f"LExI plan: Σk {predicted['sum_k']} of {predicted['base_sum_k']}, cost "
