@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from moe_compile.atomic import write_text_atomic
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
+from moe_compile.grouped_moe_op import GroupedMoEAttributes, grouped_moe_reference
 from moe_compile.plugins.tensorrt.aot_kernel import (StageKernel, current_arch, device_name, entry_parameters,
                                                      stage_kernel)
 from moe_compile.plugins.tensorrt.pipeline import run_stages

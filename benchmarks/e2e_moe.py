@@ -195,7 +195,7 @@ def setting_for(args) -> Setting:
 
 def run_op_kernels_on_cpu() -> None:
     """Dry run: the op's CPU calls go to the Triton launcher (in the interpreter), as CUDA calls do."""
-    from moe_compile.plugins.grouped_moe.op import OP_NAME, _grouped_moe_cuda
+    from moe_compile.grouped_moe_op.op import OP_NAME, _grouped_moe_cuda
 
     torch.library.register_kernel(OP_NAME, "cpu", _grouped_moe_cuda)
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_compile.atomic import atomic_path, write_text_atomic
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
+from moe_compile.grouped_moe_op import GroupedMoEAttributes, grouped_moe_reference
 from moe_compile.versions import package_versions
 
 SHAPES = {  # name: (E, H, I, k)

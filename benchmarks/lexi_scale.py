@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from moe_compile.compiler.lexi.profile import ProfileOptions, layer_deltas
 from moe_compile.compiler.loader import load_moe_model
-from moe_compile.plugins.grouped_moe import grouped_moe_reference
+from moe_compile.grouped_moe_op import grouped_moe_reference
 
 QWEN15_MOE_A27B = {
     "model_type": "qwen2_moe", "hidden_size": 2048, "moe_intermediate_size": 1408, "num_experts": 60,

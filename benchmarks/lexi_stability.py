@@ -25,7 +25,7 @@ import torch
 from moe_compile.compiler.ir import ExpertWeights, MoELayerSpec, SharedExpertSpec
 from moe_compile.compiler.lexi.profile import ProfileOptions, layer_deltas
 from moe_compile.compiler.lexi.search import LayerChoices, solve_dp, total_delta
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 LAYERS, EXPERTS, HIDDEN, INTER, TOP_K = 12, 16, 256, 128, 4
 DRAWS = [1, 2, 4, 8, 16, 32]

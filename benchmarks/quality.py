@@ -53,6 +53,7 @@ from moe_compile.jsonio import read_json_object
 from moe_compile.validate.perplexity import (
     eval_windows,
     load_tokenizer,
+    module_logits,
     perplexity,
     windows,
 )
@@ -136,14 +137,14 @@ class Study:
         """Perplexity through `rewrite_model` (what `moe-compile eval --plan` runs) and through `model`."""
         top_k = {spec.index: k for spec, k in zip(self.moe_model.layers, ks)}
         sample = self.held_out[:8]
-        rewritten = perplexity(rewrite_model(load_causal_lm(self.moe_model), self.moe_model, top_k), sample,
-                               self.vocab_size).perplexity
-        return {"top_k": ks, "rewritten": rewritten, "router_top_k": perplexity(self.model(ks), sample,
-                                                                              self.vocab_size).perplexity}
+        rewritten = rewrite_model(load_causal_lm(self.moe_model), self.moe_model, top_k)
+        return {"top_k": ks,
+                "rewritten": perplexity(module_logits(rewritten), sample, self.vocab_size).perplexity,
+                "router_top_k": perplexity(module_logits(self.model(ks)), sample, self.vocab_size).perplexity}
 
     def perplexity(self, ks: list[int], kept: list[list[int]] | None = None) -> float:
         self.evaluations += 1
-        value = perplexity(self.model(ks, kept), self.held_out, self.vocab_size).perplexity
+        value = perplexity(module_logits(self.model(ks, kept)), self.held_out, self.vocab_size).perplexity
         print(f"  eval {self.evaluations}: k {ks}{' (pruned)' if kept else ''} -> {value:.4f}", flush=True)
         return value
 

@@ -277,7 +277,7 @@ def node_attributes(model: Path) -> dict:
 
 
 def grouped_moe_fields() -> dict[str, str]:
-    from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+    from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
     return {f.name: FIELD_TYPES[f.type] for f in dataclasses.fields(GroupedMoEAttributes)}
 
@@ -360,7 +360,7 @@ def probe(decoder: Path | None) -> dict:
         import tensorrt_rtx
     except ImportError as error:
         raise SystemExit(f"tensorrt_rtx is not importable ({error}): pip install tensorrt-rtx-cu13") from error
-    from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+    from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
     report = {"command": " ".join(["python", *sys.argv]), "versions": versions(),
               "tensorrt_rtx.__version__": tensorrt_rtx.__version__, "python_api": python_api()}

@@ -80,7 +80,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
 def train(model, stream: torch.Tensor, held_out: torch.Tensor, *, steps: int, batch: int, seq_len: int, lr: float,
           seed: int, max_seconds: float = math.inf, eval_every: int = 100, progress=None) -> dict:
     """AdamW on random windows of `stream`; returns the loss history. Stops early past `max_seconds`."""
-    from moe_compile.validate.perplexity import window_loss
+    from moe_compile.validate.perplexity import module_logits, window_loss
 
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
@@ -102,7 +102,7 @@ def train(model, stream: torch.Tensor, held_out: torch.Tensor, *, steps: int, ba
         history["aux_loss"].append(out.aux_loss.item())
         if (step + 1) % eval_every == 0 or step == steps - 1:
             model.eval()
-            total, count = window_loss(model, held_out)
+            total, count = window_loss(module_logits(model), held_out)
             history["held_out_step"].append(step)
             history["held_out_loss"].append(total / count)
         if progress:

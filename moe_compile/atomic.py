@@ -29,6 +29,19 @@ def check_writable(out: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
+def writing_into(folder: str | os.PathLike, *ours: Path) -> Iterator[None]:
+    """An OSError from a write into `folder` (Python's file writes name no file: a full disk, a
+    quota) -> InvalidInput naming `folder`. Errors that name a path not starting with one of
+    `ours` (the staged paths) pass unchanged: they concern another file, which the CLI names."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename and not any(str(exc.filename).startswith(str(path)) for path in ours):
+            raise
+        raise InvalidInput(f"cannot write into {folder} ({exc.strerror or one_line(exc)})") from None
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success.
 
@@ -61,3 +74,47 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+class Staging:
+    """The outputs of one command, written first under a staging folder beside each and moved
+    into place together by `commit`; see `all_or_none`."""
+
+    def __init__(self, roots: dict[Path, Path]) -> None:
+        self.roots = roots  # output folder -> its staging folder
+
+    def path(self, target: str | os.PathLike) -> Path:
+        """Where to write `target` (one of the outputs given to all_or_none) until the commit."""
+        target = Path(target)
+        return self.roots[target.parent.resolve()] / target.name
+
+    def commit(self) -> list[Path]:
+        """Move every staged file onto its target (signals wait until all are moved)."""
+        interrupts.raise_if_received()
+        moved = []
+        with interrupts.deferred():
+            for folder, root in self.roots.items():
+                for staged in sorted(root.iterdir()):
+                    os.replace(staged, folder / staged.name)
+                    moved.append(folder / staged.name)
+        return moved
+
+
+@contextlib.contextmanager
+def all_or_none(*targets: str | os.PathLike) -> Iterator[Staging]:
+    """For a command that writes several files: write them to `staging.path(target)` and call
+    `staging.commit()` when all are good. An error, a signal or a block that ends without the
+    commit removes every staged file; the targets keep what they held before. Each target is
+    checked writable first, before any work."""
+    paths = [check_writable(target) for target in targets]
+    roots: dict[Path, Path] = {}
+    try:
+        for path in paths:
+            folder = path.parent.resolve()
+            if folder not in roots:
+                roots[folder] = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging.", dir=folder))
+        with writing_into(", ".join(str(path.parent) for path in paths[:1]), *roots.values()):
+            yield Staging(roots)
+    finally:
+        for root in roots.values():
+            shutil.rmtree(root, ignore_errors=True)

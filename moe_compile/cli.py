@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import shlex
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from moe_compile import __version__, interrupts, process_memory
 from moe_compile.dtypes import PRECISIONS
@@ -48,6 +50,7 @@ def _number(parse: Callable[[str], float], accept: Callable[[float], bool], requ
 _fraction = _number(float, lambda value: 0.0 < value <= 1.0, "is outside (0, 1]")
 _positive_float = _number(float, lambda value: value > 0, "must be positive")
 _positive_int = _number(int, lambda value: value >= 1, "must be at least 1")
+_port = _number(int, lambda value: 1 <= value <= 65535, "is not a TCP port (1 to 65535)")
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -200,20 +203,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: tensorrt for .plan, python (ONNX Runtime in the python backend) for .onnx")
     p.add_argument("--max-batch", type=_positive_int, default=8, help="max_batch_size of the decoder")
     p.add_argument("--instances", type=_positive_int, default=1, help="model instances per device")
+    p.add_argument("--max-new-tokens", type=_positive_int,
+                   help="server-side cap on the tokens one NAME_generate request may ask for, at most the model's "
+                        "context (default: 1024, or the context when shorter)")
     p.add_argument("--force", action="store_true", help="replace NAME and NAME_generate if the repository has them")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
 
     p = command("serve", "serve a model repository with Triton Inference Server (nvidia-pytriton's tritonserver) "
                 "on 127.0.0.1 until Ctrl-C", _run("deploy:run_serve"))
     p.add_argument("--repo", required=True, help="a model repository from `moe-compile deploy`")
-    p.add_argument("--http-port", type=_positive_int, default=8000)
-    p.add_argument("--grpc-port", type=_positive_int, default=8001)
+    p.add_argument("--http-port", type=_port, default=8000)
+    p.add_argument("--grpc-port", type=_port, default=8001)
     p.add_argument("--startup-timeout", type=_positive_float, default=120.0, help="seconds to wait for ready")
     p.add_argument("--json", action="store_true", help="print the addresses as one JSON line")
 
-    p = command("eval", "held-out perplexity, optionally under a plan", _run("eval:run_eval"))
+    p = command("eval", "held-out perplexity, optionally under a plan or of an ONNX export", _run("eval:run_eval"))
     _model_arg(p)
     p.add_argument("--plan", help="a plan.json: score the model at its per-layer top-k")
+    p.add_argument("--onnx", help="an ONNX export of MODEL (target onnxruntime or onnx, fp32 or fp16): score it in "
+                   "ONNX Runtime")
     p.add_argument("--text", help="UTF-8 text to score (default: the model folder's heldout.txt, else the demo's)")
     p.add_argument("--json", action="store_true")
     return parser
@@ -253,6 +261,19 @@ def _signals_interrupt():
             signal.signal(signum, handler)
 
 
+def os_error_line(exc: OSError) -> str:
+    """`[Errno 28] No space left on device: '/x/.model.onnx.staging.ab12/model.onnx'` -> one line
+    naming a path the user knows: the staged files are gone by now (atomic.py), so the nearest
+    folder that still exists."""
+    if not exc.filename:
+        return one_line(exc)
+    path = Path(exc.filename)
+    if exc.errno != errno.ENOENT:
+        while not path.exists() and path.parent != path:
+            path = path.parent
+    return f"{exc.strerror or one_line(exc)}: {path}"
+
+
 def _interrupted() -> int:
     name = interrupts.received() or "SIGINT"
     print(f"moe-compile: interrupted ({name}); outputs left as they were", file=sys.stderr)
@@ -277,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted()
         print(f"moe-compile: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the machine refused a read or write: a full disk, a read-only mount, permissions
+        if interrupts.received():
+            return _interrupted()
+        print(f"moe-compile: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
     except Exception:
         if interrupts.received():
             return _interrupted()

@@ -48,6 +48,18 @@ def tiny_model_dirs(tmp_path_factory):
     return folders
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model_dirs, tmp_path_factory):
+    """The onnxruntime-target export of the tiny qwen2_moe, made once: what the python backend
+    serves (tests/deploy) and what the fault suite deploys and validates (tests/faults)."""
+    from moe_compile.compiler.loader import load_moe_model
+    from moe_compile.export.exporter import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(load_moe_model(tiny_model_dirs["qwen2_moe"]), path, target="onnxruntime")
+    return path
+
+
 @pytest.fixture
 def bf16_dot_in_interpreter(monkeypatch):
     """Triton 3.6's interpreter multiplies bf16 tl.dot operands as their raw uint16 bits (numpy

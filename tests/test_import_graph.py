@@ -5,6 +5,8 @@ A module importing from its own package's `__init__` (the package re-exporting i
 is not counted: that is the package's public face, not a dependency between two modules."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "moe_compile"
@@ -85,3 +87,18 @@ def test_validate_compares_runners_and_never_exports():
     exporting = {name for name in graph if name.startswith("moe_compile.validate")
                  and "moe_compile.export.exporter" in graph[name]}
     assert exporting == set()
+
+
+def test_the_op_contract_depends_on_no_stage_of_the_compiler():
+    """grouped_moe_op/ (attributes, reference, registration) is what compiler/, export/ and
+    plugins/ share: it imports none of them, except the CUDA kernel, imported on the first CUDA
+    call (plugins/grouped_moe/launcher.py)."""
+    graph = import_graph()
+    op_modules = {name for name in graph if name.startswith("moe_compile.grouped_moe_op")}
+    outside = {dep for name in op_modules for dep in graph[name]
+               if not dep.startswith("moe_compile.grouped_moe_op")} - {"moe_compile.errors"}
+    assert outside == {"moe_compile.plugins.grouped_moe.launcher"}
+    at_import = subprocess.run([sys.executable, "-c", "import sys, moe_compile.grouped_moe_op; "
+                                "print(sorted(m for m in sys.modules if m.startswith('moe_compile.')))"],
+                               capture_output=True, text=True, check=True).stdout
+    assert not any(stage in at_import for stage in ("compiler", "export", "plugins", "validate", "deploy")), at_import

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from moe_compile.atomic import all_or_none, check_writable
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
 from moe_compile.jsonio import print_report
@@ -90,6 +91,9 @@ def run_bench(args: argparse.Namespace) -> int:
         measure,
     )
 
+    for output in (args.out, args.plot):
+        if output:
+            check_writable(output)  # before minutes of measuring, not after
     backends = select_backends(args.backends, args.engine)
     ir = load_moe_model(args.model)
     _check_workload(ir, args, backends)
@@ -130,14 +134,17 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(report: dict, args: argparse.Namespace) -> None:
-    from moe_compile.atomic import write_text_atomic
     from moe_compile.validate.bench_plot import plot_bench
 
     text = json.dumps(report, indent=2) + "\n"
-    if args.out:
-        write_text_atomic(args.out, text)
-    if args.plot:
-        plot_bench(report, args.plot)
+    outputs = [path for path in (args.out, args.plot) if path]
+    if outputs:
+        with all_or_none(*outputs) as staging:
+            if args.out:
+                staging.path(args.out).write_text(text)
+            if args.plot:
+                plot_bench(report, staging.path(args.plot))
+            staging.commit()
     if args.json:
         print_report(report)
     else:

@@ -10,9 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from moe_compile.atomic import check_writable
 from moe_compile.jsonio import print_report
-
 
 def run_build(args: argparse.Namespace) -> int:
     from moe_compile.plugins.tensorrt.builder import build_engine
@@ -56,11 +54,12 @@ def compile_engine(args: argparse.Namespace, out: Path) -> int:
     """plan (with --budget) -> rewrite -> export --target tensorrt (a temporary ONNX beside --out)
     -> build -> a short parity check of the engine. TensorRT and a GPU are checked first, so a
     machine without them stops at once and writes nothing."""
-    from moe_compile.commands.lexi import write_plan
+    from moe_compile.atomic import all_or_none
+    from moe_compile.commands.exporting import export_with_progress
+    from moe_compile.commands.lexi import pipeline_outputs, write_plan
     from moe_compile.commands.parity_table import print_parity
     from moe_compile.compiler.loader import load_moe_model
     from moe_compile.errors import InvalidInput
-    from moe_compile.export.exporter import export_onnx
     from moe_compile.plugins.tensorrt.builder import DEFAULT_MAX_SEQ, build_engine, require_tensorrt
     from moe_compile.validate.parity import validate_engine
 
@@ -68,18 +67,21 @@ def compile_engine(args: argparse.Namespace, out: Path) -> int:
         raise InvalidInput(f"--target {args.target}: an engine is built from the tensorrt target; "
                            "give --out model.onnx for other targets")
     require_tensorrt(f"--out {out.name} (a TensorRT engine)")
-    check_writable(out)
-    moe_model = load_moe_model(args.model)
-    plan = args.plan
-    if args.budget is not None:
-        plan = write_plan(moe_model, args.budget, out, args.command_line)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:
-        onnx_path = Path(folder) / "model.onnx"
-        export_onnx(moe_model, onnx_path, target="tensorrt", plan=plan, dtype=args.precision)
-        # the engine's context: build's default, or the model's own when that is shorter
-        context = min(DEFAULT_MAX_SEQ, getattr(moe_model.config, "max_position_embeddings", None) or DEFAULT_MAX_SEQ)
-        summary = build_engine(onnx_path, out, precision=args.precision, max_seq=context)
-    Console().print(summary_table(summary.to_json()))
-    report = validate_engine(moe_model, out, plan=plan, new_tokens=8)
-    print_parity(report, as_json=False)
+    with all_or_none(*pipeline_outputs(out, args.budget)) as staging:
+        moe_model = load_moe_model(args.model)
+        plan = args.plan
+        if args.budget is not None:
+            plan = write_plan(moe_model, args.budget, out, args.command_line, staging)
+        engine = staging.path(out)
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.onnx.", dir=out.parent) as folder:
+            onnx_path = Path(folder) / "model.onnx"
+            export_with_progress(moe_model, onnx_path, target="tensorrt", plan=plan, dtype=args.precision)
+            # the engine's context: build's default, or the model's own when that is shorter
+            context = min(DEFAULT_MAX_SEQ, getattr(moe_model.config, "max_position_embeddings", None) or DEFAULT_MAX_SEQ)
+            summary = build_engine(onnx_path, engine, precision=args.precision, max_seq=context)
+        Console().print(summary_table({**summary.to_json(), "engine": str(out)}))
+        report = validate_engine(moe_model, engine, plan=plan, new_tokens=8)
+        print_parity(report, as_json=False)
+        if report.passed:  # a failed check, an error or a signal: nothing is left, not even the plan
+            staging.commit()
     return 0 if report.passed else 1

@@ -16,7 +16,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     from moe_compile.deploy.repository import deploy
 
     result = deploy(args.artifact, args.repo, args.name, backend=args.backend, max_batch=args.max_batch,
-                    instances=args.instances, force=args.force)
+                    instances=args.instances, force=args.force, max_new_tokens=args.max_new_tokens)
     if args.json:
         print_report(result.to_json())
     else:

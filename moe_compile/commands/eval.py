@@ -1,38 +1,71 @@
-"""`moe-compile eval MODEL [--plan plan.json] [--text FILE] [--json]`: held-out perplexity."""
+"""`moe-compile eval MODEL [--plan plan.json | --onnx FILE] [--text FILE] [--json]`: held-out perplexity,
+of the PyTorch model (at a plan's per-layer top-k when given) or of an exported ONNX file in ONNX
+Runtime, so what is measured can be the artefact that ships."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import torch
+
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_causal_lm, load_moe_model
 from moe_compile.compiler.rewrite import rewrite_model
 from moe_compile.errors import InvalidInput
 from moe_compile.jsonio import print_report
-from moe_compile.validate.perplexity import Perplexity, eval_windows, perplexity
+from moe_compile.validate.perplexity import Logits, Perplexity, eval_windows, module_logits, perplexity
 
 
-def evaluate(model: str, plan: str | Path | None = None, text: str | Path | None = None) -> Perplexity:
-    """Perplexity of MODEL (rewritten to `plan`'s per-layer top-k when given) on its held-out text."""
+def evaluate(model: str, plan: str | Path | None = None, text: str | Path | None = None,
+             onnx: str | Path | None = None) -> Perplexity:
+    """Perplexity on MODEL's held-out text (or `text`) of MODEL rewritten to `plan`'s per-layer
+    top-k, or of `onnx`, an export of MODEL, run in ONNX Runtime."""
+    if plan and onnx:
+        raise InvalidInput("eval takes --plan or --onnx, not both: an exported model already has its per-layer top-k")
     moe_model = load_moe_model(model)
     top_k = load_plan(plan, moe_model) if plan else None  # a bad plan fails before any work
+    onnx_logits = exported_logits(moe_model, Path(onnx)) if onnx else None  # so does a bad ONNX file
     token_windows = eval_windows(moe_model.path, text)
     vocab_size = int(moe_model.config.vocab_size)
     if int(token_windows.max()) >= vocab_size:
         raise InvalidInput(f"{moe_model.path}: tokenizer.json gives ids up to {int(token_windows.max())}, "
                            f"beyond the model's vocab_size {vocab_size}")
+    if onnx_logits:
+        return perplexity(onnx_logits, token_windows, vocab_size)
     lm = load_causal_lm(moe_model)
     if top_k is not None:
         lm = rewrite_model(lm, moe_model, top_k)
-    return perplexity(lm, token_windows, vocab_size)
+    return perplexity(module_logits(lm), token_windows, vocab_size)
+
+
+def exported_logits(moe_model, path: Path) -> Logits:
+    """An ONNX export of `moe_model` as `Logits`: each batch of windows is one prefill with an empty cache."""
+    from moe_compile.validate.generation import decoder_feed
+    from moe_compile.validate.parity import check_metadata_matches, onnx_metadata
+    from moe_compile.validate.runners.onnxrt import OnnxRuntimeRunner
+
+    metadata = onnx_metadata(path)
+    check_metadata_matches(metadata, moe_model, None, path)
+    if metadata["moe_compile.target"] == "tensorrt":
+        raise InvalidInput(f"{path} is a tensorrt-target export (plugin nodes ONNX Runtime cannot run): "
+                           "export --target onnxruntime to score it here")
+    if metadata["moe_compile.dtype"] == "bf16":
+        raise InvalidInput(f"{path} is bf16, which ONNX Runtime on the CPU does not run: score an fp32 or fp16 export")
+    runner = OnnxRuntimeRunner(path)
+
+    def logits(input_ids: torch.Tensor) -> torch.Tensor:
+        ids = input_ids.numpy()
+        return torch.from_numpy(runner.infer(decoder_feed(ids, runner.empty_past(ids.shape[0]), 0))["logits"])
+
+    return logits
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    result = evaluate(args.model, args.plan, args.text)
+    result = evaluate(args.model, args.plan, args.text, args.onnx)
     if args.json:
         print_report(result.to_json())
     else:
         print(f"held-out perplexity {result.perplexity:.4f} (loss {result.loss:.4f} nats over "
-              f"{result.tokens} tokens, vocab {result.vocab_size})" + (f" under {args.plan}" if args.plan else ""))
+              f"{result.tokens} tokens, vocab {result.vocab_size})" + (f" under {args.plan}" if args.plan else "") + (f" of {args.onnx} in ONNX Runtime" if args.onnx else ""))
     return 0

@@ -8,18 +8,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from moe_compile.atomic import writing_into
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
 from moe_compile.jsonio import print_report
 
-from .lexi import write_plan
+from .exporting import export_with_progress
+from .lexi import pipeline_outputs, write_plan
 from .parity_table import print_parity
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from moe_compile.export.exporter import export_onnx
-
-    result = export_onnx(load_moe_model(args.model), args.out, target=args.target, plan=args.plan, dtype=args.dtype)
+    out = Path(args.out)
+    with writing_into(out.parent, out.parent / f".{out.name}"):
+        result = export_with_progress(load_moe_model(args.model), out, target=args.target, plan=args.plan,
+                                      dtype=args.dtype)
     if args.json:
         print_report(result.to_json())
     else:
@@ -53,7 +56,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_compile(args: argparse.Namespace) -> int:
     """plan (with --budget) -> rewrite -> export -> parity check in ONNX Runtime; for
-    --out engine.plan, commands/build.py's compile_engine (export, build, check the engine)."""
+    --out engine.plan, commands/build.py's compile_engine (export, build, check the engine).
+    All or none: the plan, its plot and the ONNX are staged and kept only if the check passes."""
     out = Path(args.out)
     if out.suffix == ".plan":
         from moe_compile.commands.build import compile_engine
@@ -61,17 +65,19 @@ def run_compile(args: argparse.Namespace) -> int:
         return compile_engine(args, out)
     if out.suffix != ".onnx":
         raise InvalidInput(f"--out {out}: give model.onnx (ONNX) or engine.plan (TensorRT)")
-    from moe_compile.atomic import check_writable
-    from moe_compile.export.exporter import export_onnx
+    from moe_compile.atomic import all_or_none
     from moe_compile.validate.parity import validate_onnx
 
-    check_writable(out)
-    moe_model = load_moe_model(args.model)
-    plan = args.plan
-    if args.budget is not None:
-        plan = write_plan(moe_model, args.budget, out, args.command_line)
-    result = export_onnx(moe_model, out, target=args.target or "onnxruntime", plan=plan, dtype=args.precision)
-    Console().print(_lowering_table(result.to_json()))
-    report = validate_onnx(moe_model, out, plan=plan)
-    print_parity(report, as_json=False)
+    with all_or_none(*pipeline_outputs(out, args.budget)) as staging:
+        moe_model = load_moe_model(args.model)
+        plan = args.plan
+        if args.budget is not None:
+            plan = write_plan(moe_model, args.budget, out, args.command_line, staging)
+        result = export_with_progress(moe_model, staging.path(out), target=args.target or "onnxruntime", plan=plan,
+                                      dtype=args.precision)
+        Console().print(_lowering_table({**result.to_json(), "onnx": str(out)}))
+        report = validate_onnx(moe_model, staging.path(out), plan=plan)
+        print_parity(report, as_json=False)
+        if report.passed:  # a failed check, an error or a signal: nothing is left, not even the plan
+            staging.commit()
     return 0 if report.passed else 1

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from moe_compile.atomic import check_writable, write_text_atomic
+from moe_compile.atomic import Staging, all_or_none
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, RooflineLatency
 from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
@@ -31,12 +31,12 @@ def _plot_path(out: str) -> Path:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    check_writable(args.out)
-    check_writable(_plot_path(args.out))
-    moe_model = load_moe_model(args.model)
-    doc = profile_model(moe_model, profile_options(args)).to_json()
-    plot_profile(doc, _plot_path(args.out))
-    write_text_atomic(args.out, dumps(doc))
+    with all_or_none(args.out, _plot_path(args.out)) as staging:
+        moe_model = load_moe_model(args.model)
+        doc = profile_model(moe_model, profile_options(args)).to_json()
+        plot_profile(doc, staging.path(_plot_path(args.out)))
+        staging.path(args.out).write_text(dumps(doc))
+        staging.commit()
     if args.json:
         print_report(doc)
     else:
@@ -66,18 +66,18 @@ def _profile_for_plan(args: argparse.Namespace, moe_model: MoEModel) -> Profile:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    check_writable(args.out)
-    check_writable(_plot_path(args.out))
-    moe_model = load_moe_model(args.model)
-    cost_model = _cost_model(args)
-    budget = Budget(fraction=args.budget, sum_k=args.sum_k, target_ms=args.target_ms)
-    if budget == Budget():
-        raise InvalidInput("give --budget FRACTION, --sum-k N or (with --objective latency) --target-ms MS")
-    profile = _profile_for_plan(args, moe_model)
-    doc = make_plan(moe_model, profile, budget, cost_model, solver=args.solver, k_min=args.k_min,
-                    seed=args.seed, command=args.command_line)
-    plot_plan(doc, _plot_path(args.out))
-    write_text_atomic(args.out, dumps(doc))
+    with all_or_none(args.out, _plot_path(args.out)) as staging:
+        moe_model = load_moe_model(args.model)
+        cost_model = _cost_model(args)
+        budget = Budget(fraction=args.budget, sum_k=args.sum_k, target_ms=args.target_ms)
+        if budget == Budget():
+            raise InvalidInput("give --budget FRACTION, --sum-k N or (with --objective latency) --target-ms MS")
+        profile = _profile_for_plan(args, moe_model)
+        doc = make_plan(moe_model, profile, budget, cost_model, solver=args.solver, k_min=args.k_min,
+                        seed=args.seed, command=args.command_line)
+        plot_plan(doc, staging.path(_plot_path(args.out)))
+        staging.path(args.out).write_text(dumps(doc))
+        staging.commit()
     if args.json:
         print_report(doc)
     else:
@@ -105,13 +105,25 @@ def _sensitivity_table(layers: list[dict], title: str, chosen: bool = False) -> 
     return table
 
 
-def write_plan(moe_model, budget: float, out: Path, command: str) -> Path:
-    """The pipeline's LExI plan (default profile, --budget of the active experts) beside --out."""
+def pipeline_plan_path(out: Path) -> Path:
+    """Where the pipeline's LExI plan goes: beside --out, model.onnx -> model.lexi-plan.json (+ .png)."""
+    return out.with_name(f"{out.stem}.lexi-plan.json")
+
+
+def pipeline_outputs(out: Path, budget: float | None) -> list[Path]:
+    """Every file the pipeline writes: --out, and with --budget its plan and the plan's plot."""
+    plan = pipeline_plan_path(out)
+    return [out, *([plan, plan.with_suffix(".png")] if budget is not None else [])]
+
+
+def write_plan(moe_model, budget: float, out: Path, command: str, staging: Staging) -> Path:
+    """The pipeline's LExI plan (default profile, --budget of the active experts), staged with
+    --out (committed only if the whole pipeline succeeds); returns the staged plan's path."""
     options = ProfileOptions()
     doc = make_plan(moe_model, profile_model(moe_model, options), Budget(fraction=budget), ActiveExperts(),
                     command=command)
-    path = out.with_name(f"{out.stem}.lexi-plan.json")
-    plot_plan(doc, path.with_suffix(".png"))
-    write_text_atomic(path, dumps(doc))
-    print(f"LExI plan: Σk {doc['predicted']['sum_k']} of {doc['predicted']['base_sum_k']}, written to {path}")
-    return path
+    path = pipeline_plan_path(out)
+    plot_plan(doc, staging.path(path.with_suffix(".png")))
+    staging.path(path).write_text(dumps(doc))
+    print(f"LExI plan: Σk {doc['predicted']['sum_k']} of {doc['predicted']['base_sum_k']} ({path})")
+    return staging.path(path)

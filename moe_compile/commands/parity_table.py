@@ -31,8 +31,13 @@ def print_parity(report, as_json: bool) -> None:
               + ("identical" if report.generation_identical else
                  f"differs from token {report.first_generation_difference}"))
     if not report.passed:
-        where = (f"; first diverging MoE layer: {report.first_diverging_layer}"
-                 if report.first_diverging_layer is not None else "")
+        where = ""
+        if report.first_diverging_layer is not None:
+            where = f"; first diverging MoE layer: {report.first_diverging_layer}"
+        elif report.largest_moe_difference_layer is not None:
+            where = (f"; every MoE layer is within tolerance (the largest difference at MoE layer "
+                     f"{report.largest_moe_difference_layer}): the difference comes from outside the MoE layers "
+                     "or builds up across them")
         print(f"moe-compile: validate: {report.file} does not match the PyTorch reference{where}", file=sys.stderr)
 
 

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from moe_compile.dtypes import element_type
 from moe_compile.errors import InvalidInput, one_line
+from moe_compile.finite import check_finite_tensor
 
 INDEX_FILE = "model.safetensors.index.json"
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.00.pth")
@@ -146,6 +147,7 @@ class SafetensorsCheckpoint:
             raise InvalidInput(f"{info.file}: cannot read tensor '{name}' ({one_line(exc)})") from None
         self.meter.bytes_read += info.nbytes
         self.meter.track(tensor)
+        check_finite_tensor(tensor, f"{info.file}: tensor '{name}'")
         return tensor
 
     def signature(self) -> list[tuple[str, str, tuple[int, ...]]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 
 @dataclass(frozen=True)

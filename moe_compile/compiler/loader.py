@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from moe_compile.errors import InvalidInput, one_line
+from moe_compile.finite import check_finite_parameters
 from moe_compile.jsonio import read_json_object
 
 from .adapters import MoEAdapter, adapter_class
 from .checkpoint import ReadMeter, SafetensorsCheckpoint
 from .ir import ExpertWeights, MoELayerSpec, MoEModel
+from .shapes import check_expert_shapes, check_layer_count, check_module_shapes
 
 DEMO = "demo"
 
@@ -74,14 +76,8 @@ def fingerprint(model_type: str, config_dict: dict, checkpoint: SafetensorsCheck
 
 
 def _load_layer(adapter: MoEAdapter, checkpoint: SafetensorsCheckpoint, index: int) -> ExpertWeights:
-    where = f"{checkpoint.folder}: MoE layer {index}"
-    try:
-        weights = adapter.read_weights(checkpoint, index)
-    except RuntimeError as exc:  # torch.cat / copy_ of checkpoint tensors whose shapes do not fit
-        raise InvalidInput(f"{where}: the checkpoint's expert tensors do not fit together ({one_line(exc)})") from None
-    problem = weights.shape_problem(adapter.num_experts(), adapter.config_int("hidden_size"), adapter.intermediate())
-    if problem:
-        raise InvalidInput(f"{where}: {problem}")
+    """One layer's weights; their shapes were checked from the headers (shapes.py) when the model was read."""
+    weights = adapter.read_weights(checkpoint, index)
     for tensor in weights.tensors():
         checkpoint.meter.track(tensor)
     return weights
@@ -95,6 +91,7 @@ def _layer_spec(adapter: MoEAdapter, checkpoint: SafetensorsCheckpoint, index: i
     except InvalidInput as exc:
         raise InvalidInput(f"config.json, layer {index}: {exc}") from None
     adapter.check_checkpoint(checkpoint, index)
+    check_expert_shapes(adapter, checkpoint, index)
     return MoELayerSpec(
         index=index,
         module_path=adapter.block_path(index),
@@ -120,7 +117,9 @@ def load_moe_model(model: str | Path, meter: ReadMeter | None = None) -> MoEMode
     if not moe_indices:
         raise InvalidInput(f"{folder}: this {model_type} model has no MoE layers (nothing for moe-compile to do)")
     checkpoint = SafetensorsCheckpoint(folder, meter)
+    check_layer_count(checkpoint, num_hidden_layers)
     layers = [_layer_spec(adapter, checkpoint, index) for index in moe_indices]
+    check_module_shapes(adapter.config, checkpoint)
     return MoEModel(
         model_type=model_type, path=folder, config=adapter.config, num_hidden_layers=num_hidden_layers,
         layers=layers, structure=fingerprint(model_type, config_dict, checkpoint, layers, num_hidden_layers),
@@ -132,8 +131,10 @@ def load_causal_lm(moe_model: MoEModel, dtype: Any = None) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             moe_model.path, config=moe_model.config, dtype=dtype, local_files_only=True,
             use_safetensors=True, trust_remote_code=False).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise InvalidInput(f"{moe_model.path}: cannot load the model ({one_line(exc)})") from None
+    check_finite_parameters(model, str(moe_model.path))
+    return model

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moe_compile.errors import InvalidInput
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, call_grouped_moe
+from moe_compile.grouped_moe_op import GroupedMoEAttributes, call_grouped_moe
 
 from .adapters import MoEAdapter
 from .ir import ExpertWeights, MoEModel

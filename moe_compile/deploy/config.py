@@ -23,6 +23,8 @@ BACKENDS = ("tensorrt", "onnxruntime", "python")
 MODEL_FILES = {"tensorrt": "model.plan", "onnxruntime": "model.onnx", "python": "model.py"}
 GENERATE_SUFFIX = "_generate"
 DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids")
+DEFAULT_MAX_NEW_TOKENS = 1024  # the server-side cap on one NAME_generate request
+MIN_GENERATE_INSTANCES = 2  # one long request cannot hold the only instance while others wait
 
 
 def _pb2():
@@ -76,8 +78,12 @@ def decoder_config(name: str, backend: str, signature: ModelSignature, max_batch
     return config
 
 
-def generate_config(decoder: str, signature: ModelSignature, instances: int):
-    """NAME_generate: greedy decoding over the decoder model through BLS (python backend)."""
+def generate_config(decoder: str, signature: ModelSignature, instances: int, max_new_tokens: int,
+                    max_positions: int | None):
+    """NAME_generate: greedy decoding over the decoder model through BLS (python backend). Each
+    request is bounded: at most `max_new_tokens`, and prompt + new tokens within `max_positions`
+    (the model's context; None where the file does not say, as for an engine). At least
+    MIN_GENERATE_INSTANCES instances, so one long request cannot make the others wait for it."""
     pb2 = _pb2()
     num_layers = len(signature.outputs) // 2  # logits + key and value per layer (check_decoder)
     vocab = signature.output("logits").dims[-1]
@@ -91,8 +97,20 @@ def generate_config(decoder: str, signature: ModelSignature, instances: int):
              for p, q in zip(past_names(num_layers), present_names(num_layers))]
     config.parameters["decoder_model"].string_value = decoder
     config.parameters["cache"].string_value = json.dumps(cache)
-    config.instance_group.add(count=instances, kind=pb2.ModelInstanceGroup.KIND_CPU)
+    config.parameters["max_new_tokens"].string_value = str(max_new_tokens)
+    config.parameters["max_positions"].string_value = str(max_positions or 0)  # 0: not known
+    config.instance_group.add(count=max(instances, MIN_GENERATE_INSTANCES), kind=pb2.ModelInstanceGroup.KIND_CPU)
     return config
+
+
+def max_positions(signature: ModelSignature, source: Path) -> int | None:
+    """The model's context from an exported file's metadata (None for an engine or an older file)."""
+    text = signature.metadata.get("moe_compile.max_positions")
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f"{source}: moe_compile.max_positions metadata {text!r} is not a positive integer")
+    return int(text)
 
 
 def config_text(config) -> str:

@@ -23,16 +23,19 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from moe_compile.atomic import writing_into
 from moe_compile.errors import InvalidInput, one_line
 
 from .config import (
     BACKENDS,
+    DEFAULT_MAX_NEW_TOKENS,
     GENERATE_SUFFIX,
     MODEL_FILES,
     check_decoder,
     config_text,
     decoder_config,
     generate_config,
+    max_positions,
 )
 from .signature import ModelSignature, engine_signature, onnx_signature
 
@@ -113,25 +116,32 @@ def _check_repo(repo: Path, names: list[str], force: bool) -> None:
 
 
 def deploy(artifact: str | Path, repo: str | Path, name: str, backend: str | None = None, max_batch: int = 8,
-           instances: int = 1, force: bool = False) -> Deployment:
+           instances: int = 1, force: bool = False, max_new_tokens: int | None = None) -> Deployment:
     artifact, repo = Path(artifact), Path(repo)
     _check_name(name)
     backend = backend or default_backend(artifact)
     if backend not in BACKENDS:
         raise InvalidInput(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
-    if max_batch < 1 or instances < 1:
-        raise InvalidInput(f"--max-batch ({max_batch}) and --instances ({instances}) must be at least 1")
+    if max_batch < 1 or instances < 1 or (max_new_tokens is not None and max_new_tokens < 1):
+        raise InvalidInput(f"--max-batch ({max_batch}), --instances ({instances}) and --max-new-tokens "
+                           f"({max_new_tokens}) must be at least 1")
     names = [name, name + GENERATE_SUFFIX]
     _check_repo(repo, names, force)
     _check_artifact(artifact)
     signature = read_signature(artifact, backend)
     check_decoder(signature, artifact)
+    context = max_positions(signature, artifact)
+    if max_new_tokens is None:
+        max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, context or DEFAULT_MAX_NEW_TOKENS)
+    elif context is not None and max_new_tokens > context:
+        raise InvalidInput(f"--max-new-tokens {max_new_tokens} is more than the model's context ({context} positions)")
     configs = [decoder_config(name, backend, signature, max_batch, instances, artifact),
-               generate_config(name, signature, instances)]
+               generate_config(name, signature, instances, max_new_tokens, context)]
 
     created = not repo.exists()
-    repo.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    with writing_into(repo, repo):
+        repo.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
     try:
         _stage_decoder(staging / name, backend, artifact, signature)
         _stage_model_py(staging / names[1], "generate.py")
@@ -142,6 +152,9 @@ def deploy(artifact: str | Path, repo: str | Path, name: str, backend: str | Non
             if (repo / model).exists():
                 shutil.rmtree(repo / model)
             (staging / model).replace(repo / model)
+    except OSError as exc:  # a full disk, a quota: nothing stays
+        shutil.rmtree(repo if created else staging, ignore_errors=True)
+        raise InvalidInput(f"cannot write into --repo {repo} ({exc.strerror or one_line(exc)})") from None
     except BaseException:
         shutil.rmtree(repo if created else staging, ignore_errors=True)
         raise

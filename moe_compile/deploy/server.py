@@ -56,6 +56,22 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def check_ports_free(ports: dict[str, int]) -> None:
+    """InvalidInput, at once, unless every named port is a distinct port that 127.0.0.1 can listen
+    on now: tritonserver would otherwise start, fail to bind and be waited for until the timeout."""
+    if len(set(ports.values())) < len(ports):
+        raise InvalidInput(f"{' and '.join(ports)} are the same port ({next(iter(ports.values()))}); give two ports")
+    for option, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise InvalidInput(f"{option} {port} is not a TCP port (1 to 65535)")
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise InvalidInput(f"{option} {port}: 127.0.0.1:{port} cannot be used ({exc.strerror}); "
+                                   "give a free port") from None
+
+
 class TritonServer:
     """`with TritonServer(repo) as server:` serves `repo` until the block ends."""
 
@@ -63,6 +79,8 @@ class TritonServer:
         self.repo = Path(repo)
         if not self.repo.is_dir():
             raise InvalidInput(f"--repo {self.repo} is not a folder (write one with `moe-compile deploy`)")
+        check_ports_free({option: port for option, port in (("--http-port", http_port), ("--grpc-port", grpc_port))
+                          if port})
         spare = iter(free_ports(2))
         self.http_port = http_port or next(spare)
         self.grpc_port = grpc_port or next(spare)

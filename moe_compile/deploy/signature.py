@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moe_compile.dtypes import ELEMENT_TYPES
-from moe_compile.errors import InvalidInput, one_line
+from moe_compile.errors import InvalidInput
+from moe_compile.onnx_files import external_data_files, read_onnx_graph
 
 # ONNX TensorProto element type / tensorrt.DataType member name -> Triton data type (model_config.proto's
 # names), from the one table (moe_compile/dtypes.py).
@@ -38,12 +39,7 @@ class ModelSignature:
 
 
 def onnx_signature(path: Path) -> ModelSignature:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise InvalidInput(f"{path} is not an ONNX model ({one_line(exc)})") from None
+    model = read_onnx_graph(path)
     initializers = {init.name for init in model.graph.initializer}
 
     def spec(value) -> TensorSpec:
@@ -54,12 +50,10 @@ def onnx_signature(path: Path) -> ModelSignature:
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
         return TensorSpec(value.name, _ONNX_TO_TRITON[tensor.elem_type], dims)
 
-    external = sorted({entry.value for init in model.graph.initializer if init.data_location == init.EXTERNAL
-                       for entry in init.external_data if entry.key == "location"})
     return ModelSignature(inputs=tuple(spec(v) for v in model.graph.input if v.name not in initializers),
                           outputs=tuple(spec(v) for v in model.graph.output),
                           metadata={prop.key: prop.value for prop in model.metadata_props},
-                          external_data=tuple(external))
+                          external_data=tuple(external_data_files(model, path)))
 
 
 def engine_signature(path: Path) -> ModelSignature:

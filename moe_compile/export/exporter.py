@@ -125,7 +125,8 @@ def _finish(onnx_model, moe_model: MoEModel, target: str, dtype: str, top_k: dic
     metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
                 "moe_compile.model_sha256": moe_model.fingerprint["sha256"],
                 "moe_compile.weights_sha256": moe_model.fingerprint["weights_sha256"],
-                "moe_compile.top_k": json.dumps({str(k): v for k, v in sorted(top_k.items())})}
+                "moe_compile.top_k": json.dumps({str(k): v for k, v in sorted(top_k.items())}),
+                "moe_compile.max_positions": str(moe_model.config.max_position_embeddings)}  # the served context
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
 

@@ -19,8 +19,8 @@ import onnx
 import torch
 
 from moe_compile.dtypes import element_type
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
-from moe_compile.plugins.grouped_moe.op import attribute_args
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
+from moe_compile.grouped_moe_op.op import attribute_args
 
 from .exporter import OPSET
 from .lowering import LoweringReport, translation, weight_pass

@@ -9,7 +9,7 @@ import dataclasses
 import functools
 
 from moe_compile.dtypes import PRECISIONS, element_type
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 DOMAIN = "moe_compile"
 OP_TYPE = "GroupedMoE"
@@ -45,7 +45,7 @@ def register_schema() -> None:
     register(OpSchema(
         OP_TYPE, DOMAIN, VERSION,
         doc="moe-compile's grouped MoE: routing + the chosen experts' gated MLPs + weighted combine "
-            "(moe_compile/plugins/grouped_moe/reference.py defines it).",
+            "(moe_compile/grouped_moe_op/reference.py defines it).",
         inputs=inputs, outputs=[OpSchema.FormalParameter("output", "T")],
         type_constraints=[("T", list(FLOAT_TYPES), "float tensors"), ("L", list(FLOAT_TYPES), "router logits")],
         attributes=attributes))

@@ -1,4 +1,10 @@
-"""Greedy decoding through any runner: the prompt once, then one token at a time."""
+"""Greedy decoding through any runner: the prompt once, then one token at a time.
+
+A runner that can keep its outputs where it made them (`infer_keeping`: ONNX Runtime through
+IOBinding) gets its KV cache back as its own values at every step, so the cache is not copied
+out to numpy and in again per token (on a GPU it stays on the device); other runners exchange
+numpy. The number of positions is bounded by the model's context.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from moe_compile.errors import InvalidInput
 from moe_compile.export.decoder import past_names, present_names
 
 
@@ -17,19 +24,39 @@ def decoder_feed(ids: np.ndarray, past: dict, past_length: int) -> dict:
             "position_ids": np.broadcast_to(np.arange(past_length, past_length + step), (batch, step)).copy(), **past}
 
 
+def positions_needed(prompt_length: int, new_tokens: int) -> int:
+    """Positions a greedy run of `new_tokens` after a prompt fills: the last token is never fed back."""
+    return prompt_length + new_tokens - 1
+
+
+def check_context(prompt_length: int, new_tokens: int, max_positions: int | None) -> None:
+    """InvalidInput unless the prompt and `new_tokens` fit the model's context."""
+    if prompt_length < 1 or new_tokens < 1:
+        raise InvalidInput(f"a generation needs a prompt and at least one new token (got {prompt_length} prompt "
+                           f"tokens, {new_tokens} new)")
+    if max_positions is not None and positions_needed(prompt_length, new_tokens) > max_positions:
+        raise InvalidInput(f"{prompt_length} prompt tokens + {new_tokens} new tokens need "
+                           f"{positions_needed(prompt_length, new_tokens)} positions; the model has {max_positions}")
+
+
 def greedy_steps(runner, prompt: np.ndarray, empty_past: list[np.ndarray]) -> Iterator[np.ndarray]:
     """Yield the next token [B, 1] after the prompt (prefill), then after each decode step."""
     num_layers = len(empty_past) // 2
     past = dict(zip(past_names(num_layers), empty_past))
+    keeping = getattr(runner, "infer_keeping", None)
+    presents = present_names(num_layers)
     ids, length = prompt, 0
     while True:
-        outputs = runner.infer(decoder_feed(ids, past, length))
+        feed = decoder_feed(ids, past, length)
+        outputs = keeping(feed, keep=presents) if keeping else runner.infer(feed)
         length += ids.shape[1]
-        ids = outputs["logits"][:, -1].argmax(-1).astype(np.int64)[:, None]
-        past = {p: outputs[n] for p, n in zip(past_names(num_layers), present_names(num_layers))}
+        ids = np.asarray(outputs["logits"])[:, -1].argmax(-1).astype(np.int64)[:, None]
+        past = {p: outputs[n] for p, n in zip(past_names(num_layers), presents)}
         yield ids
 
 
-def greedy_generate(runner, prompt: np.ndarray, new_tokens: int, empty_past: list[np.ndarray]) -> np.ndarray:
-    """prompt [B, S] int64 -> the generated tokens [B, new_tokens]."""
+def greedy_generate(runner, prompt: np.ndarray, new_tokens: int, empty_past: list[np.ndarray],
+                    max_positions: int | None = None) -> np.ndarray:
+    """prompt [B, S] int64 -> the generated tokens [B, new_tokens], within `max_positions`."""
+    check_context(prompt.shape[1], new_tokens, max_positions)
     return np.concatenate(list(itertools.islice(greedy_steps(runner, prompt, empty_past), new_tokens)), axis=1)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from moe_compile.dtypes import element_type
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference
+from moe_compile.grouped_moe_op import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference
 
 from .tolerances import TOLERANCES, Tolerance
 

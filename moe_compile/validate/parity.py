@@ -26,6 +26,7 @@ from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.errors import InvalidInput, one_line
 from moe_compile.export.decoder import decoder_inputs, empty_past, past_names
 from moe_compile.export.lowering import TARGETS, moe_output_name
+from moe_compile.onnx_files import read_onnx_graph, read_onnx_model
 
 from .compare import OutputDiff, compare_outputs
 from .generation import greedy_generate
@@ -46,6 +47,9 @@ class ParityReport:
     generation_identical: bool
     first_generation_difference: int | None
     first_diverging_layer: int | None = None
+    # When every MoE layer is within tolerance but the outputs are not: the MoE layer whose
+    # output differs most (relative), so a failure always points somewhere.
+    largest_moe_difference_layer: int | None = None
     layer_diffs: list[OutputDiff] = field(default_factory=list)
 
     @property
@@ -57,16 +61,7 @@ class ParityReport:
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
-    import onnx
-
-    if path.is_dir():
-        raise InvalidInput(f"ONNX file '{path}' is a folder")
-    if not path.is_file():
-        raise InvalidInput(f"ONNX file '{path}' does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise InvalidInput(f"{path} is not an ONNX model ({one_line(exc)})") from None
+    model = read_onnx_graph(path)
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     if "moe_compile.model_sha256" not in metadata:
         raise InvalidInput(f"{path} was not exported by moe-compile (no moe_compile metadata)")
@@ -127,7 +122,9 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
         tolerance = TOLERANCES[report.dtype]
         report.layer_diffs = _layer_diffs(moe_model, model, path, prefill_feed, tolerance)
         report.first_diverging_layer = next(
-            (int(d.name.split(".")[1]) for d in report.layer_diffs if not d.passed), None)
+            (_moe_layer(d) for d in report.layer_diffs if not d.passed), None)
+        if report.first_diverging_layer is None and report.layer_diffs:
+            report.largest_moe_difference_layer = _moe_layer(max(report.layer_diffs, key=lambda d: d.max_rel))
     return report
 
 
@@ -166,8 +163,9 @@ def _compare_runners(model: torch.nn.Module, candidate, path: Path, metadata: di
                              reference.output_names)
 
     empty = [t.float().numpy() for t in nothing]
-    tokens_ref = greedy_generate(reference, prompt.numpy(), new_tokens, empty)
-    tokens_candidate = greedy_generate(candidate, prompt.numpy(), new_tokens, empty)
+    context = getattr(model.config, "max_position_embeddings", None)
+    tokens_ref = greedy_generate(reference, prompt.numpy(), new_tokens, empty, context)
+    tokens_candidate = greedy_generate(candidate, prompt.numpy(), new_tokens, empty, context)
     differs = np.flatnonzero((tokens_ref != tokens_candidate).any(axis=0))
     report = ParityReport(
         file=str(path), runtime=candidate.name, target=metadata["moe_compile.target"], dtype=dtype,
@@ -186,6 +184,11 @@ def _check_interface(candidate, reference: TorchRunner, path: Path) -> None:
                            f"(it lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})")
 
 
+def _moe_layer(diff: OutputDiff) -> int:
+    """The layer index of a `moe_output.{layer}` diff."""
+    return int(diff.name.split(".")[1])
+
+
 def _layer_diffs(moe_model: MoEModel, model: torch.nn.Module, onnx_path: Path, feed: dict,
                  tolerance) -> list[OutputDiff]:
     """Every MoE layer's GroupedMoE output, PyTorch against the ONNX file itself: the file's
@@ -193,7 +196,7 @@ def _layer_diffs(moe_model: MoEModel, model: torch.nn.Module, onnx_path: Path, f
     import onnx
 
     names = [moe_output_name(spec.index) for spec in moe_model.layers]
-    graph_model = onnx.load(str(onnx_path))
+    graph_model = read_onnx_model(onnx_path)
     elem_type = graph_model.graph.output[0].type.tensor_type.elem_type
     graph_model.graph.output.extend(onnx.helper.make_tensor_value_info(name, elem_type, None) for name in names)
     with tempfile.TemporaryDirectory() as folder:

@@ -9,6 +9,7 @@ every run: perplexity = exp(mean next-token cross-entropy over every predicted t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from moe_compile.errors import InvalidInput, one_line
+from moe_compile.finite import check_finite_values
 
 WINDOW = 128
 BATCH = 16
 HELD_OUT_FILE = "heldout.txt"  # shipped beside the demo's weights
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+"""What perplexity scores: token windows [B, L] -> next-token logits [B, L, V], from any backend."""
 
 
 @dataclass(frozen=True)
@@ -55,22 +60,28 @@ def windows(token_ids: list[int], window: int = WINDOW) -> torch.Tensor:
     return torch.tensor(token_ids[: count * window], dtype=torch.long).view(count, window)
 
 
+def module_logits(model: torch.nn.Module) -> Logits:
+    """A PyTorch causal LM (transformers' interface) as `Logits`, in eval mode."""
+    model.eval()
+    return lambda input_ids: model(input_ids=input_ids).logits
+
+
 @torch.no_grad()
-def window_loss(model: torch.nn.Module, batch: torch.Tensor) -> tuple[float, int]:
+def window_loss(logits_of: Logits, batch: torch.Tensor) -> tuple[float, int]:
     """Summed next-token cross-entropy over a batch of windows [B, L], and how many tokens it covers."""
-    logits = model(input_ids=batch).logits.float()  # [B, L, V]
+    logits = logits_of(batch).float()  # [B, L, V]
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
     return loss.item(), batch[:, 1:].numel()
 
 
-def perplexity(model: torch.nn.Module, token_windows: torch.Tensor, vocab_size: int, batch: int = BATCH) -> Perplexity:
-    """Perplexity of `model` over `token_windows` [N, L]."""
+def perplexity(logits_of: Logits, token_windows: torch.Tensor, vocab_size: int, batch: int = BATCH) -> Perplexity:
+    """Perplexity of the model behind `logits_of` over `token_windows` [N, L]."""
     total, count = 0.0, 0
-    model.eval()
     for start in range(0, token_windows.shape[0], batch):
-        loss, tokens = window_loss(model, token_windows[start:start + batch])
+        loss, tokens = window_loss(logits_of, token_windows[start:start + batch])
         total, count = total + loss, count + tokens
     mean = total / count
+    check_finite_values({"the mean next-token loss": mean}, f"perplexity over {count} tokens")
     return Perplexity(perplexity=math.exp(mean), loss=mean, tokens=count, vocab_size=vocab_size)
 
 

@@ -57,7 +57,7 @@ def test_fractions_and_summary(bench):
 
 
 def test_grouped_mm_peer_computes_the_op(bench):
-    from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
+    from moe_compile.grouped_moe_op import GroupedMoEAttributes, grouped_moe_reference
 
     g = torch.Generator().manual_seed(0)
     x, logits = torch.randn(9, 32, generator=g).bfloat16(), torch.randn(9, 8, generator=g)

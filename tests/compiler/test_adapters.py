@@ -6,7 +6,7 @@ import torch
 from moe_compile.compiler.adapters import supported_model_types
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.compiler.rewrite import static_block
-from moe_compile.plugins.grouped_moe import call_grouped_moe
+from moe_compile.grouped_moe_op import call_grouped_moe
 from tiny_models import TINY_CONFIGS, tiny_config, tiny_model
 
 ADAPTERS = supported_model_types()

@@ -1,20 +1,11 @@
-"""Session fixtures for the deploy tests: the tiny qwen2_moe exported once, one repository,
-one real Triton Inference Server (where it cannot start: a failure in CI, a skip elsewhere)."""
+"""Session fixtures for the deploy tests: one repository of the tiny qwen2_moe (tiny_onnx,
+tests/conftest.py), one real Triton Inference Server (where it cannot start: a failure in CI, a
+skip elsewhere)."""
 
 import pytest
 from served import MODEL, server_unavailable
 
-from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import MoeCompileError
-from moe_compile.export.exporter import export_onnx
-
-
-@pytest.fixture(scope="session")
-def tiny_onnx(tiny_model_dirs, tmp_path_factory):
-    """The onnxruntime-target export of the tiny qwen2_moe: what the python backend serves."""
-    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export_onnx(load_moe_model(tiny_model_dirs["qwen2_moe"]), path, target="onnxruntime")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from moe_compile.compiler.rewrite import StaticTopKMoE
 from moe_compile.export.exporter import OPSET
 from moe_compile.export.lowering import LoweringReport, translation, weight_pass
 from moe_compile.export.op_model import grouped_moe_onnx
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
+from moe_compile.grouped_moe_op import GroupedMoEAttributes, grouped_moe_reference
 
 TOKENS, HIDDEN, INTER, EXPERTS = 6, 8, 5, 4
 

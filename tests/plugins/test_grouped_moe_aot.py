@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 from moe_compile.plugins.grouped_moe.aot import KERNELS, record_launches
 from moe_compile.plugins.grouped_moe.configs import KernelConfig
 from moe_compile.plugins.grouped_moe.launcher import grouped_moe_triton, launch_plan

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from moe_compile.errors import InvalidInput
-from moe_compile.plugins.grouped_moe import OP_NAME, GroupedMoEAttributes
+from moe_compile.grouped_moe_op import OP_NAME, GroupedMoEAttributes
 from moe_compile.plugins.grouped_moe.configs import (
     KernelConfig,
     config_file_name,
@@ -20,8 +20,8 @@ from moe_compile.plugins.grouped_moe.configs import (
 from moe_compile.plugins.grouped_moe.launch_plan import LaunchPlan, cdiv
 
 
-def test_importing_the_package_imports_no_triton_and_registers_a_cuda_kernel():
-    code = ("import sys, torch, moe_compile.plugins.grouped_moe; "
+def test_importing_the_op_imports_no_triton_and_registers_a_cuda_kernel():
+    code = ("import sys, torch, moe_compile.grouped_moe_op; "
             "print('triton' in sys.modules, torch._C._dispatch_has_kernel_for_dispatch_key("
             f"'{OP_NAME}', 'CUDA'))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() \

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from moe_compile.errors import InvalidInput
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference, route
-from moe_compile.plugins.grouped_moe.reference import activate
+from moe_compile.grouped_moe_op import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference, route
+from moe_compile.grouped_moe_op.reference import activate
 
 
 def _weights(experts=6, hidden=10, inter=7, seed=0, bias=False):

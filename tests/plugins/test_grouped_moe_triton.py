@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference, route
+from moe_compile.grouped_moe_op import GroupedMoEAttributes, call_grouped_moe, grouped_moe_reference, route
 from moe_compile.plugins.grouped_moe.configs import KernelConfig
 from moe_compile.plugins.grouped_moe.launcher import allocate, grouped_moe_triton, launch_plan, route_and_align
 
@@ -193,7 +193,7 @@ def test_expert_weights_past_two_to_the_31_elements():
 @pytest.mark.filterwarnings("ignore:no tuned grouped-MoE config")
 def test_cuda_kernel_of_the_op_runs_the_launcher():
     """The function registered for CUDA, called here on whatever device the kernels run on."""
-    from moe_compile.plugins.grouped_moe.op import _grouped_moe_cuda
+    from moe_compile.grouped_moe_op.op import _grouped_moe_cuda
 
     inputs = make_inputs(3, 8, seed=8)
     attrs = GroupedMoEAttributes(top_k=2, activation="gelu_glu")

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import BackendUnavailable, InvalidInput
 from moe_compile.export.exporter import export_onnx
+from moe_compile.onnx_files import read_onnx_graph
 from moe_compile.plugins.tensorrt.builder import (
     AxisRange,
     axis_ranges,
@@ -23,7 +24,6 @@ from moe_compile.plugins.tensorrt.builder import (
     onnx_precision,
     plugin_op_names,
     profile_shapes,
-    read_onnx_header,
     require_tensorrt,
     summarize_layers,
 )
@@ -35,7 +35,7 @@ def tensorrt_onnx(tiny_model_dirs, tmp_path_factory):
     """The tiny qwen2_moe exported for TensorRT (GroupedMoE nodes), without its weights."""
     path = tmp_path_factory.mktemp("trt") / "model.onnx"
     export_onnx(load_moe_model(tiny_model_dirs["qwen2_moe"]), path, target="tensorrt")
-    return read_onnx_header(path)
+    return read_onnx_graph(path)
 
 
 def test_profile_of_an_exported_decoder(tensorrt_onnx):
@@ -169,9 +169,3 @@ def test_tensorrt_check_says_what_to_install(version, message, monkeypatch):
     assert message in str(missing.value) and "\n" not in str(missing.value)
 
 
-def test_read_onnx_header_refuses_what_is_not_onnx(tmp_path):
-    (tmp_path / "junk.onnx").write_bytes(b"\x12\xff" * 64)
-    with pytest.raises(InvalidInput, match="is not an ONNX model"):
-        read_onnx_header(tmp_path / "junk.onnx")
-    onnx.save(_graph_model([_value("x", [1])], [_value("y", [1])]), tmp_path / "ok.onnx")
-    assert read_onnx_header(tmp_path / "ok.onnx").graph.name == "g"

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from moe_compile.errors import InvalidInput
 from moe_compile.export.schema import DOMAIN, OP_TYPE, attribute_values, register_schema
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
+from moe_compile.grouped_moe_op import GroupedMoEAttributes, grouped_moe_reference
 from moe_compile.plugins.grouped_moe.configs import default_config
 from moe_compile.plugins.tensorrt.expand import expand_grouped_moe
 from moe_compile.plugins.tensorrt.pipeline import run_stage, triton_launch

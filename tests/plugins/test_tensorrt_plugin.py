@@ -17,7 +17,7 @@ import pytest
 
 import fake_tensorrt_plugin
 from moe_compile.errors import BackendUnavailable
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 from moe_compile.plugins.tensorrt import plugin
 from moe_compile.plugins.tensorrt.aot_kernel import drop_scratch_parameters, entry_parameters
 from moe_compile.plugins.tensorrt.stages import ATTRIBUTE_TYPES, GEMM_STAGES, PLUGIN_NAMESPACE, STAGES, StageLayer

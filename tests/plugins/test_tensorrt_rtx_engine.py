@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 pytestmark = pytest.mark.tensorrt_rtx
 

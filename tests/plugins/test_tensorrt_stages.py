@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes, grouped_moe_reference
+from moe_compile.grouped_moe_op import GroupedMoEAttributes, grouped_moe_reference
 from moe_compile.plugins.grouped_moe import kernels
 from moe_compile.plugins.grouped_moe.aot import record_launches
 from moe_compile.plugins.grouped_moe.configs import KernelConfig

@@ -13,8 +13,8 @@ implementation's floats.
 import torch
 from hypothesis import strategies as st
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
-from moe_compile.plugins.grouped_moe.attributes import ACTIVATIONS, GROUP_SCORINGS
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
+from moe_compile.grouped_moe_op.attributes import ACTIVATIONS, GROUP_SCORINGS
 from moe_compile.validate.op_parity import OpCase
 
 DTYPES = [torch.float32, torch.float32, torch.float16, torch.bfloat16]  # fp32 twice as often

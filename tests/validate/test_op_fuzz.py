@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from op_cases import op_cases
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 from moe_compile.validate.op_parity import OnnxRuntimeLowering, OpCase, check_case, implementations, reference_output
 
 FUZZ = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -65,7 +65,7 @@ def test_nonfinite_inputs_give_nan_rows_everywhere(scoring, dtype):
 def test_no_implementation_is_the_reference_compared_with_itself(monkeypatch):
     """With the reference replaced by one that raises wherever an implementation could reach
     it, every implementation still runs (or skips): none of them is the reference."""
-    import moe_compile.plugins.grouped_moe.op as op_module
+    import moe_compile.grouped_moe_op.op as op_module
 
     def poisoned(*args, **kwargs):
         raise AssertionError("an implementation ran the PyTorch reference")

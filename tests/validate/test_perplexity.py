@@ -8,7 +8,7 @@ import torch
 from moe_compile.commands.eval import evaluate
 from moe_compile.compiler.demo import DEMO_FOLDER, training_record
 from moe_compile.errors import InvalidInput
-from moe_compile.validate.perplexity import eval_windows, perplexity, windows
+from moe_compile.validate.perplexity import eval_windows, module_logits, perplexity, windows
 
 
 class _Uniform(torch.nn.Module):
@@ -23,7 +23,7 @@ class _Uniform(torch.nn.Module):
 
 
 def test_uniform_prediction_has_the_vocabulary_size_as_perplexity():
-    result = perplexity(_Uniform(37), windows(list(range(30)) * 20, window=16), vocab_size=37, batch=3)
+    result = perplexity(module_logits(_Uniform(37)), windows(list(range(30)) * 20, window=16), vocab_size=37, batch=3)
     assert result.perplexity == pytest.approx(37.0) and result.loss == pytest.approx(math.log(37))
     assert result.tokens == (600 // 16) * 15
 

@@ -23,7 +23,7 @@ from torch import nn
 from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
 from moe_compile.compiler.ir import ExpertWeights, SharedExpertSpec
 from moe_compile.errors import InvalidInput
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 # transformers' hidden_act names -> the GroupedMoE activation of a gated (GLU) expert.
 GLU_ACTIVATIONS = {

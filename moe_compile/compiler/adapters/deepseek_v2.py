@@ -3,7 +3,7 @@ normalisation, routed scaling, and for topk_method "group_limited_greedy" group-
 routing that scores a group by its best expert. Shared experts are a plain MLP."""
 
 from moe_compile.compiler.ir import SharedExpertSpec
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 from . import register_adapter
 from .base import MoEAdapter

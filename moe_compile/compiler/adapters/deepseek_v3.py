@@ -5,7 +5,7 @@ optional top-k normalisation, and routed scaling."""
 import torch
 
 from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 from . import register_adapter
 from .deepseek_v2 import DeepseekV2Adapter

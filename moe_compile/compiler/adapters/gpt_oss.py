@@ -9,7 +9,7 @@ from torch import nn
 from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
 from moe_compile.compiler.ir import ExpertWeights
 from moe_compile.errors import InvalidInput
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 from . import register_adapter
 from .base import MoEAdapter

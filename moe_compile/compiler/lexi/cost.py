@@ -16,7 +16,7 @@ import torch
 
 from moe_compile.compiler.ir import MoELayerSpec
 from moe_compile.errors import InvalidInput
-from moe_compile.plugins.grouped_moe import call_grouped_moe
+from moe_compile.grouped_moe_op import call_grouped_moe
 
 # Dense bf16 tensor-core peak and HBM bandwidth from NVIDIA's datasheets (SXM parts).
 ROOFLINE_DEVICES = {

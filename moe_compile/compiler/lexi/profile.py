@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from moe_compile.compiler.fingerprint import check_same_model
 from moe_compile.compiler.ir import ExpertWeights, MoELayerSpec, MoEModel
 from moe_compile.errors import InvalidInput
-from moe_compile.plugins.grouped_moe import choose_experts, expert_outputs_per_slot, routing_weights
+from moe_compile.finite import check_finite_values
+from moe_compile.grouped_moe_op import choose_experts, expert_outputs_per_slot, routing_weights
 
 from .options import ProfileOptions
 
@@ -77,7 +78,9 @@ def layer_deltas(spec: MoELayerSpec, weights: ExpertWeights, options: ProfileOpt
                 y_k = torch.einsum("tk,tkh->th", routing_weights(chosen_scores[:, :k], base.with_top_k(k)),
                                    outputs[:, :k])
                 totals[k] += torch.linalg.matrix_norm(y_k - y_base).item()
-    return {k: _round(total / options.draws) for k, total in totals.items()}
+    deltas = {k: _round(total / options.draws) for k, total in totals.items()}
+    check_finite_values({f"Δ(k={k})": d for k, d in deltas.items()}, f"LExI profile, MoE layer {spec.index}")
+    return deltas
 
 
 def check_options(moe_model: MoEModel, options: ProfileOptions) -> None:
@@ -124,6 +127,8 @@ def profile_from_json(doc: object, moe_model: MoEModel, source: str, options: Pr
         raise InvalidInput(f"{source} is malformed ({exc.__class__.__name__}: {exc})") from None
     if [layer.index for layer in layers] != [spec.index for spec in moe_model.layers]:
         raise InvalidInput(f"{source} does not list this model's MoE layers")
+    for layer in layers:
+        check_finite_values({f"Δ(k={k})": d for k, d in layer.delta.items()}, f"{source}, MoE layer {layer.index}")
     if saved.k_min > options.k_min:
         raise InvalidInput(f"{source} was profiled from k={saved.k_min}; the plan asks for --k-min {options.k_min}")
     return Profile(doc["model"], saved, layers)

@@ -1,6 +1,9 @@
 """NAME_generate/1/model.py: greedy decoding over the decoder model NAME through BLS.
 
-The prompt goes through the decoder once (prefill, empty cache), then one token at a time,
+Each request is bounded before any work: max_new_tokens at least 1 and at most the server-side
+cap (`moe-compile deploy --max-new-tokens`), prompt + new tokens within the model's context
+(config.pbtxt's max_positions; 0 where unknown). The prompt goes through the decoder once
+(prefill, empty cache), then one token at a time,
 the cache carried from each step's present.* to the next step's past_key_values.* inside the
 server. It is the loop of moe_compile/validate/generation.py, written again here because a
 deployed repository must run where moe-compile is not installed; the server tests prove the
@@ -24,6 +27,8 @@ class TritonPythonModel:
         self.decoder = parameters["decoder_model"]
         self.cache = json.loads(parameters["cache"])
         self.output_names = ["logits", *(entry["present"] for entry in self.cache)]
+        self.max_new_tokens = int(parameters["max_new_tokens"])
+        self.max_positions = int(parameters["max_positions"])
         self.cpu = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def execute(self, requests):
@@ -40,9 +45,20 @@ class TritonPythonModel:
                                                          pb_utils.Tensor("logits", logits)]))
         return responses
 
+    def _check_bounds(self, prompt, new_tokens):
+        if not 1 <= new_tokens <= self.max_new_tokens:
+            raise pb_utils.TritonModelException(
+                f"max_new_tokens must be between 1 and {self.max_new_tokens} (this server's cap), not {new_tokens}")
+        if prompt.shape[0] < 1 or prompt.shape[1] < 1:
+            raise pb_utils.TritonModelException(f"input_ids must hold at least one token, got shape {list(prompt.shape)}")
+        positions = prompt.shape[1] + new_tokens - 1  # the last token is never fed back
+        if self.max_positions and positions > self.max_positions:
+            raise pb_utils.TritonModelException(
+                f"{prompt.shape[1]} prompt tokens + {new_tokens} new tokens need {positions} positions; "
+                f"the model has {self.max_positions}")
+
     def _generate(self, prompt, new_tokens):
-        if new_tokens < 1:
-            raise pb_utils.TritonModelException(f"max_new_tokens must be at least 1, not {new_tokens}")
+        self._check_bounds(prompt, new_tokens)
         batch = prompt.shape[0]
         past = {entry["past"]: np.zeros((batch, entry["dims"][0], 0, entry["dims"][2]),
                                         pb_utils.triton_string_to_numpy(entry["data_type"])) for entry in self.cache}

@@ -34,7 +34,7 @@ import onnxscript
 import torch
 from onnxscript import opset18 as op
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 from .standard import FLOAT, grouped_moe_standard, ints, poison_nonfinite_tokens, route
 

@@ -9,7 +9,7 @@ beside the node, which is then handed logits that select exactly the chosen expe
 
 from __future__ import annotations
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 
 def ort_unsupported_reason(attrs: GroupedMoEAttributes) -> str | None:

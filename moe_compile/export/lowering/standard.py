@@ -18,7 +18,7 @@ import math
 
 from onnxscript import opset18 as op
 
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 FLOAT = 1  # onnx.TensorProto.FLOAT
 

@@ -16,7 +16,7 @@ from moe_compile.export.schema import (
     attribute_values,
     register_schema,
 )
-from moe_compile.plugins.grouped_moe import GroupedMoEAttributes
+from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
 PLUGIN_VERSION = "1"
 

@@ -1,8 +1,4 @@
-"""The GroupedMoE op: attributes, PyTorch reference, and its torch.library registration."""
-
-from .attributes import GroupedMoEAttributes
-from .op import OP_NAME, call_grouped_moe
-from .reference import choose_experts, expert_outputs_per_slot, grouped_moe_reference, route, routing_weights
-
-__all__ = ["GroupedMoEAttributes", "OP_NAME", "call_grouped_moe", "choose_experts", "expert_outputs_per_slot",
-           "grouped_moe_reference", "route", "routing_weights"]
+"""The GroupedMoE op's GPU implementation: Triton kernels (kernels.py), their launch wrapper
+(launcher.py, launch_plan.py), tuned launch configs (configs.py, configs/) and the tools that
+make them (tune.py, aot.py, timing.py). The op itself (attributes, reference, registration)
+lives in moe_compile.grouped_moe_op, which compiler/, export/ and this package depend on."""

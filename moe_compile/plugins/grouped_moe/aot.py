@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     """python -m moe_compile.plugins.grouped_moe.aot --experts 60 --hidden 2048 --inter 1408 --top-k 4 --out DIR"""
     import torch
 
-    from .attributes import GroupedMoEAttributes
+    from moe_compile.grouped_moe_op.attributes import GroupedMoEAttributes
     from .configs import default_config
     from .launcher import grouped_moe_triton
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .attributes import ACTIVATIONS, GroupedMoEAttributes
+from moe_compile.grouped_moe_op.attributes import ACTIVATIONS, GroupedMoEAttributes
 from .configs import KernelConfig
 
 # Elements of the route kernel's [BLOCK_T, BLOCK_E] tile: enough tokens a program to amortise

@@ -19,7 +19,7 @@ import torch
 from moe_compile.dtypes import element_type
 
 from . import kernels
-from .attributes import GroupedMoEAttributes
+from moe_compile.grouped_moe_op.attributes import GroupedMoEAttributes
 from .configs import KernelConfig, lookup_config
 from .launch_plan import LaunchPlan
 

@@ -28,7 +28,7 @@ import torch
 
 from moe_compile.errors import BackendUnavailable
 
-from .attributes import GroupedMoEAttributes
+from moe_compile.grouped_moe_op.attributes import GroupedMoEAttributes
 from .configs import CONFIG_DIR, KernelConfig, config_file_name, default_config, write_table
 
 TOKEN_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)

@@ -35,6 +35,7 @@ from moe_compile.atomic import atomic_path, check_writable
 from moe_compile.dtypes import PRECISIONS, element_type
 from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
 from moe_compile.export.decoder import BATCH, PAST, SEQUENCE, TOTAL, dynamic_axes
+from moe_compile.onnx_files import read_onnx_graph, read_onnx_model
 
 from . import INSTALL, MIN_TENSORRT, MIN_TENSORRT_TEXT, tensorrt_version
 
@@ -61,21 +62,6 @@ def require_tensorrt(what: str):
 
 
 # --- the request, checked without TensorRT ---------------------------------------------------
-
-
-def read_onnx_header(path: str | Path):
-    """The ONNX graph without its weights: enough to check a request in a moment."""
-    import onnx
-
-    path = Path(path)
-    if path.is_dir():
-        raise InvalidInput(f"ONNX file '{path}' is a folder")
-    if not path.is_file():
-        raise InvalidInput(f"ONNX file '{path}' does not exist")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise InvalidInput(f"{path} is not an ONNX model ({one_line(exc)})") from None
 
 
 def onnx_precision(model) -> str | None:
@@ -258,7 +244,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str | Non
                  max_batch: int = DEFAULT_MAX_BATCH, max_seq: int = DEFAULT_MAX_SEQ,
                  timing_cache: str | Path | None = None, progress: bool = True) -> BuildSummary:
     onnx_path, out = Path(onnx_path), Path(out)
-    header = read_onnx_header(onnx_path)
+    header = read_onnx_graph(onnx_path)
     found = check_precision(precision, onnx_precision(header), onnx_path)
     inputs = graph_inputs(header)
     shapes = {name: profile_shapes(inputs, max_batch, max_seq, ranges)
@@ -299,15 +285,9 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str | Non
 
 def _load_expanded(onnx_path: Path, max_tokens: int):
     """The ONNX model with its weights, each GroupedMoE node replaced by the plugin nodes."""
-    import onnx
-
     from moe_compile.plugins.tensorrt.expand import expand_grouped_moe
 
-    try:
-        model = onnx.load(str(onnx_path))
-    except Exception as exc:  # a missing or truncated external-data file
-        raise InvalidInput(f"{onnx_path}: cannot read its weights ({one_line(exc)})") from None
-    return expand_grouped_moe(model, max_tokens=max_tokens)
+    return expand_grouped_moe(read_onnx_model(onnx_path), max_tokens=max_tokens)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from onnx import helper
 
 from moe_compile.errors import InvalidInput
 from moe_compile.export.schema import DOMAIN, INPUTS, OP_TYPE
-from moe_compile.plugins.grouped_moe.attributes import GroupedMoEAttributes
+from moe_compile.grouped_moe_op.attributes import GroupedMoEAttributes
 from moe_compile.dtypes import PRECISIONS, element_type
 
 from .stages import (ATTRIBUTE_TYPES, NODE_INPUTS, NODE_OUTPUT, PLUGIN_NAMESPACE, PLUGIN_VERSION, STAGES, StageLayer,

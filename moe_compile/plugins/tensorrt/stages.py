@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from moe_compile.errors import InvalidInput
-from moe_compile.plugins.grouped_moe.attributes import GroupedMoEAttributes
+from moe_compile.grouped_moe_op.attributes import GroupedMoEAttributes
 from moe_compile.plugins.grouped_moe.configs import KernelConfig, default_config
 from moe_compile.plugins.grouped_moe.launch_plan import INT_OPS, LaunchPlan, SizeOps
 

@@ -29,11 +29,39 @@ class OnnxRuntimeRunner:
         self.input_names = list(self.input_types)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        """The decoder's past_key_values.* inputs with no cached positions. Their layout is
+        [batch, heads, past, head size] (export/decoder.py); heads and head size are static in the graph."""
+        return {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), dtype=_NUMPY_TYPES[i.type])
+                for i in self.session.get_inputs() if i.name.startswith("past_key_values.")}
+
+    def _typed(self, name: str, value: np.ndarray) -> np.ndarray:
+        return value.astype(_NUMPY_TYPES.get(self.input_types[name], value.dtype), copy=False)
+
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        typed = {name: value.astype(_NUMPY_TYPES.get(self.input_types[name], value.dtype))
-                 for name, value in feed.items()}
+        typed = {name: self._typed(name, value) for name, value in feed.items()}
         return {name: out.astype(np.float32) if out.dtype != np.int64 else out
                 for name, out in zip(self.output_names, self.session.run(None, typed))}
+
+    def infer_keeping(self, feed: dict, keep: list[str]) -> dict:
+        """Run with IOBinding: the outputs named in `keep` come back as ONNX Runtime OrtValues on
+        the session's device, and OrtValues in `feed` are bound as they are (no copy), so a
+        generation loop hands the KV cache from one step to the next without numpy; the rest
+        come back as numpy."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(self._typed(name, value)))
+        device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        for name in self.output_names:
+            binding.bind_output(name, device)
+        self.session.run_with_iobinding(binding)
+        outputs = dict(zip(self.output_names, binding.get_outputs()))
+        return {name: value if name in keep else value.numpy() for name, value in outputs.items()}
 
 
 _NUMPY_TYPES = {row.ort: np.dtype(row.numpy) for row in ELEMENT_TYPES if row.ort and row.numpy}  # moe_compile/dtypes.py

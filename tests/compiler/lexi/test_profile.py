@@ -8,7 +8,7 @@ from moe_compile.compiler.checkpoint import ReadMeter
 from moe_compile.compiler.lexi.profile import ProfileOptions, layer_deltas, profile_model
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
-from moe_compile.plugins.grouped_moe import grouped_moe_reference
+from moe_compile.grouped_moe_op import grouped_moe_reference
 
 OPTIONS = ProfileOptions(batch=2, seq_len=16, draws=3, seed=7)
 

@@ -2,8 +2,8 @@
 
 The op is opaque to torch.export / torch.compile (they see only its fake kernel), which is
 what lets the ONNX exporter emit one GroupedMoE node per MoE layer. The reference kernel
-serves every device; on CUDA the Triton kernel (launcher.py) takes over. It is imported on
-the first CUDA call, so importing this package needs neither triton nor a GPU; without triton
+serves every device; on CUDA the Triton kernel (plugins/grouped_moe/launcher.py) takes over. It is imported on
+the first CUDA call, so importing this module needs neither triton nor a GPU; without triton
 installed, CUDA calls fall back to the reference with one warning.
 """
 
@@ -49,7 +49,7 @@ def grouped_moe(
 def _cuda_implementation():
     """The Triton launcher, or the reference (with a warning) where triton is not installed."""
     try:
-        from .launcher import grouped_moe_triton
+        from moe_compile.plugins.grouped_moe.launcher import grouped_moe_triton
     except ImportError as exc:
         warnings.warn(f"triton is not importable ({exc}); moe_compile::grouped_moe runs the PyTorch reference "
                       "on CUDA (pip install triton)", stacklevel=2)

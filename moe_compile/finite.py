@@ -1,0 +1,43 @@
+"""Non-finite values are refused where they enter, with the name of what carries them.
+
+A NaN or infinity in a weight spreads silently: the profile stores NaN, the planner finds no
+k that fits, JSON output stops being JSON. So each place a number comes in checks it once:
+weights as they are read (the tensor's name), a layer's sensitivities (the layer), a
+perplexity (the text it was measured on).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from moe_compile.errors import InvalidInput
+
+
+def nonfinite_count(tensor: torch.Tensor) -> int:
+    """How many elements of a floating-point tensor are NaN or infinite (0 for integer tensors)."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return 0
+    return int((~torch.isfinite(tensor)).sum())
+
+
+def check_finite_tensor(tensor: torch.Tensor, where: str) -> None:
+    """InvalidInput naming `where` if `tensor` holds NaN or infinity."""
+    count = nonfinite_count(tensor)
+    if count:
+        raise InvalidInput(f"{where} holds {count} non-finite value{'s' if count > 1 else ''} (NaN or infinity) "
+                           f"of {tensor.numel()}; moe-compile needs finite weights")
+
+
+def check_finite_parameters(module: torch.nn.Module, where: str) -> None:
+    """Every parameter and buffer of a loaded model, each named on failure."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        check_finite_tensor(tensor.detach(), f"{where}: tensor '{name}'")
+
+
+def check_finite_values(values: dict, where: str) -> None:
+    """A mapping of computed numbers (k -> Δ(k), name -> metric): InvalidInput naming the first non-finite one."""
+    for key, value in values.items():
+        if not math.isfinite(value):
+            raise InvalidInput(f"{where}: {key} is {value} (not finite); the weights or the input overflow")

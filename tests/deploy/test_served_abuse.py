@@ -1,0 +1,80 @@
+"""Abusive requests to the served NAME_generate model (part of the fault suite, here for the
+session's one real server): each is refused at once with a clear error, nothing runs past the
+model's context (128 positions for the tiny model) or the server-side cap, a long request does
+not make a short one wait for it, and the server answers the next request. Before,
+max_new_tokens 2147483647 never returned and kept the server busy, and 1100 tokens ran past
+the context without complaint."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from served import MODEL
+
+from moe_compile.deploy.client import TritonRunner, generate
+
+CONTEXT = 128  # tests/tiny_models.py: max_position_embeddings
+
+
+def _generate(server, prompt_length, new_tokens, batch=1):
+    with TritonRunner(server.http_url, f"{MODEL}_generate") as runner:
+        return generate(runner, np.ones((batch, prompt_length), np.int64), new_tokens)
+
+
+def _still_answers(server):
+    assert server.alive() and server.ready()
+    tokens, _ = _generate(server, 3, 2)
+    assert tokens.shape == (1, 2)
+
+
+ABUSE = {
+    "max_new_tokens 2**31-1": (1, 2**31 - 1, f"max_new_tokens must be between 1 and {CONTEXT}"),
+    "max_new_tokens negative": (1, -5, f"max_new_tokens must be between 1 and {CONTEXT}"),
+    "prompt past the context": (CONTEXT + 1, 1, f"need {CONTEXT + 1} positions; the model has {CONTEXT}"),
+    "prompt + new tokens past the context": (100, 40, f"need 139 positions; the model has {CONTEXT}"),
+    "empty prompt": (0, 1, "input_ids must hold at least one token"),
+}
+
+
+@pytest.mark.parametrize("prompt_length, new_tokens, message", ABUSE.values(), ids=ABUSE.keys())
+def test_abusive_request_is_refused_at_once(triton_server, prompt_length, new_tokens, message):
+    from tritonclient.utils import InferenceServerException
+
+    start = time.monotonic()
+    with pytest.raises(InferenceServerException, match=message):
+        _generate(triton_server, prompt_length, new_tokens)
+    assert time.monotonic() - start < 10
+    _still_answers(triton_server)
+
+
+def test_the_whole_context_is_allowed(triton_server):
+    tokens, _ = _generate(triton_server, 100, CONTEXT - 99)
+    assert tokens.shape == (1, CONTEXT - 99)
+
+
+def test_a_long_request_does_not_make_a_short_one_wait(triton_server):
+    """Two NAME_generate instances: a request for the whole context (127 decode steps) is still
+    running when a one-token request, sent after it, has its answer."""
+    finished = {}
+
+    def run(name, prompt_length, new_tokens):
+        _generate(triton_server, prompt_length, new_tokens)
+        finished[name] = time.monotonic()
+
+    long = threading.Thread(target=run, args=("long", 1, CONTEXT))
+    long.start()
+    time.sleep(0.2)  # the long request is in the server
+    run("short", 1, 1)
+    long.join()
+    assert finished["short"] < finished["long"]
+
+
+@pytest.mark.slow
+def test_many_concurrent_clients_each_get_an_answer(triton_server):
+    """Sixteen clients at once, half asking for the whole context: all answered, none refused."""
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: _generate(triton_server, 1 + i, CONTEXT - i if i % 2 else 2), range(16)))
+    assert [tokens.shape[1] for tokens, _ in results] == [CONTEXT - i if i % 2 else 2 for i in range(16)]
+    _still_answers(triton_server)
