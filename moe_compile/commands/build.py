@@ -12,6 +12,7 @@ from rich.table import Table
 
 from moe_compile.jsonio import print_report
 
+
 def run_build(args: argparse.Namespace) -> int:
     from moe_compile.plugins.tensorrt.builder import build_engine
 
