@@ -102,7 +102,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         program = _trace(model, DTYPES[dtype], report, layers, optimize=False)
         bind_weights(program.model.graph, model, moe_model, DTYPES[dtype], prefix="model.")
         fold_weight_transposes(program.model.graph)
-        program.optimize()  # what torch.onnx.export(optimize=True) runs, on the bound weights
+        _optimize(program)  # what torch.onnx.export(optimize=True) runs, on the bound weights
         nodes = [(node.domain, node.op_type, [value.name if value is not None else "" for value in node.inputs])
                  for node in program.model.graph]
         set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
@@ -115,6 +115,20 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         _finish(onnx_model, moe_model, target, dtype, top_k, layers)
         _save(onnx_model, out)
     return ExportResult(out, report, top_k, dtype)
+
+
+def _optimize(program: torch.onnx.ONNXProgram) -> None:
+    """The optimizer folds small weights, so it reads them from the checkpoint: a read that fails
+    there (a moe-compile error) comes out as itself, not wrapped in the optimizer's PassError."""
+    try:
+        program.optimize()
+    except Exception as exc:
+        cause = exc
+        while cause is not None and not isinstance(cause, MoeCompileError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _finish(onnx_model, moe_model: MoEModel, target: str, dtype: str, top_k: dict[int, int], layers: list[int]) -> None:

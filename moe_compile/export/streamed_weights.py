@@ -140,7 +140,8 @@ def bind_weights(graph: ir.Graph, skeleton: torch.nn.Module, moe_model: MoEModel
             recipe = WeightRecipe(f"MoE layer {layer} {field}", lambda m=module_path, f=field: layers.read(m, f),
                                   tuple(tensor.shape), tensor.dtype, layer=layer)
         else:
-            stored = next((alias for alias in aliases.get(id(tensor), [name]) if checkpoint.has(alias)), None)
+            candidates = [_checkpoint_name(alias, layers, moe_model.adapter) for alias in aliases.get(id(tensor), [name])]
+            stored = next((alias for alias in candidates if checkpoint.has(alias)), None)
             if stored is None:
                 if name in buffers:
                     continue  # computed at construction (rotary inv_freq): the skeleton's value is the value
@@ -148,6 +149,18 @@ def bind_weights(graph: ir.Graph, skeleton: torch.nn.Module, moe_model: MoEModel
                                    "a streamed export reads every weight from safetensors")
             recipe = WeightRecipe(stored, lambda s=stored: checkpoint.read(s), tuple(tensor.shape), tensor.dtype)
         value.const_value = StreamedTensor(recipe, init_name)
+
+
+def _checkpoint_name(name: str, layers: LayerWeights, adapter) -> str:
+    """`name` as the checkpoint spells it: the rewritten block (StaticTopKMoE) holds the original
+    block's shared expert and its gate as `shared_expert` / `shared_expert_gate`, which the
+    architecture may name otherwise (DeepSeek: `shared_experts`)."""
+    for own, original in (("shared_expert_gate", adapter.shared_expert_gate_name),
+                          ("shared_expert", adapter.shared_expert_name)):
+        module_path, found, rest = name.partition(f".{own}.")
+        if found and original and layers.layer_of(module_path) is not None:
+            return f"{module_path}.{original}.{rest}"
+    return name
 
 
 def fold_weight_transposes(graph: ir.Graph) -> None:
