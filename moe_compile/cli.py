@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from moe_compile import __version__, interrupts
+from moe_compile import __version__, interrupts, process_memory
 from moe_compile.dtypes import PRECISIONS
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 
@@ -156,8 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds of local search around the searched plan, scored on the real KL (0: none)")
     p.add_argument("--keep-searched", action="store_true",
                    help="return the searched plan even when the uniform plan of the same Σk scores better")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip refine and guard (they run the whole model on calibration tokens)")
+    verify = p.add_mutually_exclusive_group()
+    verify.add_argument("--no-verify", action="store_true",
+                        help="skip refine and guard (they run the whole model on calibration tokens)")
+    verify.add_argument("--verify", action="store_true",
+                        help="refine and guard a model of over 2 GiB of weights too, where they are off by default "
+                             "(every plan scored reads the whole checkpoint)")
     _profile_args(p)
     p.add_argument("--out", required=True, help="plan.json (a plot is written beside it as .png)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
@@ -304,6 +308,7 @@ def _interrupted() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    process_memory.start_sampling()
     _quiet_libraries()
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)

@@ -20,3 +20,11 @@ def read_json_object(path: str | Path, what: str) -> dict:
     if not isinstance(doc, dict):
         raise InvalidInput(f"{what} '{path}' must hold a JSON object, not {type(doc).__name__}")
     return doc
+
+
+def print_report(doc: dict) -> None:
+    """A command's `--json` document on stdout, with the process' peak memory so far added
+    (`peak_memory`: moe_compile/process_memory.py)."""
+    from moe_compile.process_memory import peak_memory
+
+    print(json.dumps({**doc, "peak_memory": peak_memory()}, indent=2))

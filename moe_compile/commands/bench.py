@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -14,6 +13,7 @@ from rich.table import Table
 from moe_compile.atomic import all_or_none, check_writable
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
+from moe_compile.jsonio import print_report
 
 
 def _settings(ir, plan: str | None) -> list:
@@ -145,7 +145,7 @@ def _write_outputs(report: dict, args: argparse.Namespace) -> None:
                 plot_bench(report, staging.path(args.plot))
             staging.commit()
     if args.json:
-        sys.stdout.write(text)
+        print_report(report)
     else:
         console = Console()
         if not console.is_terminal:  # a log or a pipe: no wrapping at 80 columns

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from moe_compile.jsonio import print_report
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -18,7 +19,7 @@ def run_build(args: argparse.Namespace) -> int:
     sizes = {name: value for name, value in (("max_batch", args.max_batch), ("max_seq", args.max_seq)) if value}
     summary = build_engine(args.onnx, args.out, precision=args.precision, timing_cache=args.timing_cache, **sizes)
     if args.json:
-        print(json.dumps(summary.to_json(), indent=2))
+        print_report(summary.to_json())
     else:
         Console().print(summary_table(summary.to_json()))
     return 0

@@ -9,6 +9,8 @@ import time
 
 from rich.console import Console
 
+from moe_compile.jsonio import print_report
+
 
 def run_deploy(args: argparse.Namespace) -> int:
     from moe_compile.deploy.repository import deploy
@@ -16,7 +18,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     result = deploy(args.artifact, args.repo, args.name, backend=args.backend, max_batch=args.max_batch,
                     instances=args.instances, force=args.force, max_new_tokens=args.max_new_tokens)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print_report(result.to_json())
     else:
         print(f"{result.repo}: models {', '.join(result.models)} ({result.backend} backend)")
         for path in result.files:

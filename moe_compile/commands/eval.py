@@ -5,7 +5,6 @@ Runtime, so what is measured can be the artefact that ships."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_causal_lm, load_moe_model
 from moe_compile.compiler.rewrite import rewrite_model
 from moe_compile.errors import InvalidInput
+from moe_compile.jsonio import print_report
 from moe_compile.validate.perplexity import Logits, Perplexity, eval_windows, module_logits, perplexity
 
 
@@ -64,7 +64,7 @@ def exported_logits(moe_model, path: Path) -> Logits:
 def run_eval(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.plan, args.text, args.onnx)
     if args.json:
-        print(json.dumps(result.to_json()))
+        print_report(result.to_json())
     else:
         print(f"held-out perplexity {result.perplexity:.4f} (loss {result.loss:.4f} nats over "
               f"{result.tokens} tokens, vocab {result.vocab_size})" + (f" under {args.plan}" if args.plan else "") + (f" of {args.onnx} in ONNX Runtime" if args.onnx else ""))

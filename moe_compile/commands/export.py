@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -12,6 +11,7 @@ from rich.table import Table
 from moe_compile.atomic import writing_into
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
+from moe_compile.jsonio import print_report
 
 from .exporting import export_with_progress
 from .lexi import pipeline_outputs, write_plan
@@ -29,7 +29,7 @@ def run_export(args: argparse.Namespace) -> int:
         result = export_with_progress(moe_model, out, target=args.target, plan=args.plan, dtype=args.dtype,
                                       quantize=scheme)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print_report(result.to_json())
     else:
         Console().print(_lowering_table(result.to_json()))
     return 0

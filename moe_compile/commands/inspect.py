@@ -4,7 +4,6 @@ GroupedMoE to on each target (the same `choose_lowering` the export runs)."""
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich.console import Console
 from rich.table import Table
@@ -13,6 +12,7 @@ from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.compiler.summary import model_summary
 from moe_compile.export.lowering import TARGETS, choose_lowering
+from moe_compile.jsonio import print_report
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         layer["lowering"] = {target: choose_lowering(target, spec.attributes, spec.has_score_bias).as_dict()
                              for target in TARGETS}
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_report(summary)
     else:
         Console().print(_layer_table(summary))
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,9 +11,10 @@ from rich.table import Table
 
 from moe_compile.atomic import Staging, all_or_none
 from moe_compile.compiler.ir import MoEModel
+from moe_compile.compiler.layered_model import LOADED_MAX_BYTES, weights_fit
 from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, MeasuredReads, RooflineLatency
 from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
-from moe_compile.jsonio import read_json_object
+from moe_compile.jsonio import print_report, read_json_object
 from moe_compile.compiler.lexi.plots import plot_plan, plot_profile
 from moe_compile.compiler.lexi.profile import Profile, ProfileOptions, profile_from_json, profile_model
 from moe_compile.compiler.loader import load_moe_model
@@ -40,7 +40,7 @@ def run_profile(args: argparse.Namespace) -> int:
         staging.path(args.out).write_text(dumps(doc))
         staging.commit()
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print_report(doc)
     else:
         Console().print(_sensitivity_table(doc["layers"], title=f"{doc['options']['estimator']} sensitivity, written to {args.out}"))
     return 0
@@ -101,7 +101,7 @@ def run_plan(args: argparse.Namespace) -> int:
         kl_estimator = args.estimator in ("self-kl", "calibration") and not args.profile
         objective = objective_of() if kl_estimator else None
         profile = _profile_for_plan(args, moe_model, objective)
-        objective = None if args.no_verify else objective_of()
+        objective = objective_of() if _verifies(args, moe_model) else None
         doc = make_plan(moe_model, profile, budget, cost_model, solver=args.solver, k_min=args.k_min,
                         seed=args.seed, command=args.command_line,
                         objective=objective.plan_kl if objective else None, refine_passes=args.refine,
@@ -110,7 +110,7 @@ def run_plan(args: argparse.Namespace) -> int:
         staging.path(args.out).write_text(dumps(doc))
         staging.commit()
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print_report(doc)
     else:
         predicted = doc["predicted"]
         title = (f"LExI plan: Σk {predicted['sum_k']} of {predicted['base_sum_k']}, cost "
@@ -119,7 +119,16 @@ def run_plan(args: argparse.Namespace) -> int:
         Console().print(_sensitivity_table(doc["layers"], title=title, chosen=True))
         if "verified" in doc:
             print(_guard_line(doc["verified"]))
+        elif not args.no_verify:
+            print(f"guard: skipped: the model has more than {LOADED_MAX_BYTES >> 30} GiB of weights, which every "
+                  "plan scored would read again (--verify runs refine and guard anyway)")
     return 0
+
+
+def _verifies(args: argparse.Namespace, moe_model: MoEModel) -> bool:
+    """Refine and guard unless --no-verify, and by default only where scoring a plan is cheap:
+    each scored plan is a forward pass that reads the whole checkpoint (layer by layer)."""
+    return not args.no_verify and (args.verify or weights_fit(moe_model))
 
 
 def _guard_line(verified: dict) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from rich.console import Console
 from rich.table import Table
+
+from moe_compile.jsonio import print_report
 
 
 _RUNTIMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
@@ -14,7 +15,7 @@ _RUNTIMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 
 def print_parity(report, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(report.to_json(), indent=2))
+        print_report(report.to_json())
     else:
         table = Table(title=f"parity: PyTorch vs {_RUNTIMES[report.runtime]}, {report.file} ({report.target}, "
                             f"{report.dtype}, rtol {report.tolerance['rtol']:g}, atol {report.tolerance['atol']:g})")

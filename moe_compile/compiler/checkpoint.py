@@ -119,6 +119,9 @@ class SafetensorsCheckpoint:
         try:
             with safe_open(file, framework="pt") as handle:
                 for name in handle.keys():
+                    if name in self.index:
+                        raise InvalidInput(f"tensor '{name}' is in both {self.index[name].file.name} and {file.name}; "
+                                           "a checkpoint names each tensor once")
                     tensor = handle.get_slice(name)
                     self.index[name] = TensorInfo(file, tensor.get_dtype(), tuple(tensor.get_shape()))
         except (SafetensorError, OSError) as exc:

@@ -22,7 +22,7 @@ import torch
 
 from moe_compile import interrupts
 from moe_compile.atomic import check_writable
-from moe_compile.compiler.compiled import compiled_model
+from moe_compile.compiler.compiled import compiled_model, skeleton_model
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.dtypes import PRECISIONS, torch_dtype
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
@@ -31,8 +31,9 @@ from moe_compile.quantization.scheme import QuantScheme
 
 from .complex_views import make_complex_views_exportable
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
-from .lowering import TARGETS, LoweringReport, moe_output_name, translation, weight_pass
+from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
 from .quantize_pass import quantize_graph
+from .streamed_weights import bind_weights, fold_weight_transposes, set_expert_layouts, write_external_data
 
 DTYPES = {name: torch_dtype(name) for name in PRECISIONS}  # from the one table (moe_compile/dtypes.py)
 OPSET = 18
@@ -88,9 +89,16 @@ def _strip_trace_metadata(onnx_model) -> None:
 
 def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan: str | Path | None = None,
                 dtype: str = "fp32", top_k: dict[int, int] | None = None,
-                quantize: QuantScheme | None = None) -> ExportResult:
+                quantize: QuantScheme | None = None, streamed: bool = True) -> ExportResult:
     """Export MODEL, rewritten to `plan` (or to `top_k`, or at its base top-k), to `out`;
-    weight-only quantized with `quantize` (onnxruntime target, fp32)."""
+    weight-only quantized with `quantize` (onnxruntime target, fp32).
+
+    Streamed (the default): trace a skeleton that holds no weights, then write every weight to
+    `out`.data tensor by tensor from the checkpoint (export/streamed_weights.py). Not streamed:
+    load the whole model, trace it and save the whole proto, external data only past 2 GB; the
+    reference that the streamed export is tested against, and (for now) the path of a quantized
+    export, whose pass rewrites the weights of an in-memory proto (export/quantize_pass.py).
+    """
     if target not in TARGETS:
         raise InvalidInput(f"target '{target}' is not one of {', '.join(TARGETS)}")
     if dtype not in DTYPES:
@@ -99,12 +107,49 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         raise InvalidInput(f"--quantize {quantize.name}: only for --target onnxruntime at --dtype fp32 "
                            "(com.microsoft.QMoE and MatMulNBits run in ONNX Runtime)")
     out = check_writable(out)
-    model, top_k = compiled_model(moe_model, plan, dtype, top_k)
     report = LoweringReport(target, quantized=quantize is not None)
     layers = [spec.index for spec in moe_model.layers]
-    onnx_model = _trace(model, DTYPES[dtype], report, layers)
+    quantized = None
+    if streamed and quantize is None:
+        model, top_k = skeleton_model(moe_model, plan, dtype, top_k)
+        program = _trace(model, DTYPES[dtype], report, layers, optimize=False)
+        bind_weights(program.model.graph, model, moe_model, prefix="model.")
+        fold_weight_transposes(program.model.graph)
+        _optimize(program)  # what torch.onnx.export(optimize=True) runs, on the bound weights
+        nodes = [(node.domain, node.op_type, [value.name if value is not None else "" for value in node.inputs])
+                 for node in program.model.graph]
+        set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
+        del model
+        _save_streamed(program.model, out, lambda onnx_model: _finish(onnx_model, moe_model, target, dtype, top_k, layers))
+    else:
+        model, top_k = compiled_model(moe_model, plan, dtype, top_k)
+        onnx_model = _trace(model, DTYPES[dtype], report, layers).model_proto
+        weight_pass(target)(onnx_model)
+        quantized = _finish(onnx_model, moe_model, target, dtype, top_k, layers, quantize)
+        _save(onnx_model, out)
+    return ExportResult(out, report, top_k, dtype, quantized)
+
+
+def _optimize(program: torch.onnx.ONNXProgram) -> None:
+    """The optimizer folds small weights, so it reads them from the checkpoint: a read that fails
+    there (a moe-compile error) comes out as itself, not wrapped in the optimizer's PassError."""
+    try:
+        program.optimize()
+    except Exception as exc:
+        cause = exc
+        while cause is not None and not isinstance(cause, MoeCompileError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def _finish(onnx_model, moe_model: MoEModel, target: str, dtype: str, top_k: dict[int, int], layers: list[int],
+            quantize: QuantScheme | None = None) -> dict | None:
+    """The graph-level steps both paths share, on the ModelProto: MoE output names, the quantize
+    pass (after the names: they come from the translations' trace metadata), no trace metadata,
+    moe_compile metadata; -> what the quantize pass quantized."""
     _name_moe_outputs(onnx_model, layers)
-    weight_pass(target)(onnx_model)
     quantized = quantize_graph(onnx_model, quantize) if quantize else None
     _strip_trace_metadata(onnx_model)
     metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
@@ -115,8 +160,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
                 **({QUANTIZE_METADATA_KEY: quantize.metadata()} if quantize else {})}
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
-    _save(onnx_model, out)
-    return ExportResult(out, report, top_k, dtype, quantized)
+    return quantized
 
 
 @contextlib.contextmanager
@@ -146,18 +190,19 @@ def _export_failure(exc: Exception, model: torch.nn.Module) -> InvalidInput:
     return InvalidInput(f"torch.onnx could not export this {model.config.model_type} model ({one_line(Exception(summary[0] if summary else text))})")
 
 
-def _trace(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, layers: list[int]):
+def _trace(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, layers: list[int],
+           optimize: bool = True) -> torch.onnx.ONNXProgram:
     num_layers = model.config.num_hidden_layers
     wrapper = CausalLMWithCache(model).eval()
     inputs = example_inputs(model, dtype)
     with torch.no_grad(), _quiet_exporter():
         try:
-            program = _torch_onnx_export(wrapper, inputs, num_layers, report, layers)
+            program = _torch_onnx_export(wrapper, inputs, num_layers, report, layers, optimize)
         except MoeCompileError:
             raise
         except Exception as exc:  # torch.export / torch.onnx raise many kinds
             raise _export_failure(exc, model) from None
-    return program.model_proto
+    return program
 
 
 def _capture(wrapper, inputs, num_layers: int) -> torch.export.ExportedProgram:
@@ -178,13 +223,13 @@ def _capture(wrapper, inputs, num_layers: int) -> torch.export.ExportedProgram:
     return program
 
 
-def _torch_onnx_export(wrapper, inputs, num_layers: int, report: LoweringReport, layers: list[int]):
+def _torch_onnx_export(wrapper, inputs, num_layers: int, report: LoweringReport, layers: list[int], optimize: bool):
     return torch.onnx.export(
         _capture(wrapper, inputs, num_layers), dynamo=True, opset_version=OPSET,
         input_names=["input_ids", "attention_mask", "position_ids", *past_names(num_layers)],
         output_names=["logits", *present_names(num_layers)],
         custom_translation_table={torch.ops.moe_compile.grouped_moe.default: translation(report.target, report, layers)},
-        verbose=False)
+        optimize=optimize, verbose=False)
 
 
 def _save(onnx_model, out: Path) -> None:
@@ -204,6 +249,29 @@ def _save(onnx_model, out: Path) -> None:
         interrupts.raise_if_received()
         if external:
             (staging / f"{out.name}.data").replace(out.parent / f"{out.name}.data")
+        staged.replace(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_streamed(ir_model, out: Path, finish) -> None:
+    """Weights to `out`.data tensor by tensor, then the graph (no weights inside) to `out`,
+    `finish`ed and checked; both staged beside `out` and renamed: nothing half-written is left."""
+    import onnx
+    import onnx_ir as ir
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        data_name = f"{out.name}.data"
+        written = write_external_data(ir_model.graph, staging / data_name)
+        onnx_model = ir.serde.serialize_model(ir_model)
+        finish(onnx_model)
+        staged = staging / out.name
+        onnx.save_model(onnx_model, staged)
+        onnx.checker.check_model(str(staged), full_check=True)
+        interrupts.raise_if_received()
+        if written:
+            (staging / data_name).replace(out.parent / data_name)
         staged.replace(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -12,7 +12,6 @@ name), checked against the model and the plan the same way; the comparison sees 
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,12 +20,13 @@ import torch
 
 from moe_compile.compiler.compiled import compiled_model
 from moe_compile.compiler.fingerprint import check_same_weights
+from moe_compile.compiler.layered_model import reference_lm
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
-from moe_compile.errors import InvalidInput, one_line
+from moe_compile.errors import InvalidInput
 from moe_compile.export.decoder import decoder_inputs, empty_past, past_names
 from moe_compile.export.lowering import TARGETS, moe_output_name
-from moe_compile.onnx_files import read_onnx_graph, read_onnx_model
+from moe_compile.onnx_files import read_onnx_graph
 from moe_compile.quantization.scheme import METADATA_KEY as QUANTIZE_KEY
 from moe_compile.quantization.scheme import QuantScheme, dequantize_model
 
@@ -136,11 +136,14 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
 
 
 def reference_model(moe_model: MoEModel, metadata: dict, top_k: dict[int, int]) -> torch.nn.Module:
-    """The PyTorch model a file is checked against: at its top-k and dtype and, for a quantized
-    export, with the weights it quantized replaced by their dequantized values."""
-    model, _ = compiled_model(moe_model, None, metadata["moe_compile.dtype"], top_k)
-    if QUANTIZE_KEY in metadata:
-        dequantize_model(model, QuantScheme.from_metadata(metadata[QUANTIZE_KEY]))
+    """The PyTorch model a file is checked against, at its top-k and dtype: over 2 GiB, layer by
+    layer (one decoder layer's weights resident at a time, compiler/layered_model.py); for a
+    quantized export, loaded whole with the weights it quantized replaced by their dequantized values."""
+    dtype = metadata["moe_compile.dtype"]
+    if QUANTIZE_KEY not in metadata:
+        return reference_lm(moe_model, dtype, top_k)
+    model, _ = compiled_model(moe_model, None, dtype, top_k)
+    dequantize_model(model, QuantScheme.from_metadata(metadata[QUANTIZE_KEY]))
     return model
 
 
@@ -158,8 +161,8 @@ def validate_engine(moe_model: MoEModel, engine_path: str | Path, plan: str | Pa
     candidate = TensorRTRunner(path)
     metadata = engine_metadata(candidate.engine, path)
     top_k = check_metadata_matches(metadata, moe_model, plan, path)
-    model, _ = compiled_model(moe_model, None, metadata["moe_compile.dtype"], top_k)
-    return _compare_runners(model, candidate, path, metadata, new_tokens, seed)[0]
+    return _compare_runners(reference_model(moe_model, metadata, top_k), candidate, path, metadata, new_tokens,
+                            seed)[0]
 
 
 def _compare_runners(model: torch.nn.Module, candidate, path: Path, metadata: dict, new_tokens: int,
@@ -214,17 +217,15 @@ def _moe_layer(diff: OutputDiff) -> int:
 def _layer_diffs(moe_model: MoEModel, model: torch.nn.Module, onnx_path: Path, feed: dict,
                  tolerance) -> list[OutputDiff]:
     """Every MoE layer's GroupedMoE output, PyTorch against the ONNX file itself: the file's
-    `moe_output.{layer}` values are exposed as extra outputs of a temporary copy."""
+    `moe_output.{layer}` values are exposed as extra outputs of a copy of its graph, run in
+    memory on the file's own external data (nothing written, the weights not copied)."""
     import onnx
 
     names = [moe_output_name(spec.index) for spec in moe_model.layers]
-    graph_model = read_onnx_model(onnx_path)
+    graph_model = read_onnx_graph(onnx_path)
     elem_type = graph_model.graph.output[0].type.tensor_type.elem_type
     graph_model.graph.output.extend(onnx.helper.make_tensor_value_info(name, elem_type, None) for name in names)
-    with tempfile.TemporaryDirectory() as folder:
-        debug_path = Path(folder) / "debug.onnx"
-        onnx.save_model(graph_model, debug_path, save_as_external_data=True, location="debug.onnx.data")
-        got = OnnxRuntimeRunner(debug_path).infer(feed)
+    got = OnnxRuntimeRunner(onnx_path, graph=graph_model).infer(feed)
     expected = {}
     handles = [model.get_submodule(spec.module_path).register_forward_hook(_record_routed(expected, name))
                for spec, name in zip(moe_model.layers, names)]

@@ -54,7 +54,7 @@ def test_repository_is_complete_and_parses(backend, tiny_onnx, tmp_path, capsys)
     code, out, err = _deploy(capsys, tiny_onnx, "--repo", repo, "--name", MODEL, "--backend", backend,
                              "--max-batch", 4, "--instances", 2, "--json")
     assert code == 0 and err == ""
-    decoder_files = ["tiny/1/model.onnx", "tiny/1/model.py"] if backend == "python" else ["tiny/1/model.onnx"]
+    decoder_files = ["tiny/1/model.onnx", "tiny/1/model.onnx.data", *(["tiny/1/model.py"] if backend == "python" else [])]
     assert json.loads(out)["files"] == sorted([*decoder_files, "tiny/config.pbtxt", "tiny_generate/1/model.py",
                                                "tiny_generate/config.pbtxt"])
     assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()) == json.loads(out)["files"]

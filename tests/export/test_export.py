@@ -103,7 +103,10 @@ def test_export_is_byte_identical(tiny_model_dirs, tmp_path):
     ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
     export_onnx(ir, tmp_path / "a.onnx", target="onnx")
     export_onnx(ir, tmp_path / "b.onnx", target="onnx")
-    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert (tmp_path / "a.onnx").read_bytes() != (tmp_path / "b.onnx").read_bytes()  # each names its own data file
+    assert ((tmp_path / "a.onnx").read_bytes().replace(b"a.onnx.data", b"b.onnx.data")
+            == (tmp_path / "b.onnx").read_bytes())
+    assert (tmp_path / "a.onnx.data").read_bytes() == (tmp_path / "b.onnx.data").read_bytes()
     metadata = {p.key: p.value for p in onnx.load(tmp_path / "a.onnx", load_external_data=False).metadata_props}
     assert metadata["moe_compile.weights_sha256"] == ir.fingerprint["weights_sha256"]
 
@@ -164,7 +167,8 @@ def test_the_readme_pipeline_on_the_demo(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "LExI plan: Σk 24 of 32" in stdout and "com.microsoft.MoE" in stdout
     assert "greedy generation of 32 tokens: identical" in stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.lexi-plan.json", "demo.lexi-plan.png", "demo.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.lexi-plan.json", "demo.lexi-plan.png", "demo.onnx",
+                                                          "demo.onnx.data"]
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_moe", "deepseek_v3"])  # deepseek_v3: fp32 router in fp16
@@ -178,11 +182,8 @@ def test_fp16_export_matches_pytorch_fp16(model_type, tiny_model_dirs, tmp_path)
     assert all(d.passed for d in report.prefill + report.decode), report.to_json()
 
 
-def test_weights_beyond_the_protobuf_limit_go_to_external_data(tiny_model_dirs, tmp_path, monkeypatch):
-    """The 2 GB switch, exercised on a tiny model by lowering the threshold."""
-    import moe_compile.export.exporter as exporter
-
-    monkeypatch.setattr(exporter, "EXTERNAL_DATA_THRESHOLD", 1024)
+def test_weights_go_to_external_data(tiny_model_dirs, tmp_path):
+    """A streamed export always writes model.onnx.data (docs/export.md), and validate reads it."""
     ir = load_moe_model(tiny_model_dirs["olmoe"])
     export_onnx(ir, tmp_path / "model.onnx", target="onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]

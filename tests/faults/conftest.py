@@ -3,7 +3,6 @@ process boundary is tested only where it matters: signals, ports), the folder sn
 proves nothing new was written, altered copies of the session's tiny models, and a full disk."""
 
 import contextlib
-import os
 import shutil
 import subprocess
 import uuid

@@ -5,7 +5,6 @@ import json
 import sys
 import types
 
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper

@@ -4,8 +4,10 @@ With every MoE block rewritten to a StaticTopKMoE at its base top-k, one layer a
 to k and the whole model runs on calibration tokens; the layer's loss of k is the mean over
 positions of KL(p_base || p_k) of the next-token distribution. The tokens are either sampled
 from the model itself (estimator "self-kl": no data set) or the windows of a UTF-8 text
-(estimator "calibration"). This needs the whole model in memory and one forward pass per
-(layer, k), unlike the data-free estimators, which read one layer's weights at a time.
+(estimator "calibration"). A model over 2 GiB runs layer by layer (compiler/layered_model.py:
+one decoder layer's weights resident at a time), and then every forward pass reads the whole
+checkpoint: one pass per (layer, k), per plan scored and per sampled token, unlike the
+data-free estimators, which read each layer's weights once.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_compile.compiler.ir import MoEModel
-from moe_compile.compiler.loader import load_causal_lm
-from moe_compile.compiler.rewrite import rewrite_model
+from moe_compile.compiler.layered_model import reference_lm
 from moe_compile.errors import InvalidInput
 from moe_compile.finite import check_finite_values
 from moe_compile.validate.perplexity import eval_windows
@@ -59,12 +60,11 @@ class OutputObjective:
 
     def __init__(self, moe_model: MoEModel, options: ProfileOptions) -> None:
         self.moe_model = moe_model
-        lm = load_causal_lm(moe_model)
+        self.lm = reference_lm(moe_model)  # at the base top-k
         if options.estimator == "calibration" or options.calibration:
             self.tokens = calibration_tokens(moe_model, options)
         else:
-            self.tokens = self_generated_tokens(lm, int(moe_model.config.vocab_size), options)
-        self.lm = rewrite_model(lm, moe_model)
+            self.tokens = self_generated_tokens(self.lm, int(moe_model.config.vocab_size), options)
         self.blocks = {spec.index: self.lm.get_submodule(spec.module_path) for spec in moe_model.layers}
         self.block_inputs: dict[int, torch.Tensor] = {}  # layer index -> its MoE block's input [S, L, H] at base
 

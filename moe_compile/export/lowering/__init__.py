@@ -82,6 +82,19 @@ def weight_pass(target: str) -> Callable:
     return lambda onnx_model: None
 
 
+def expert_layouts(target: str, nodes) -> dict[str, Callable]:
+    """What `weight_pass` does, one tensor at a time, for a streamed export: {expert initializer
+    name: its layout (torch [E, ...] -> the experts in the file's order)} among `nodes`
+    ((domain, op_type, input names) each)."""
+    if target != "onnxruntime":
+        return {}
+    import functools
+
+    from .onnxruntime import ort_expert_inputs, ort_expert_layout
+
+    return {name: functools.partial(ort_expert_layout, fc1=fc1) for name, fc1 in ort_expert_inputs(nodes).items()}
+
+
 def translation(target: str, report: LoweringReport, layers: list[int]) -> Callable:
     """The custom translation for torch.onnx.export of `moe_compile::grouped_moe` on `target`.
 

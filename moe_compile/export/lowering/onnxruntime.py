@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 
-import numpy as np
 import onnxscript
+import torch
 from onnxscript import opset18 as op
 
 from moe_compile.grouped_moe_op import GroupedMoEAttributes
@@ -107,9 +108,33 @@ def lower_to_ort_moe(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down
     return poison_nonfinite_tokens(out, hidden, router_logits)
 
 
+def ort_expert_inputs(nodes) -> dict[str, bool]:
+    """The expert weight inputs of every com.microsoft.MoE among `nodes` ((domain, op_type, input
+    names) each) -> {initializer name: whether it is fc1 (gate/up)}."""
+    found = {}
+    for domain, op_type, inputs in nodes:
+        if domain != MS_DOMAIN or op_type != "MoE":
+            continue
+        for position in _FC1_INPUTS + _FC2_INPUTS:
+            name = inputs[position] if position < len(inputs) else ""
+            if name:
+                found[name] = position in _FC1_INPUTS
+    return found
+
+
+def ort_expert_layout(weights: torch.Tensor, fc1: bool) -> Iterator[torch.Tensor]:
+    """An expert tensor [E, ...] in com.microsoft.MoE's layout, one expert at a time: experts in
+    reverse order (see the module docstring), fc1's [gate rows; up rows] as g0 u0 g1 u1 ..."""
+    for expert in range(weights.shape[0] - 1, -1, -1):
+        rows = weights[expert]  # [2I, H] or [2I] (fc1), [H, I] or [H] (fc2)
+        if fc1:
+            half = rows.shape[0] // 2
+            rows = torch.stack([rows[:half], rows[half:]], dim=1).reshape(rows.shape)
+        yield rows
+
+
 def prepare_ort_moe_weights(onnx_model) -> None:
-    """In every com.microsoft.MoE: experts in reverse order (see the module docstring), and fc1's
-    [gate rows; up rows] -> g0 u0 g1 u1 ... (weights and bias)."""
+    """In every com.microsoft.MoE: the expert weights in `ort_expert_layout` (in place)."""
     from onnx import numpy_helper
 
     initializers = {init.name: init for init in onnx_model.graph.initializer}
@@ -117,17 +142,11 @@ def prepare_ort_moe_weights(onnx_model) -> None:
     for node in onnx_model.graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
-    for node in onnx_model.graph.node:
-        if node.domain != MS_DOMAIN or node.op_type != "MoE":
-            continue
-        for position in _FC1_INPUTS + _FC2_INPUTS:
-            name = node.input[position] if position < len(node.input) else ""
-            if not name:
-                continue
-            if name not in initializers or consumers[name] != 1:
-                raise RuntimeError(f"expert input '{name}' of {node.name} is not an initializer of its own")
-            array = numpy_helper.to_array(initializers[name])[::-1]  # [E, ...], expert E-1 first
-            if position in _FC1_INPUTS:
-                half = array.shape[1] // 2
-                array = np.stack([array[:, :half], array[:, half:]], axis=2).reshape(array.shape)
-            initializers[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
+    nodes = [(node.domain, node.op_type, list(node.input)) for node in onnx_model.graph.node]
+    for name, fc1 in ort_expert_inputs(nodes).items():
+        if name not in initializers or consumers[name] != 1:
+            raise RuntimeError(f"expert input '{name}' of a com.microsoft.MoE node is not an initializer of its own")
+        array = numpy_helper.to_array(initializers[name])
+        bits = torch.from_numpy(array.copy().view(f"i{array.itemsize}"))  # data movement only: any dtype
+        laid_out = torch.stack(list(ort_expert_layout(bits, fc1))).numpy().view(array.dtype)
+        initializers[name].CopyFrom(numpy_helper.from_array(laid_out, name))

@@ -11,9 +11,14 @@ from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
 
 
 class OnnxRuntimeRunner:
+    """`path` in ONNX Runtime; or, with `graph` (a ModelProto without its weights), that graph
+    reading its external data from `path`'s folder (a changed copy of a file's graph that runs
+    on the file's own weights, nothing written)."""
+
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
+                 graph=None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -21,8 +26,13 @@ class OnnxRuntimeRunner:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        source = str(path)
+        if graph is not None:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str(Path(path).parent))
+            source = graph.SerializeToString()
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise InvalidInput(f"{path}: ONNX Runtime cannot load it ({one_line(exc)})") from None
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}

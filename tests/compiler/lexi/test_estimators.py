@@ -92,6 +92,24 @@ def test_plan_prints_the_guard_and_records_it(tmp_path, capsys, tiny_model_dirs)
     assert verified["searched"] >= 0 and doc["profile"]["estimator"] == "self-kl"
 
 
+@pytest.mark.parametrize("flag, verified", [(None, False), ("--verify", True)])
+def test_plan_does_not_verify_a_big_model_unless_asked(tmp_path, capsys, tiny_model_dirs, monkeypatch, flag, verified):
+    """Over LOADED_MAX_BYTES of weights (here lowered below the tiny model's size) every scored
+    plan would read the checkpoint again: plan skips refine and guard and says so; --verify runs them
+    (on the model run layer by layer)."""
+    import moe_compile.compiler.layered_model as layered
+
+    monkeypatch.setattr(layered, "LOADED_MAX_BYTES", 1024)
+    out = tmp_path / "plan.json"
+    argv = ["plan", tiny_model_dirs["qwen2_moe"], "--budget", "0.5", "--seq-len", "8", "--samples", "2",
+            "--refine", "0", "--out", str(out), *([flag] if flag else [])]
+    assert main([str(a) for a in argv]) == 0
+    printed = capsys.readouterr().out
+    assert ("verified" in json.loads(out.read_text())) == verified
+    assert ("guard: skipped: the model has more than" in printed) != verified
+    assert ("guard: KL to the base model" in printed) == verified
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "fewer than one window"),
     (b"\xff\xfe\x00 not text", "cannot read"),

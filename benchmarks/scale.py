@@ -1,0 +1,151 @@
+"""profile, plan, export and validate of a real-shaped random checkpoint: wall time and peak memory.
+
+Writes a Qwen3-30B-A3B-shaped checkpoint (hidden 2048, 128 experts of 768, top-8; the real
+vocabulary and attention) with random bf16 weights, one shard per decoder layer, one shard in
+memory at a time; then runs each command as a subprocess with --json and records its wall
+time and the peak memory the command itself reports (VmHWM, sampled RssAnon peak;
+moe_compile/process_memory.py). The disk is measured in the same run: one timed read of every
+shard and one timed write (+ fsync) of as many bytes as the export wrote.
+
+    python benchmarks/scale.py --layers 4 --work /tmp/scale --out benchmarks/results/scale.json
+
+Prints the JSON it writes. The checkpoint needs about 1.25 GB per layer + 1.25 GB, the fp32
+export twice that: check `df -h` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+QWEN3_30B_A3B = dict(
+    model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], hidden_size=2048, intermediate_size=6144,
+    moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
+    num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=151936, rms_norm_eps=1e-6,
+    max_position_embeddings=40960, rope_theta=1000000.0, tie_word_embeddings=False, decoder_sparse_step=1,
+    mlp_only_layers=[], hidden_act="silu", torch_dtype="bfloat16", bos_token_id=151643, eos_token_id=151645)
+
+
+def _layer_shapes(config: dict, layer: int) -> dict[str, tuple[int, ...]]:
+    hidden, heads, kv, head_dim = (config[k] for k in ("hidden_size", "num_attention_heads",
+                                                        "num_key_value_heads", "head_dim"))
+    prefix = f"model.layers.{layer}"
+    shapes = {f"{prefix}.input_layernorm.weight": (hidden,), f"{prefix}.post_attention_layernorm.weight": (hidden,),
+              f"{prefix}.self_attn.q_proj.weight": (heads * head_dim, hidden),
+              f"{prefix}.self_attn.k_proj.weight": (kv * head_dim, hidden),
+              f"{prefix}.self_attn.v_proj.weight": (kv * head_dim, hidden),
+              f"{prefix}.self_attn.o_proj.weight": (hidden, heads * head_dim),
+              f"{prefix}.self_attn.q_norm.weight": (head_dim,), f"{prefix}.self_attn.k_norm.weight": (head_dim,),
+              f"{prefix}.mlp.gate.weight": (config["num_experts"], hidden)}
+    for expert in range(config["num_experts"]):
+        inter = config["moe_intermediate_size"]
+        for name, shape in (("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)), ("down_proj", (hidden, inter))):
+            shapes[f"{prefix}.mlp.experts.{expert}.{name}.weight"] = shape
+    return shapes
+
+
+def write_checkpoint(folder: Path, config: dict) -> int:
+    """One safetensors shard per decoder layer (+ one for embeddings and head), written one at a
+    time; -> bytes written."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    hidden, vocab = config["hidden_size"], config["vocab_size"]
+    shards = [{"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
+               "lm_head.weight": (vocab, hidden)}]
+    shards += [_layer_shapes(config, layer) for layer in range(config["num_hidden_layers"])]
+    generator = torch.Generator().manual_seed(0)
+    weight_map, total = {}, 0
+    for number, shapes in enumerate(shards, 1):
+        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {key: (torch.ones(shape) if key.endswith("norm.weight") else
+                         torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16)
+                   for key, shape in shapes.items()}
+        save_file(tensors, folder / name, metadata={"format": "pt"})
+        total += sum(t.numel() * 2 for t in tensors.values())
+        weight_map.update(dict.fromkeys(tensors, name))
+        del tensors
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                     "weight_map": weight_map}))
+    return total
+
+
+def run_command(argv: list[str]) -> dict:
+    """`python -m moe_compile ARGV --json` -> wall seconds and the command's own peak_memory."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "moe_compile", *argv, "--json"], capture_output=True, text=True,
+                          env=env)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"moe-compile {' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    report = json.loads(done.stdout)
+    return {"argv": argv, "wall_s": round(wall, 1), "peak_memory": report.get("peak_memory"),
+            **({"passed": report["passed"]} if "passed" in report else {})}
+
+
+def disk_throughput(files: list[Path], write_bytes: int, scratch: Path) -> dict:
+    """One timed sequential read of `files` and one timed write + fsync of `write_bytes`."""
+    block = 16 << 20
+    start, read = time.perf_counter(), 0
+    for file in files:
+        with open(file, "rb", buffering=0) as handle:
+            while chunk := handle.read(block):
+                read += len(chunk)
+    read_s = time.perf_counter() - start
+    zeros = bytes(block)
+    start = time.perf_counter()
+    with open(scratch, "wb", buffering=0) as handle:
+        for offset in range(0, write_bytes, block):
+            handle.write(zeros[: min(block, write_bytes - offset)])
+        os.fsync(handle.fileno())
+    write_s = time.perf_counter() - start
+    scratch.unlink()
+    return {"read_bytes": read, "read_s": round(read_s, 1), "read_MBps": round(read / read_s / 1e6),
+            "write_bytes": write_bytes, "write_s": round(write_s, 1), "write_MBps": round(write_bytes / write_s / 1e6)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/moe-compile-scale"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    args = parser.parse_args()
+    config = dict(QWEN3_30B_A3B, num_hidden_layers=args.layers)
+    model = args.work / "model"
+    start = time.perf_counter()
+    checkpoint_bytes = write_checkpoint(model, config)
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "load_at_start": os.getloadavg()},
+              "model": {"shape": "Qwen3-30B-A3B layers", "layers": args.layers, "checkpoint_bytes": checkpoint_bytes,
+                        "write_checkpoint_s": round(time.perf_counter() - start, 1)}}
+    profile, plan, onnx = args.work / "profile.json", args.work / "plan.json", args.work / "onnx" / "model.onnx"
+    onnx.parent.mkdir(exist_ok=True)
+    result["profile"] = run_command(["profile", str(model), "--batch", "1", "--seq-len", "8", "--draws", "1",
+                                     "--out", str(profile)])
+    result["plan"] = run_command(["plan", str(model), "--profile", str(profile), "--budget", "0.75",
+                                  "--out", str(plan)])
+    result["export"] = run_command(["export", str(model), "--plan", str(plan), "--target", "onnxruntime",
+                                    "--out", str(onnx)])
+    result["validate"] = run_command(["validate", str(model), "--plan", str(plan), "--onnx", str(onnx)])
+    onnx_bytes = sum(p.stat().st_size for p in onnx.parent.iterdir())
+    disk = disk_throughput(sorted(model.glob("*.safetensors")), onnx_bytes, args.work / "scratch.bin")
+    result["disk"] = disk
+    result["export"]["onnx_bytes"] = onnx_bytes
+    result["export"]["io_bound_s"] = round(disk["read_s"] + disk["write_s"], 1)
+    result["machine"]["load_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

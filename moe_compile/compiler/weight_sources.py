@@ -1,0 +1,151 @@
+"""Where a skeleton model's weights are: each parameter and buffer bound to a `WeightRecipe`.
+
+A skeleton (compiler/compiled.py `skeleton_model`) has every parameter at its shape and dtype,
+its values never read. `weight_recipes` says, for each of them, where the values are: one
+field of an MoE layer's `ExpertWeights` as the adapter reads it (the rewritten block's
+tensors), else the checkpoint tensor of that name or of a tied alias. A recipe reads its
+source when asked and converts it one slice at a time (an expert, or a block of rows), so
+whoever consumes it (the streamed export, the layer-by-layer reference) holds one tensor, or
+one MoE layer's experts, at a time; never the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from moe_compile.dtypes import element_type
+from moe_compile.errors import InvalidInput
+
+from .checkpoint import SafetensorsCheckpoint
+from .ir import ExpertWeights, MoEModel
+
+_ROWS_PER_SLICE_BYTES = 64 << 20  # a non-expert tensor is converted in slices of about this size
+# StaticTopKMoE's parameter and buffer names -> the ExpertWeights field that holds them
+_MOE_FIELDS = {"router_weight": "router_weight", "router_bias": "router_bias", "w_gate_up": "gate_up",
+               "w_down": "down", "b_gate_up": "gate_up_bias", "b_down": "down_bias", "score_bias": "score_bias"}
+
+
+class LayerWeights:
+    """The MoE layers' `ExpertWeights`, read through the adapter; only the last one read is kept."""
+
+    def __init__(self, moe_model: MoEModel) -> None:
+        self._specs = {spec.module_path: spec for spec in moe_model.layers}
+        self._index: int | None = None
+        self._weights: ExpertWeights | None = None
+
+    def layer_of(self, module_path: str) -> int | None:
+        spec = self._specs.get(module_path)
+        return None if spec is None else spec.index
+
+    def read(self, module_path: str, field: str) -> torch.Tensor:
+        spec = self._specs[module_path]
+        if self._index != spec.index:
+            self._weights = None  # drop the previous layer before reading the next
+            self._weights = spec.load_weights()
+            self._index = spec.index
+        tensor = getattr(self._weights, field)
+        if tensor is None:
+            raise InvalidInput(f"MoE layer {spec.index}: the checkpoint has no {field} for this layer")
+        return tensor
+
+    def release(self) -> None:
+        """Drop the layer kept since the last read (its fields are read again if asked for)."""
+        self._index, self._weights = None, None
+
+
+@dataclass(frozen=True)
+class WeightRecipe:
+    """One initializer's values: `read()` the source (as stored), permute, cast, lay out."""
+
+    source: str  # the checkpoint tensor or MoE field, for messages
+    read: Callable[[], torch.Tensor]
+    source_shape: tuple[int, ...]
+    dtype: torch.dtype
+    layer: int | None = None  # the MoE layer whose ExpertWeights it comes from
+    perm: tuple[int, ...] | None = None
+    expert_layout: Callable[[torch.Tensor], Iterator[torch.Tensor]] | None = None  # per expert, target order
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.source_shape if self.perm is None else tuple(self.source_shape[axis] for axis in self.perm)
+
+    def slices(self) -> Iterator[torch.Tensor]:
+        """The tensor in its final layout and dtype, in order along its first axis, a slice at a time."""
+        tensor = self.read()
+        if tuple(tensor.shape) != self.source_shape:
+            raise InvalidInput(f"checkpoint tensor '{self.source}' has shape {tuple(tensor.shape)}, "
+                               f"the model expects {self.source_shape}")
+        if self.perm is not None:
+            tensor = tensor.permute(self.perm)
+        if self.expert_layout is not None:
+            for expert in self.expert_layout(tensor):  # [...] one expert
+                yield expert.to(self.dtype).contiguous()
+            return
+        if tensor.dim() == 0:
+            yield tensor.to(self.dtype).contiguous()
+            return
+        step = max(1, _ROWS_PER_SLICE_BYTES // max(1, tensor[0].numel() * element_type(torch=self.dtype).itemsize))
+        for start in range(0, tensor.shape[0], step):
+            yield tensor[start:start + step].to(self.dtype).contiguous()
+
+    def tensor(self) -> torch.Tensor:
+        """The whole tensor (what the ONNX optimizer gets if it folds a small one)."""
+        parts = list(self.slices())
+        return torch.stack(parts) if self.expert_layout is not None else torch.cat(parts) if parts[0].dim() else parts[0]
+
+
+class WeightSources:
+    """A recipe for each parameter and buffer of `skeleton` (by name, tied aliases included) that
+    holds a model weight: `recipe(name)`. None for a name that is not the skeleton's or a buffer
+    the checkpoint does not hold (rotary frequencies: computed by the model itself); a parameter
+    found nowhere cannot be filled without inventing values: InvalidInput when it is asked for."""
+
+    def __init__(self, skeleton: torch.nn.Module, moe_model: MoEModel) -> None:
+        self._path = moe_model.path
+        self._checkpoint = SafetensorsCheckpoint(moe_model.path)
+        self._layers = LayerWeights(moe_model)
+        self._adapter = moe_model.adapter
+        self._aliases: dict[int, list[str]] = {}
+        for name, param in skeleton.named_parameters(remove_duplicate=False):
+            self._aliases.setdefault(id(param), []).append(name)
+        self._params = dict(skeleton.named_parameters(remove_duplicate=False))
+        self._buffers = dict(skeleton.named_buffers(remove_duplicate=False))
+
+    def release(self) -> None:
+        """Drop the MoE layer's ExpertWeights kept for the next field of the same layer."""
+        self._layers.release()
+
+    def recipe(self, name: str) -> WeightRecipe | None:
+        tensor = self._params.get(name, self._buffers.get(name))
+        if tensor is None:
+            return None
+        module_path, _, attr = name.rpartition(".")
+        layer = self._layers.layer_of(module_path)
+        if layer is not None and attr in _MOE_FIELDS:
+            field = _MOE_FIELDS[attr]
+            return WeightRecipe(f"MoE layer {layer} {field}", lambda: self._layers.read(module_path, field),
+                                tuple(tensor.shape), tensor.dtype, layer=layer)
+        candidates = [_checkpoint_name(alias, self._layers, self._adapter)
+                      for alias in self._aliases.get(id(tensor), [name])]
+        stored = next((alias for alias in candidates if self._checkpoint.has(alias)), None)
+        if stored is None:
+            if name in self._buffers:
+                return None
+            raise InvalidInput(f"{self._path}: the model's parameter '{name}' has no tensor in the checkpoint; "
+                               "a streamed model reads every weight from safetensors")
+        return WeightRecipe(stored, lambda: self._checkpoint.read(stored), tuple(tensor.shape), tensor.dtype)
+
+
+def _checkpoint_name(name: str, layers: LayerWeights, adapter) -> str:
+    """`name` as the checkpoint spells it: the rewritten block (StaticTopKMoE) holds the original
+    block's shared expert and its gate as `shared_expert` / `shared_expert_gate`, which the
+    architecture may name otherwise (DeepSeek: `shared_experts`)."""
+    for own, original in (("shared_expert_gate", adapter.shared_expert_gate_name),
+                          ("shared_expert", adapter.shared_expert_name)):
+        module_path, found, rest = name.partition(f".{own}.")
+        if found and original and layers.layer_of(module_path) is not None:
+            return f"{module_path}.{original}.{rest}"
+    return name

@@ -1,0 +1,129 @@
+"""A streamed export's weights: bound to the checkpoint, then written tensor by tensor.
+
+A streamed export traces a skeleton (compiler/compiled.py `skeleton_model`): parameters with
+their shapes whose values were never read. Every initializer that holds a model weight is
+then bound to its `WeightRecipe` (compiler/weight_sources.py: a checkpoint tensor, or one field
+of an MoE layer's `ExpertWeights` as the adapter reads it), to which the export adds what it
+does to the values (the transpose the ONNX optimizer folds into the file, the cast to the export dtype, the target's
+expert layout). `write_external_data` reads each source once, converts it one slice at a time
+(an expert, or a block of rows) and appends the bytes to the external data file; only one
+MoE layer's expert weights are resident at a time, never the model, never the whole proto.
+
+Layout: one file, `model.onnx.data` beside `model.onnx`, tensors in the order the writer
+visits them (layer by layer), each starting at a multiple of 4096 bytes (what ONNX Runtime
+needs to map it rather than copy it). Initializers under 1 KiB stay inside model.onnx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import onnx_ir as ir
+import torch
+
+from moe_compile.compiler.ir import MoEModel
+from moe_compile.compiler.weight_sources import WeightRecipe, WeightSources
+from moe_compile.dtypes import element_type
+
+ALIGNMENT = 4096
+INLINE_LIMIT = 1024  # bytes: smaller initializers stay in model.onnx (as today's export does)
+_FOLDED_FROM_KEY = "pkg.onnxscript.optimizer.folded_from"  # what onnxscript's folder records on a folded value
+
+
+class StreamedTensor(ir.LazyTensor):
+    """An initializer whose values come from a `WeightRecipe` when asked for (or when written)."""
+
+    def __init__(self, recipe: WeightRecipe, name: str) -> None:
+        dtype = ir.DataType(element_type(torch=recipe.dtype).onnx)
+        super().__init__(lambda: ir.tensor(recipe.tensor()), dtype=dtype, shape=ir.Shape(recipe.shape), name=name)
+        self.recipe = recipe
+
+
+def bind_weights(graph: ir.Graph, skeleton: torch.nn.Module, moe_model: MoEModel, prefix: str) -> None:
+    """Replace the skeleton's values of every weight initializer (named `prefix` + a parameter or
+    buffer name) with a `StreamedTensor` of its recipe (compiler/weight_sources.py)."""
+    sources = WeightSources(skeleton, moe_model)
+    for init_name, value in list(graph.initializers.items()):
+        recipe = sources.recipe(init_name.removeprefix(prefix))
+        if recipe is not None:  # else a constant the exporter made, or a buffer the model computes
+            value.const_value = StreamedTensor(recipe, init_name)
+
+
+def fold_weight_transposes(graph: ir.Graph) -> None:
+    """Each Transpose whose only input is a bound weight used by it alone becomes an
+    initializer holding the transposed weight (a recipe, nothing computed), named as the
+    Transpose's output: what onnxscript's optimizer does to every such Transpose, without
+    reading the weight. The optimizer then finds nothing of that kind left to fold."""
+    for node in list(graph):
+        if node.domain or node.op_type != "Transpose":
+            continue
+        source = node.inputs[0]
+        if (source is None or not source.is_initializer() or not isinstance(source.const_value, StreamedTensor)
+                or len(source.uses()) != 1 or source.name in {v.name for v in graph.outputs}):
+            continue
+        recipe = source.const_value.recipe
+        attr = node.attributes.get("perm")
+        perm = tuple(attr.as_ints()) if attr is not None else tuple(reversed(range(len(recipe.shape))))
+        base = recipe.perm or tuple(range(len(recipe.source_shape)))
+        folded = replace(recipe, perm=tuple(base[axis] for axis in perm))
+        output = node.outputs[0]
+        name = output.name
+        value = ir.Value(name=None, type=ir.TensorType(source.const_value.dtype), shape=ir.Shape(folded.shape))
+        ir.convenience.replace_all_uses_with(output, value)
+        graph.remove(node, safe=True)
+        graph.initializers.pop(source.name)
+        value.name = name
+        value.const_value = StreamedTensor(folded, name)
+        value.metadata_props[_FOLDED_FROM_KEY] = repr([source.name])
+        value.meta[_FOLDED_FROM_KEY] = {source.name}
+        graph.register_initializer(value)
+
+
+def set_expert_layouts(graph: ir.Graph, layouts: dict[str, Callable[[torch.Tensor], Iterator[torch.Tensor]]]) -> None:
+    """Give the named expert initializers the target's layout (lowering.expert_layouts)."""
+    for name, layout in layouts.items():
+        value = graph.initializers.get(name)
+        if value is None or not isinstance(value.const_value, StreamedTensor):
+            raise RuntimeError(f"expert input '{name}' is not a weight read from the checkpoint")
+        value.const_value = StreamedTensor(replace(value.const_value.recipe, expert_layout=layout), name)
+
+
+def _tensor_bytes(value: ir.Value) -> Iterator[memoryview]:
+    const = value.const_value
+    if isinstance(const, StreamedTensor):
+        for part in const.recipe.slices():
+            yield memoryview(part.reshape(-1).view(torch.uint8).numpy())
+    else:
+        yield memoryview(const.tobytes())
+
+
+def write_external_data(graph: ir.Graph, data_path: Path) -> int:
+    """Write every initializer of at least INLINE_LIMIT bytes to `data_path` (layer by layer,
+    4096-aligned) and point it there; -> bytes written. Small ones get their values inline."""
+    def layer_key(value: ir.Value) -> tuple[int, int]:
+        const = value.const_value
+        layer = const.recipe.layer if isinstance(const, StreamedTensor) else None
+        return (-1 if layer is None else layer, 0)
+
+    values = sorted((v for v in graph.initializers.values() if v.const_value is not None), key=layer_key)
+    offset = 0
+    with open(data_path, "wb") as data:
+        for value in values:
+            const = value.const_value
+            if const.nbytes < INLINE_LIMIT:
+                if isinstance(const, StreamedTensor):
+                    value.const_value = ir.tensor(const.recipe.tensor(), name=value.name)
+                continue
+            data.write(b"\0" * (-offset % ALIGNMENT))
+            offset += -offset % ALIGNMENT
+            start = offset
+            for chunk in _tensor_bytes(value):
+                data.write(chunk)
+                offset += chunk.nbytes
+            if offset - start != const.nbytes:
+                raise RuntimeError(f"initializer {value.name}: wrote {offset - start} bytes, expected {const.nbytes}")
+            value.const_value = ir.ExternalTensor(data_path.name, start, offset - start, const.dtype, shape=const.shape,
+                                                  name=value.name, base_dir=data_path.parent)
+    return offset

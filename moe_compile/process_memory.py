@@ -1,0 +1,74 @@
+"""This process' peak memory, for every command's `--json` report.
+
+Linux keeps a high-water mark of the whole resident set (VmHWM, the same as ru_maxrss) but
+none of its anonymous part, which is what a streamed command has to keep small (file pages
+of a memory-mapped checkpoint are counted in the resident set, yet the kernel drops them
+under pressure). So `AnonPeakSampler` reads RssAnon from /proc/self/status every few
+milliseconds on a daemon thread, started when the command starts; `peak_memory()` reports
+both. Off Linux the /proc fields are None and only ru_maxrss is reported.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+
+
+def status_bytes(field: str) -> int | None:
+    """A `kB` field of /proc/self/status (VmHWM, VmRSS, RssAnon, ...) in bytes, or None."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class AnonPeakSampler:
+    """The largest RssAnon seen since `start()`, sampled every `interval_s` seconds."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.peak_bytes: int | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> AnonPeakSampler:
+        if self._thread is None and status_bytes("RssAnon") is not None:
+            self._thread = threading.Thread(target=self._run, name="anon-rss-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def sample(self) -> int | None:
+        now = status_bytes("RssAnon")
+        if now is not None:
+            with self._lock:
+                self.peak_bytes = max(self.peak_bytes or 0, now)
+        return self.peak_bytes
+
+    def _run(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(self.interval_s):
+            self.sample()
+
+
+_SAMPLER = AnonPeakSampler()
+
+
+def start_sampling() -> None:
+    """Begin recording the anonymous peak (the CLI calls this before a command runs)."""
+    _SAMPLER.start()
+
+
+def peak_memory() -> dict:
+    """{peak_rss_bytes (VmHWM / ru_maxrss), peak_anon_rss_bytes (sampled; None if not started or
+    not Linux)}: what `--json` reports under `peak_memory`."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hwm = status_bytes("VmHWM")
+    return {"peak_rss_bytes": hwm if hwm is not None else maxrss * (1 if sys.platform == "darwin" else 1024),
+            "peak_anon_rss_bytes": _SAMPLER.sample() if _SAMPLER._thread is not None else None}
