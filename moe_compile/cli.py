@@ -86,10 +86,11 @@ def _profile_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=defaults.seed, help="seed of the draws (and of the GA)")
     group.add_argument("--scale", type=_positive_float, default=defaults.scale, help="standard deviation of X")
     group.add_argument("--k-min", type=_positive_int, default=defaults.k_min, help="smallest top-k considered")
-    group.add_argument("--estimator", choices=ESTIMATORS, default=defaults.estimator,
+    group.add_argument("--estimator", choices=ESTIMATORS,
                        help="sensitivity of a layer to k: lexi (Gaussian Δ, the paper), model-aware (input through "
                             "the block's norm, Δ relative), self-kl (KL on sequences the model samples), "
-                            "calibration (KL on --calibration text); see docs/lexi.md")
+                            "calibration (KL on --calibration text). Default: calibration with --calibration, else "
+                            "self-kl up to 2 GiB of weights and lexi above (measured: docs/lexi.md)")
     group.add_argument("--calibration", help="plain UTF-8 text for --estimator calibration (the model's tokenizer.json)")
     group.add_argument("--samples", type=_positive_int, default=defaults.samples,
                        help="self-kl/calibration: sequences (windows of --seq-len tokens) scored")
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="profile.json (a heatmap is written beside it as .png)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON instead of a table")
 
+    from moe_compile.compiler.lexi.options import DEFAULT_REFINE
+
     p = command("plan", "LExI stage 2: choose a per-layer top-k under a budget", _run("lexi:run_plan"))
     _model_arg(p)
     target = p.add_mutually_exclusive_group()
@@ -152,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency objective: time the op here, or predict it for a GPU")
     p.add_argument("--tokens", type=_positive_int, default=1, help="latency objective: tokens per call")
     p.add_argument("--profile", help="reuse a profile.json from `moe-compile profile`")
-    p.add_argument("--refine", type=_non_negative_int, default=2,
+    p.add_argument("--refine", type=_non_negative_int, default=DEFAULT_REFINE,
                    help="rounds of local search around the searched plan, scored on the real KL (0: none)")
     p.add_argument("--keep-searched", action="store_true",
                    help="return the searched plan even when the uniform plan of the same Σk scores better")

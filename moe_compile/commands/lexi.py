@@ -12,6 +12,7 @@ from rich.table import Table
 from moe_compile.atomic import Staging, all_or_none
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.layered_model import LOADED_MAX_BYTES, weights_fit
+from moe_compile.compiler.lexi.options import DEFAULT_REFINE
 from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, MeasuredReads, RooflineLatency
 from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
 from moe_compile.jsonio import print_report, read_json_object
@@ -21,10 +22,21 @@ from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
 
 
-def profile_options(args: argparse.Namespace) -> ProfileOptions:
+def default_estimator(moe_model: MoEModel, calibration: str | None) -> str:
+    """The estimator chosen by measurement (docs/lexi.md): KL on the model's output, on the
+    user's text if given, else on sequences the model samples itself, wherever the model is
+    small enough to run whole (`weights_fit`); above that, LExI's data-free Δ, which reads each
+    layer once where a KL estimator rereads the checkpoint for every forward pass."""
+    if calibration:
+        return "calibration"
+    return "self-kl" if weights_fit(moe_model) else "lexi"
+
+
+def profile_options(args: argparse.Namespace, moe_model: MoEModel) -> ProfileOptions:
+    estimator = args.estimator or default_estimator(moe_model, args.calibration)
     return ProfileOptions(batch=args.batch, seq_len=args.seq_len, draws=args.draws, seed=args.seed,
                           scale=args.scale, k_min=args.k_min,
-                          estimator=args.estimator, calibration=args.calibration, samples=args.samples)
+                          estimator=estimator, calibration=args.calibration, samples=args.samples)
 
 
 def _plot_path(out: str) -> Path:
@@ -35,7 +47,7 @@ def _plot_path(out: str) -> Path:
 def run_profile(args: argparse.Namespace) -> int:
     with all_or_none(args.out, _plot_path(args.out)) as staging:
         moe_model = load_moe_model(args.model)
-        doc = profile_model(moe_model, profile_options(args)).to_json()
+        doc = profile_model(moe_model, profile_options(args, moe_model)).to_json()
         plot_profile(doc, staging.path(_plot_path(args.out)))
         staging.path(args.out).write_text(dumps(doc))
         staging.commit()
@@ -66,7 +78,7 @@ def _cost_model(args: argparse.Namespace, objective_of: Callable[[], object]):
 
 
 def _profile_for_plan(args: argparse.Namespace, moe_model: MoEModel, objective) -> Profile:
-    options = profile_options(args)
+    options = profile_options(args, moe_model)
     if args.profile:
         return profile_from_json(read_json_object(args.profile, "profile"), moe_model, args.profile, options)
     return profile_model(moe_model, options, objective=objective)
@@ -78,7 +90,7 @@ def _output_objective(args: argparse.Namespace, moe_model: MoEModel):
     from moe_compile.compiler.lexi.kl_profile import OutputObjective
     from moe_compile.compiler.lexi.profile import check_options
 
-    options = profile_options(args)
+    options = profile_options(args, moe_model)
     check_options(moe_model, options)  # bad options fail before the model is loaded
     return OutputObjective(moe_model, options)
 
@@ -98,7 +110,7 @@ def run_plan(args: argparse.Namespace) -> int:
         if budget == Budget():
             raise InvalidInput("give --budget FRACTION, --sum-k N or (with --objective latency) --target-ms MS")
         # a KL estimator profiles on the objective; a data-free one reads its layers first, then the whole model
-        kl_estimator = args.estimator in ("self-kl", "calibration") and not args.profile
+        kl_estimator = profile_options(args, moe_model).estimator in ("self-kl", "calibration") and not args.profile
         objective = objective_of() if kl_estimator else None
         profile = _profile_for_plan(args, moe_model, objective)
         objective = objective_of() if _verifies(args, moe_model) else None
@@ -120,9 +132,13 @@ def run_plan(args: argparse.Namespace) -> int:
         if "verified" in doc:
             print(_guard_line(doc["verified"]))
         elif not args.no_verify:
-            print(f"guard: skipped: the model has more than {LOADED_MAX_BYTES >> 30} GiB of weights, which every "
-                  "plan scored would read again (--verify runs refine and guard anyway)")
+            print(_GUARD_SKIPPED)
     return 0
+
+
+_GUARD_SKIPPED = (f"guard: skipped: the model has more than {LOADED_MAX_BYTES >> 30} GiB of weights, which every "
+                  "plan scored would read again (plan --verify runs refine and guard anyway); the plan is not "
+                  "compared with uniform top-k")
 
 
 def _verifies(args: argparse.Namespace, moe_model: MoEModel) -> bool:
@@ -168,13 +184,21 @@ def pipeline_outputs(out: Path, budget: float | None) -> list[Path]:
 
 
 def write_plan(moe_model, budget: float, out: Path, command: str, staging: Staging) -> Path:
-    """The pipeline's LExI plan (default profile, --budget of the active experts), staged with
-    --out (committed only if the whole pipeline succeeds); returns the staged plan's path."""
-    options = ProfileOptions()
-    doc = make_plan(moe_model, profile_model(moe_model, options), Budget(fraction=budget), ActiveExperts(),
-                    command=command)
+    """The pipeline's plan, made as `plan MODEL --budget F` makes it by default (the default
+    estimator, local search and the guard where the model fits), staged with --out (committed
+    only if the whole pipeline succeeds); returns the staged plan's path."""
+    from moe_compile.compiler.lexi.kl_profile import OutputObjective
+
+    options = ProfileOptions(estimator=default_estimator(moe_model, None))
+    objective = OutputObjective(moe_model, options) if weights_fit(moe_model) else None
+    kl_estimator = options.estimator in ("self-kl", "calibration")
+    doc = make_plan(moe_model, profile_model(moe_model, options, objective=objective if kl_estimator else None),
+                    Budget(fraction=budget), ActiveExperts(), command=command,
+                    objective=objective.plan_kl if objective else None, refine_passes=DEFAULT_REFINE)
     path = pipeline_plan_path(out)
     plot_plan(doc, staging.path(path.with_suffix(".png")))
     staging.path(path).write_text(dumps(doc))
-    print(f"LExI plan: Σk {doc['predicted']['sum_k']} of {doc['predicted']['base_sum_k']} ({path})")
+    print(f"LExI plan: Σk {doc['predicted']['sum_k']} of {doc['predicted']['base_sum_k']}, "
+          f"{options.estimator} sensitivity ({path})")
+    print(_guard_line(doc["verified"]) if "verified" in doc else _GUARD_SKIPPED)
     return staging.path(path)

@@ -136,5 +136,11 @@ def load_causal_lm(moe_model: MoEModel, dtype: Any = None) -> Any:
             use_safetensors=True, trust_remote_code=False).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise InvalidInput(f"{moe_model.path}: cannot load the model ({one_line(exc)})") from None
-    check_finite_parameters(model, str(moe_model.path))
+    try:
+        check_finite_parameters(model, str(moe_model.path))
+    except InvalidInput:  # transformers may have renamed or fused it: name the tensor as the checkpoint stores it
+        checkpoint = SafetensorsCheckpoint(moe_model.path)
+        for name in sorted(checkpoint.index):
+            checkpoint.read(name)  # refuses the first non-finite tensor, by its stored name and file
+        raise
     return model

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ESTIMATORS = ("lexi", "model-aware", "self-kl", "calibration")
+DEFAULT_REFINE = 2  # plan's rounds of local search on the real objective (verify.py)
 """lexi: Gaussian X, Δ = ||Y_k - Y_base||_F (the paper); model-aware: X through the block's own
 pre-MoE RMSNorm gamma, Δ relative to ||Y_base||_F; self-kl / calibration: KL of the final
 next-token distribution to the base model with one layer at k, on sequences the model samples
