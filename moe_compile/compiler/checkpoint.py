@@ -84,6 +84,7 @@ class SafetensorsCheckpoint:
         self.folder = folder
         self.meter = meter or ReadMeter()
         self.index: dict[str, TensorInfo] = {}
+        self._finite: set[str] = set()  # tensors already checked for NaN and infinity
         self.files = self._weight_files()
         for file in self.files:
             self._index_file(file)
@@ -150,7 +151,9 @@ class SafetensorsCheckpoint:
             raise InvalidInput(f"{info.file}: cannot read tensor '{name}' ({one_line(exc)})") from None
         self.meter.bytes_read += info.nbytes
         self.meter.track(tensor)
-        check_finite_tensor(tensor, f"{info.file}: tensor '{name}'")
+        if name not in self._finite:  # once per tensor: a reference run layer by layer rereads them every pass
+            check_finite_tensor(tensor, f"{info.file}: tensor '{name}'")
+            self._finite.add(name)
         return tensor
 
     def signature(self) -> list[tuple[str, str, tuple[int, ...]]]:
