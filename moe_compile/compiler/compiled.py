@@ -4,33 +4,29 @@ so that validate/ builds its reference without going through export/."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from moe_compile.dtypes import torch_dtype
 
 from .ir import MoEModel
-from .lexi.plan import load_plan
 from .loader import load_causal_lm
 from .rewrite import rewrite_model
 
 
-def _top_k(moe_model: MoEModel, plan: str | Path | None, top_k: dict[int, int] | None) -> dict[int, int]:
-    if top_k is not None:
-        return top_k
-    return load_plan(plan, moe_model) if plan else {spec.index: spec.base_top_k for spec in moe_model.layers}
+def _top_k(moe_model: MoEModel, top_k: dict[int, int] | None) -> dict[int, int]:
+    return top_k if top_k is not None else {spec.index: spec.base_top_k for spec in moe_model.layers}
 
 
-def compiled_model(moe_model: MoEModel, plan: str | Path | None, dtype: str = "fp32",
+def compiled_model(moe_model: MoEModel, dtype: str = "fp32",
                    top_k: dict[int, int] | None = None) -> tuple[torch.nn.Module, dict]:
-    """The torch model the ONNX file is made from: loaded, rewritten to the plan's top-k."""
-    top_k = _top_k(moe_model, plan, top_k)
+    """The torch model the ONNX file is made from: loaded, rewritten to `top_k` (a plan's; default
+    the base top-k)."""
+    top_k = _top_k(moe_model, top_k)
     model = rewrite_model(load_causal_lm(moe_model), moe_model, top_k)
     return model.to(torch_dtype(dtype)).eval(), top_k
 
 
-def skeleton_model(moe_model: MoEModel, plan: str | Path | None, dtype: str = "fp32",
+def skeleton_model(moe_model: MoEModel, dtype: str = "fp32",
                    top_k: dict[int, int] | None = None) -> tuple[torch.nn.Module, dict]:
     """`compiled_model` without reading a weight: what a streamed export traces.
 
@@ -42,7 +38,7 @@ def skeleton_model(moe_model: MoEModel, plan: str | Path | None, dtype: str = "f
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
-    top_k = _top_k(moe_model, plan, top_k)
+    top_k = _top_k(moe_model, top_k)
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(moe_model.config, dtype=torch_dtype(dtype))
     model = rewrite_model(model, moe_model, top_k)

@@ -13,8 +13,6 @@ as the loaded model (tests/compiler/test_layered_model.py), but slower where the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .checkpoint import SafetensorsCheckpoint
@@ -35,14 +33,14 @@ def reference_lm(moe_model: MoEModel, dtype: str = "fp32", top_k: dict[int, int]
     """The rewritten model at `top_k` (default: the base top-k): loaded whole where `weights_fit`,
     else layer by layer."""
     build = compiled_model if weights_fit(moe_model) else layered_model
-    return build(moe_model, None, dtype, top_k)[0]
+    return build(moe_model, dtype, top_k)[0]
 
 
-def layered_model(moe_model: MoEModel, plan: str | Path | None, dtype: str = "fp32",
+def layered_model(moe_model: MoEModel, dtype: str = "fp32",
                   top_k: dict[int, int] | None = None) -> tuple[torch.nn.Module, dict]:
-    """The rewritten model at `plan`'s (or `top_k`'s) top-k in `dtype`, its weights read unit by
-    unit during each forward."""
-    model, top_k = skeleton_model(moe_model, plan, dtype, top_k)
+    """The rewritten model at `top_k` (default: the base top-k) in `dtype`, its weights read unit
+    by unit during each forward."""
+    model, top_k = skeleton_model(moe_model, dtype, top_k)
     sources = WeightSources(model, moe_model)
     for prefix, module, names in _units(model, moe_model):
         _WeightsOnEntry(prefix, module, names, sources).attach()

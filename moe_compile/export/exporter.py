@@ -24,6 +24,7 @@ from moe_compile import interrupts
 from moe_compile.atomic import check_writable
 from moe_compile.compiler.compiled import compiled_model, skeleton_model
 from moe_compile.compiler.ir import MoEModel
+from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.dtypes import PRECISIONS, torch_dtype
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 from moe_compile.quantization.scheme import METADATA_KEY as QUANTIZE_METADATA_KEY
@@ -107,11 +108,13 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         raise InvalidInput(f"--quantize {quantize.name}: only for --target onnxruntime at --dtype fp32 "
                            "(com.microsoft.QMoE and MatMulNBits run in ONNX Runtime)")
     out = check_writable(out)
+    if top_k is None and plan:
+        top_k = load_plan(plan, moe_model)
     report = LoweringReport(target, quantized=quantize is not None)
     layers = [spec.index for spec in moe_model.layers]
     quantized = None
     if streamed and quantize is None:
-        model, top_k = skeleton_model(moe_model, plan, dtype, top_k)
+        model, top_k = skeleton_model(moe_model, dtype, top_k)
         program = _trace(model, DTYPES[dtype], report, layers, optimize=False)
         bind_weights(program.model.graph, model, moe_model, prefix="model.")
         fold_weight_transposes(program.model.graph)
@@ -122,7 +125,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         del model
         _save_streamed(program.model, out, lambda onnx_model: _finish(onnx_model, moe_model, target, dtype, top_k, layers))
     else:
-        model, top_k = compiled_model(moe_model, plan, dtype, top_k)
+        model, top_k = compiled_model(moe_model, dtype, top_k)
         onnx_model = _trace(model, DTYPES[dtype], report, layers).model_proto
         weight_pass(target)(onnx_model)
         quantized = _finish(onnx_model, moe_model, target, dtype, top_k, layers, quantize)

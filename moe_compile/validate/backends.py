@@ -100,7 +100,7 @@ class Backend:
 def _torch_model(model: BenchModel, setting: TopKSetting):
     from moe_compile.compiler.compiled import compiled_model
 
-    return compiled_model(model.ir, None, model.dtype, setting.top_k)[0]
+    return compiled_model(model.ir, model.dtype, setting.top_k)[0]
 
 
 def _transformers(model: BenchModel, setting: TopKSetting):

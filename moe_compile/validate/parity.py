@@ -142,7 +142,7 @@ def reference_model(moe_model: MoEModel, metadata: dict, top_k: dict[int, int]) 
     dtype = metadata["moe_compile.dtype"]
     if QUANTIZE_KEY not in metadata:
         return reference_lm(moe_model, dtype, top_k)
-    model, _ = compiled_model(moe_model, None, dtype, top_k)
+    model, _ = compiled_model(moe_model, dtype, top_k)
     dequantize_model(model, QuantScheme.from_metadata(metadata[QUANTIZE_KEY]))
     return model
 

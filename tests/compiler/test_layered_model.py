@@ -29,8 +29,8 @@ def _prefill_then_decode(model) -> list[dict]:
 def test_layered_model_computes_what_the_loaded_model_does(model_type, tiny_model_dirs):
     moe_model = load_moe_model(tiny_model_dirs[model_type])
     top_k = {spec.index: max(1, spec.base_top_k - 1) for spec in moe_model.layers}
-    loaded, _ = compiled_model(moe_model, None, "fp32", top_k)
-    layered, _ = layered_model(moe_model, None, "fp32", top_k)
+    loaded, _ = compiled_model(moe_model, "fp32", top_k)
+    layered, _ = layered_model(moe_model, "fp32", top_k)
     for expected, got in zip(_prefill_then_decode(loaded), _prefill_then_decode(layered)):
         assert expected.keys() == got.keys()
         for name in expected:

@@ -53,7 +53,7 @@ def test_engine_matches_the_reference_in_prefill_and_decode(built, tiny_model_di
 def test_runner_refuses_a_shape_outside_the_profile(built, tiny_model_dirs):
     folder, _ = built
     ir = load_moe_model(tiny_model_dirs[MODEL])
-    model, _ = compiled_model(ir, None)
+    model, _ = compiled_model(ir)
     runner = TensorRTRunner(folder / "engine.plan")
     feed = decoder_inputs(model, torch.zeros(5, 2, dtype=torch.long), empty_past(model, 5, model.dtype)).as_feed(
         model.config.num_hidden_layers)

@@ -69,7 +69,7 @@ def test_peak_memory_sees_an_allocation_that_is_freed_before_the_end():
 
 def test_moe_share_is_the_time_inside_the_moe_blocks(tiny_model_dirs):
     ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
-    runner = TorchRunner(compiled_model(ir, None)[0])
+    runner = TorchRunner(compiled_model(ir)[0])
     past = [np.zeros((2, t.shape[1], 0, t.shape[3]), dtype=np.float32)
             for t in (torch.zeros(1, ir.config.num_key_value_heads, 0,
                                   ir.config.hidden_size // ir.config.num_attention_heads),) * (2 * ir.config.num_hidden_layers)]
@@ -112,6 +112,7 @@ def test_bench_reports_every_backend_and_setting(tiny_model_dirs, half_plan, tmp
             "--out", str(out), "--plot", str(plot)]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report.pop("peak_memory")["peak_rss_bytes"] > 0  # what the command used, printed only
     assert json.loads(out.read_text()) == report
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = [(r["backend"], r["setting"], r["batch"]) for r in report["rows"]]

@@ -32,7 +32,7 @@ def _runners(folder: Path, target: str, top_k: tuple[tuple[int, int], ...]):
     ir = load_moe_model(folder)
     path = _EXPORTS / f"{folder.name}-{target}-{'-'.join(str(k) for _, k in top_k)}.onnx"
     export_onnx(ir, path, target=target, top_k=dict(top_k))
-    model, _ = compiled_model(ir, None, "fp32", dict(top_k))
+    model, _ = compiled_model(ir, "fp32", dict(top_k))
     return TorchRunner(model), OnnxRuntimeRunner(path, threads=1), model
 
 
