@@ -253,6 +253,12 @@ def balancing_record(config: dict, balancer) -> dict:
     return {"balancing": balancer.description, "bias_update_rate": balancer.rate}
 
 
+def weights_sha256(folder: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
 def build_and_train(corpus: Corpus, out: Path, args: argparse.Namespace, curve: Path | None) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -297,6 +303,7 @@ def build_and_train(corpus: Corpus, out: Path, args: argparse.Namespace, curve: 
                      "torch_threads": torch.get_num_threads(), "wall_seconds": round(wall, 1),
                      "final_train_loss": sum(history["loss"][-50:]) / len(history["loss"][-50:])},
         "held_out": recorded_perplexity(out),
+        "weights_sha256": weights_sha256(out),
         "history": {key: [round(v, 5) if isinstance(v, float) else v for v in values]
                     for key, values in history.items() if isinstance(values, list)},
     }
