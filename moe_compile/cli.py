@@ -98,14 +98,15 @@ def _profile_args(parser: argparse.ArgumentParser) -> None:
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                        help="a local Hugging Face model folder, or 'demo' (the default) for the built-in model")
+                        help="a local Hugging Face model folder, or a built-in model: 'demo' (the default, "
+                             "Qwen2-MoE) or 'demo-deepseek' (DeepSeek-V3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="moe-compile", description=(
         "Compile a Mixture-of-Experts model: a LExI static top-k per MoE layer, ONNX with GroupedMoE "
         "nodes, TensorRT engines, Triton Inference Server repositories. MODEL is a local Hugging Face "
-        "folder or 'demo'; `moe-compile MODEL --out FILE` runs the whole pipeline."))
+        "folder, 'demo' or 'demo-deepseek'; `moe-compile MODEL --out FILE` runs the whole pipeline."))
     parser.add_argument("--version", action="version", version=f"moe-compile {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 

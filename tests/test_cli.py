@@ -103,7 +103,7 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         f"moe-compile: error: model folder '{tmp_path / 'missing'}' does not exist "
-        "(give a local Hugging Face model folder, or 'demo')"]
+        "(give a local Hugging Face model folder, or 'demo' or 'demo-deepseek')"]
 
 
 def test_version(capsys):

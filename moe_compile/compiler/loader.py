@@ -22,17 +22,19 @@ from .ir import ExpertWeights, MoELayerSpec, MoEModel
 from .shapes import check_expert_shapes, check_layer_count, check_module_shapes
 
 DEMO = "demo"
+BUILT_IN_NAMES = (DEMO, "demo-deepseek")  # moe_compile/compiler/demo.py's models
 
 
 def resolve_model_folder(model: str | Path) -> Path:
-    """`demo` -> the built-in model's folder; anything else must be a local folder."""
-    if str(model) == DEMO:
+    """`demo` or `demo-deepseek` -> the built-in model's folder; anything else must be a local folder."""
+    if str(model) in BUILT_IN_NAMES:
         from .demo import demo_model_folder
 
-        return demo_model_folder()
+        return demo_model_folder(str(model))
     folder = Path(model)
     if not folder.exists():
-        raise InvalidInput(f"model folder '{folder}' does not exist (give a local Hugging Face model folder, or 'demo')")
+        raise InvalidInput(f"model folder '{folder}' does not exist (give a local Hugging Face model folder, "
+                           "or 'demo' or 'demo-deepseek')")
     if not folder.is_dir():
         raise InvalidInput(f"'{folder}' is a file, not a model folder (expected a folder with config.json and *.safetensors)")
     return folder

@@ -21,7 +21,7 @@ from moe_compile.finite import check_finite_values
 
 WINDOW = 128
 BATCH = 16
-HELD_OUT_FILE = "heldout.txt"  # shipped beside the demo's weights
+HELD_OUT_FILE = "heldout.txt"  # shipped beside each built-in model's weights
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 """What perplexity scores: token windows [B, L] -> next-token logits [B, L, V], from any backend."""

@@ -98,3 +98,29 @@ def test_demo_is_a_real_moe_within_the_shipping_limits():
     assert record["data"]["package"] and record["data"]["version"] and record["data"]["file_list_sha256"]
     assert record["training"]["steps_done"] > 0 and record["training"]["wall_seconds"] > 0
     assert record["tokenizer"]["vocab_size"] <= demo_config()["vocab_size"] and (DEMO_FOLDER / "heldout.txt").is_file()
+
+
+def test_demo_deepseek_is_the_shipped_deepseek_v3_folder(tmp_path):
+    """The second built-in model: dense layer 0, grouped sigmoid routing with a score bias, a shared
+    expert, routed scaling; its weights are the ones training.json hashed, and eval on the first
+    windows of its held-out text lands near the perplexity recorded over all of them."""
+    import hashlib
+
+    from moe_compile.commands.eval import evaluate
+    from moe_compile.compiler.demo import demo_model_folder
+
+    folder = demo_model_folder("demo-deepseek")
+    ir = load_moe_model("demo-deepseek")
+    config = demo_config("demo-deepseek")
+    assert ir.path == folder and ir.model_type == "deepseek_v3" == config["model_type"]
+    assert [spec.index for spec in ir.layers] == list(range(1, config["num_hidden_layers"]))  # layer 0 dense
+    attributes = ir.layers[0].attributes
+    assert attributes.scoring == "sigmoid" and attributes.n_group > 1 and attributes.routed_scaling != 1
+    assert ir.layers[0].shared_expert is not None
+    record = training_record("demo-deepseek")
+    weights = (folder / "model.safetensors").read_bytes()
+    assert len(weights) <= 20_000_000 and hashlib.sha256(weights).hexdigest() == record["weights_sha256"]
+    text = tmp_path / "start.txt"
+    text.write_text((folder / "heldout.txt").read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    result = evaluate("demo-deepseek", plan=None, text=text)
+    assert result.tokens >= 4 * 127 and result.perplexity == pytest.approx(record["held_out"]["perplexity"], rel=0.5)
