@@ -100,7 +100,17 @@ def spearman(x: list[float], y: list[float]) -> float | None:
 
 
 def prune_block(block: nn.Module, kept: list[int]) -> None:
-    """Remove the experts not in `kept` from one Qwen2-MoE block (router rows included)."""
+    """Remove the experts not in `kept` from one MoE block.
+
+    Qwen2-MoE: their router rows and weights go. DeepSeek-V3 routes by groups of experts, which
+    removing rows would break, so there a removed expert's score-correction bias becomes -inf: it
+    is never chosen, and a group left with fewer than two experts is never chosen either (a group
+    is scored by its two best experts)."""
+    if hasattr(block.gate, "e_score_correction_bias"):
+        removed = torch.ones_like(block.gate.e_score_correction_bias, dtype=torch.bool)
+        removed[torch.tensor(kept)] = False
+        block.gate.e_score_correction_bias.masked_fill_(removed, float("-inf"))
+        return
     index = torch.tensor(kept)
     for owner, name in ((block.gate, "weight"), (block.experts, "gate_up_proj"), (block.experts, "down_proj")):
         setattr(owner, name, nn.Parameter(getattr(owner, name).detach()[index], requires_grad=False))
@@ -197,14 +207,25 @@ class Study:
                 for (index, c), spec in zip(chosen.items(), self.moe_model.layers)}
 
 
-def pruning_order(usage: dict[int, np.ndarray], base: list[int]) -> list[tuple[int, int]]:
-    """(layer, expert) pairs, least used first, never taking a layer below its top-k experts."""
+def pruning_order(usage: dict[int, np.ndarray], specs: list) -> list[tuple[int, int]]:
+    """(layer, expert) pairs, least used first, never leaving a token fewer than top-k experts.
+
+    Without grouped routing a layer keeps at least its top-k experts. With it (DeepSeek-V3: the
+    top `topk_group` of `n_group` groups are chosen first), every group keeps at least
+    ceil(top-k / topk_group), so any groups the router picks still hold top-k experts."""
     candidates = sorted((count, layer, expert) for layer, counts in usage.items() for expert, count in enumerate(counts))
-    room = {layer: len(counts) - base[i] for i, (layer, counts) in enumerate(usage.items())}
+    room, group_of = {}, {}
+    for spec in specs:
+        groups, picked = spec.attributes.n_group, spec.attributes.topk_group
+        size = spec.num_experts // groups
+        floor = spec.base_top_k if groups == 1 else -(-spec.base_top_k // picked)
+        room.update({(spec.index, g): size - floor for g in range(groups)})
+        group_of[spec.index] = size
     order = []
     for _count, layer, expert in candidates:
-        if room[layer] > 0:
-            room[layer] -= 1
+        group = (layer, expert // group_of[layer])
+        if room[group] > 0:
+            room[group] -= 1
             order.append((layer, expert))
     return order
 
@@ -342,13 +363,13 @@ def main() -> None:
     for e in ESTIMATORS:
         tick = time.time()
         profiles[e] = profile_model(study.moe_model, options[e], show_progress=False,
-                                    objective=objective_of[e] if e in ("self-kl", "calibration") else None)
+                                    objective=objective_of[e] if options[e].measures_output else None)
         profile_seconds[e] = round(time.time() - tick, 2)
     calibration_file.unlink()
     base = {text: study.perplexity(study.base, text=text) for text in study.texts}
     base_cost = study.decode_cost(study.base)
     usage = study.usage()
-    order = pruning_order(usage, study.base)
+    order = pruning_order(usage, study.moe_model.layers)
     pruning_costs: dict[int, float] = {}
     rng = np.random.default_rng(SEED)
     points = []

@@ -17,7 +17,7 @@ from moe_compile.compiler.lexi.cost import ActiveExperts, MeasuredLatency, Measu
 from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
 from moe_compile.jsonio import print_report, read_json_object
 from moe_compile.compiler.lexi.plots import plot_plan, plot_profile
-from moe_compile.compiler.lexi.profile import Profile, ProfileOptions, profile_from_json, profile_model
+from moe_compile.compiler.lexi.profile import ProfileOptions, profile_from_json, profile_model
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
 
@@ -58,12 +58,12 @@ def run_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cost_model(args: argparse.Namespace, objective_of: Callable[[], object]):
-    """The cost of a layer's k; `objective_of()` gives the OutputObjective the reads are measured on."""
+def _cost_model(args: argparse.Namespace, objective: Callable[[], object]):
+    """The cost of a layer's k; `objective()` gives the OutputObjective the reads are measured on."""
     if args.objective == "reads":
         if args.budget is None:
             raise InvalidInput("--objective reads takes --budget FRACTION (of the reads at the base top-k)")
-        return MeasuredReads(lambda index: objective_of().block_inputs[index])
+        return MeasuredReads(lambda index: objective().block_inputs[index])
     if args.objective == "sum-k":
         if args.target_ms is not None:
             raise InvalidInput("--target-ms goes with --objective latency")
@@ -77,47 +77,48 @@ def _cost_model(args: argparse.Namespace, objective_of: Callable[[], object]):
     return RooflineLatency(device=args.cost_model.removeprefix("roofline-"), tokens=args.tokens)
 
 
-def _profile_for_plan(args: argparse.Namespace, moe_model: MoEModel, objective) -> Profile:
-    options = profile_options(args, moe_model)
-    if args.profile:
-        return profile_from_json(read_json_object(args.profile, "profile"), moe_model, args.profile, options)
-    return profile_model(moe_model, options, objective=objective)
+class LazyObjective:
+    """The real objective plans are verified (and reads are measured) on: KL to the base model on
+    the calibration text if given, else on sequences the model samples itself. It runs the whole
+    model, so it is built on first use, at most once."""
+
+    def __init__(self, moe_model: MoEModel, options: ProfileOptions) -> None:
+        self.moe_model, self.options, self._built = moe_model, options, None
+
+    def __call__(self):
+        if self._built is None:
+            from moe_compile.compiler.lexi.kl_profile import OutputObjective
+            from moe_compile.compiler.lexi.profile import check_options
+
+            check_options(self.moe_model, self.options)  # bad options fail before the model is loaded
+            self._built = OutputObjective(self.moe_model, self.options)
+        return self._built
 
 
-def _output_objective(args: argparse.Namespace, moe_model: MoEModel):
-    """The real objective the plan is verified (and reads are measured) on: KL to the base model on
-    the --calibration text if given, else on sequences the model samples itself."""
-    from moe_compile.compiler.lexi.kl_profile import OutputObjective
-    from moe_compile.compiler.lexi.profile import check_options
-
-    options = profile_options(args, moe_model)
-    check_options(moe_model, options)  # bad options fail before the model is loaded
-    return OutputObjective(moe_model, options)
+def searched_plan(moe_model: MoEModel, options: ProfileOptions, objective: LazyObjective, budget: Budget,
+                  cost_model, verify: bool, profile_file: str | None = None, **search) -> dict:
+    """What `plan` and the pipeline both do: profile (or read `profile_file`), search, and with
+    `verify` refine on the real objective and guard against uniform top-k (`make_plan`)."""
+    if profile_file:
+        profile = profile_from_json(read_json_object(profile_file, "profile"), moe_model, profile_file, options)
+    else:  # a KL estimator profiles on the objective; a data-free one reads its layers first
+        profile = profile_model(moe_model, options, objective=objective() if options.measures_output else None)
+    return make_plan(moe_model, profile, budget, cost_model,
+                     objective=objective().plan_kl if verify else None, **search)
 
 
 def run_plan(args: argparse.Namespace) -> int:
     with all_or_none(args.out, _plot_path(args.out)) as staging:
         moe_model = load_moe_model(args.model)
-        objectives: dict = {}  # the whole model on calibration tokens, built at most once
-
-        def objective_of():
-            if "built" not in objectives:
-                objectives["built"] = _output_objective(args, moe_model)
-            return objectives["built"]
-
-        cost_model = _cost_model(args, objective_of)
+        options = profile_options(args, moe_model)
+        objective = LazyObjective(moe_model, options)
+        cost_model = _cost_model(args, objective)
         budget = Budget(fraction=args.budget, sum_k=args.sum_k, target_ms=args.target_ms)
         if budget == Budget():
             raise InvalidInput("give --budget FRACTION, --sum-k N or (with --objective latency) --target-ms MS")
-        # a KL estimator profiles on the objective; a data-free one reads its layers first, then the whole model
-        kl_estimator = profile_options(args, moe_model).estimator in ("self-kl", "calibration") and not args.profile
-        objective = objective_of() if kl_estimator else None
-        profile = _profile_for_plan(args, moe_model, objective)
-        objective = objective_of() if _verifies(args, moe_model) else None
-        doc = make_plan(moe_model, profile, budget, cost_model, solver=args.solver, k_min=args.k_min,
-                        seed=args.seed, command=args.command_line,
-                        objective=objective.plan_kl if objective else None, refine_passes=args.refine,
-                        keep_searched=args.keep_searched)
+        doc = searched_plan(moe_model, options, objective, budget, cost_model, _verifies(args, moe_model),
+                            args.profile, solver=args.solver, k_min=args.k_min, seed=args.seed,
+                            command=args.command_line, refine_passes=args.refine, keep_searched=args.keep_searched)
         plot_plan(doc, staging.path(_plot_path(args.out)))
         staging.path(args.out).write_text(dumps(doc))
         staging.commit()
@@ -187,14 +188,9 @@ def write_plan(moe_model, budget: float, out: Path, command: str, staging: Stagi
     """The pipeline's plan, made as `plan MODEL --budget F` makes it by default (the default
     estimator, local search and the guard where the model fits), staged with --out (committed
     only if the whole pipeline succeeds); returns the staged plan's path."""
-    from moe_compile.compiler.lexi.kl_profile import OutputObjective
-
     options = ProfileOptions(estimator=default_estimator(moe_model, None))
-    objective = OutputObjective(moe_model, options) if weights_fit(moe_model) else None
-    kl_estimator = options.estimator in ("self-kl", "calibration")
-    doc = make_plan(moe_model, profile_model(moe_model, options, objective=objective if kl_estimator else None),
-                    Budget(fraction=budget), ActiveExperts(), command=command,
-                    objective=objective.plan_kl if objective else None, refine_passes=DEFAULT_REFINE)
+    doc = searched_plan(moe_model, options, LazyObjective(moe_model, options), Budget(fraction=budget),
+                        ActiveExperts(), weights_fit(moe_model), command=command, refine_passes=DEFAULT_REFINE)
     path = pipeline_plan_path(out)
     plot_plan(doc, staging.path(path.with_suffix(".png")))
     staging.path(path).write_text(dumps(doc))

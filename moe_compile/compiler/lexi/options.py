@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ESTIMATORS = ("lexi", "model-aware", "self-kl", "calibration")
+KL_ESTIMATORS = ("self-kl", "calibration")  # measured on the model's output: they run the whole model
 DEFAULT_REFINE = 2  # plan's rounds of local search on the real objective (verify.py)
 """lexi: Gaussian X, Δ = ||Y_k - Y_base||_F (the paper); model-aware: X through the block's own
 pre-MoE RMSNorm gamma, Δ relative to ||Y_base||_F; self-kl / calibration: KL of the final
@@ -23,6 +24,11 @@ class ProfileOptions:
     estimator: str = "lexi"
     calibration: str | None = None  # a UTF-8 text file (estimator "calibration")
     samples: int = 8  # sequences of seq_len tokens the model samples itself (estimator "self-kl")
+
+    @property
+    def measures_output(self) -> bool:
+        """Whether this estimator runs the whole model (KL_ESTIMATORS) rather than one layer."""
+        return self.estimator in KL_ESTIMATORS
 
     @property
     def tokens(self) -> int:

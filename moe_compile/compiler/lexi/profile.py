@@ -113,7 +113,7 @@ def check_options(moe_model: MoEModel, options: ProfileOptions) -> None:
         raise InvalidInput(f"--estimator {options.estimator!r} is not one of {', '.join(ESTIMATORS)}")
     if options.calibration and options.estimator != "calibration":
         raise InvalidInput("--calibration FILE goes with --estimator calibration")
-    if options.estimator in ("self-kl", "calibration") and options.seq_len < 2:
+    if options.measures_output and options.seq_len < 2:
         raise InvalidInput("--seq-len must be at least 2 for a next-token estimator")
     smallest = min(spec.base_top_k for spec in moe_model.layers)
     if options.k_min > smallest:
@@ -133,7 +133,7 @@ def profile_model(moe_model: MoEModel, options: ProfileOptions, show_progress: b
     console = Console(stderr=True)  # stdout may carry --json
     with Progress(console=console, transient=True, disable=not (show_progress and console.is_terminal)) as progress:
         task = progress.add_task(f"{options.estimator} profile", total=len(moe_model.layers))
-        if options.estimator in ("self-kl", "calibration"):
+        if options.measures_output:
             from .kl_profile import OutputObjective, kl_sensitivities
 
             objective = objective or OutputObjective(moe_model, options)
