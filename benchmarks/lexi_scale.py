@@ -4,7 +4,16 @@ Writes a random-weight model with 24 MoE layers of Qwen1.5-MoE-A2.7B's shape (60
 hidden 2048, expert intermediate 1408, top-4, shared expert 5632; bf16, about 25 GB on disk,
 one shard per layer), then times `moe-compile plan MODEL --budget 0.75` in a child process
 and reads its peak RSS. Also times, on one layer, the one-pass profile against re-running
-the layer once per k. Prints one JSON document and saves it under benchmarks/results/.
+the layer once per k, and what each sensitivity estimator costs at this size:
+
+- lexi and model-aware: `moe-compile profile MODEL --estimator E`, run whole (child process;
+  its peak RSS from `--json`);
+- self-kl and calibration run the whole model once per (layer, k) (and self-kl once per sampled
+  token as well); at this size a run would take hours, so one layer-by-layer forward pass over
+  the profile's tokens and one generation step are measured (child process) and the run is
+  projected from them: passes x measured pass, labelled as a projection.
+
+Prints one JSON document and saves it under benchmarks/results/.
 
     python benchmarks/lexi_scale.py [--folder DIR] [--layers 24] [--keep]
 """
@@ -124,13 +133,74 @@ def one_pass_speedup(folder: Path, options: ProfileOptions) -> dict:
             "max_relative_difference": max(abs(fast[k] - slow[k]) / max(slow[k], 1e-12) for k in fast if slow[k])}
 
 
+def run_json(command: list[str]) -> tuple[dict, float]:
+    """Run a command that prints one JSON document, in a child process: (the document, wall seconds)."""
+    started = time.perf_counter()
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out), time.perf_counter() - started
+
+
+def data_free_profile(folder: Path, estimator: str) -> dict:
+    """`moe-compile profile FOLDER --estimator E`, whole: wall time and peak memory."""
+    out = folder.parent / f"{folder.name}-{estimator}-profile.json"
+    doc, seconds = run_json([sys.executable, "-m", "moe_compile", "profile", str(folder), "--estimator", estimator,
+                             "--out", str(out), "--json"])
+    out.unlink()
+    out.with_suffix(".png").unlink()
+    return {"measured": "whole run", "seconds": seconds, "peak_memory": doc["peak_memory"],
+            "command": f"moe-compile profile MODEL --estimator {estimator}"}
+
+
+def kl_pass_child(folder: Path) -> None:
+    """In a child process: one layer-by-layer forward pass over the KL estimators' tokens and one
+    generation step (one token per sequence), timed; prints JSON with the peak memory."""
+    from moe_compile.compiler.layered_model import reference_lm
+    from moe_compile.process_memory import peak_memory, start_sampling
+
+    start_sampling()
+    options = ProfileOptions()
+    moe_model = load_moe_model(folder)
+    lm = reference_lm(moe_model)
+    tokens = torch.randint(int(moe_model.config.vocab_size), (options.samples, options.seq_len),
+                           generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        started = time.perf_counter()
+        lm(input_ids=tokens)
+        pass_s = time.perf_counter() - started
+        started = time.perf_counter()
+        lm(input_ids=tokens[:, :1])
+        step_s = time.perf_counter() - started
+    print(json.dumps({"pass_s": pass_s, "step_s": step_s, "tokens": list(tokens.shape), "peak_memory": peak_memory()}))
+
+
+def kl_projection(folder: Path, moe_layers: int, base_top_k: int) -> dict:
+    """What self-kl and calibration would cost here, projected from one measured pass and step."""
+    measured, _ = run_json([sys.executable, __file__, "--kl-pass", str(folder)])
+    options = ProfileOptions()
+    profile_passes = 1 + moe_layers * (base_top_k - options.k_min)  # the base, then each (layer, k < base)
+    generation_steps = options.seq_len - 1
+    refine_round = moe_layers * (moe_layers - 1)  # plan --verify: every pair move is one scored pass
+    calibration_s = profile_passes * measured["pass_s"]
+    return {
+        "measured": measured,
+        "profile_passes": profile_passes, "generation_steps": generation_steps,
+        "projected_profile_s": {"calibration": calibration_s,
+                                "self-kl": calibration_s + generation_steps * measured["step_s"]},
+        "projected_refine_round_s": refine_round * measured["pass_s"],
+        "note": "projected from one measured layer-by-layer pass (passes x pass_s), not run whole",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", type=Path, help="where to write the model (default: a temporary folder)")
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--keep", action="store_true", help="keep the model folder afterwards")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lexi_scale.json")
+    parser.add_argument("--kl-pass", type=Path, help=argparse.SUPPRESS)  # the child of kl_projection
     args = parser.parse_args()
+    if args.kl_pass:
+        return kl_pass_child(args.kl_pass)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="qwen15-moe-shape-", dir="/var/tmp"))
     try:
         write_s = write_model(folder, args.layers)
@@ -146,6 +216,8 @@ def main() -> None:
         plan_path.unlink()
         plan_path.with_suffix(".png").unlink()
         speedup = one_pass_speedup(folder, ProfileOptions())
+        estimators = {e: data_free_profile(folder, e) for e in ("lexi", "model-aware")}
+        estimators["kl"] = kl_projection(folder, args.layers, QWEN15_MOE_A27B["num_experts_per_tok"])
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
@@ -167,6 +239,7 @@ def main() -> None:
         "within_targets": plan_s <= 600 and peak_rss <= 2 * layer_bytes + (1 << 30),
         "plan_sum_k": plan["predicted"]["sum_k"], "base_sum_k": plan["predicted"]["base_sum_k"],
         "one_pass_vs_rerun": speedup,
+        "estimators": estimators,
     }
     text = json.dumps(result, indent=2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
