@@ -150,11 +150,17 @@ def _verifies(args: argparse.Namespace, moe_model: MoEModel) -> bool:
 
 def _guard_line(verified: dict) -> str:
     uniform = "does not fit the budget" if verified["uniform"] is None else f"{verified['uniform']:.5g}"
-    kept = " (--keep-searched)" if verified["returned"] == "searched" and verified["uniform"] is not None \
-        and verified["uniform"] < verified["searched"] else ""
+    if verified["returned"] == "searched":
+        why = " (--keep-searched)" if not verified["significantly_better"] else ""
+    elif verified["uniform_top_k"] == verified["searched_top_k"]:
+        why = " (the same plan)"
+    else:
+        gain, error = verified["uniform"] - verified["searched"], verified["gain_standard_error"]
+        why = (f": the searched plan is not significantly better (gain {gain:.3g} ± {error:.2g} over "
+               f"{verified['sequences']} sequences)" if error is not None else ": the searched plan is not better")
     return (f"guard: KL to the base model on the calibration tokens: searched plan {verified['searched']:.5g} "
             f"{verified['searched_top_k']} ({verified['refine_moves']} local-search moves), uniform {uniform} "
-            f"{verified['uniform_top_k']}; returned the {verified['returned']} plan{kept}")
+            f"{verified['uniform_top_k']}; returned the {verified['returned']} plan{why}")
 
 
 def _sensitivity_table(layers: list[dict], title: str, chosen: bool = False) -> Table:

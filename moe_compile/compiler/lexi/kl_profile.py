@@ -84,19 +84,24 @@ class OutputObjective:
         for spec in self.moe_model.layers:
             self.blocks[spec.index].attributes = spec.attributes.with_top_k(top_k.get(spec.index, spec.base_top_k))
 
-    def plan_kl(self, ks: list[int]) -> float:
-        """`kl` of a plan given as one k per MoE layer, in order."""
-        return self.kl({spec.index: k for spec, k in zip(self.moe_model.layers, ks)})
+    def plan_kl(self, ks: list[int]) -> torch.Tensor:
+        """`sequence_kl` of a plan given as one k per MoE layer, in order: what refine and the
+        guard compare (verify.py)."""
+        return self.sequence_kl({spec.index: k for spec, k in zip(self.moe_model.layers, ks)})
 
     def kl(self, top_k: Mapping[int, int]) -> float:
         """Mean KL(p_base || p_plan) over every position of the tokens."""
+        return self.sequence_kl(top_k).mean().item()
+
+    def sequence_kl(self, top_k: Mapping[int, int]) -> torch.Tensor:
+        """KL(p_base || p_plan) per token sequence [S], each the mean over its positions."""
         self._set(top_k)
         try:
             log_probs = self._log_probs()
         finally:
             self._set({})
         base = self.base_log_probs
-        return (base.exp() * (base - log_probs)).sum(-1).mean().item()
+        return (base.exp() * (base - log_probs)).sum(-1).mean(-1)
 
 
 def kl_sensitivities(objective: OutputObjective, options: ProfileOptions, progress=None) -> dict[int, dict[int, float]]:

@@ -23,7 +23,7 @@ class ProfileOptions:
     k_min: int = 1
     estimator: str = "lexi"
     calibration: str | None = None  # a UTF-8 text file (estimator "calibration")
-    samples: int = 8  # sequences of seq_len tokens the model samples itself (estimator "self-kl")
+    samples: int = 32  # sequences of seq_len tokens, sampled or from --calibration (enough for verify.py's tests)
 
     @property
     def measures_output(self) -> bool:

@@ -27,29 +27,60 @@ def _choices(layers: int, base: int) -> list[LayerChoices]:
     return [LayerChoices(cost={k: float(k) for k in ks}, delta={k: 0.0 for k in ks}) for _ in range(layers)]
 
 
+def _exact(function):
+    """An objective without noise: one 'sequence' whose loss is `function(ks)`."""
+    return lambda ks: torch.tensor([float(function(ks))], dtype=torch.float64)
+
+
 def test_refine_follows_a_non_additive_objective_within_the_budget():
     choices = _choices(3, 4)
 
-    def objective(ks):  # layer 0 matters only when layer 1 is low: no sum of per-layer terms
+    def loss(ks):  # layer 0 matters only when layer 1 is low: no sum of per-layer terms
         return (4 - ks[0]) * (5 - ks[1]) + 0.1 * (4 - ks[2])
 
+    objective = _exact(loss)
     plan, score, moves = refine([1, 1, 4], choices, 6, objective, passes=5)
     assert total_cost(choices, plan) <= 6
-    assert score == objective(plan) < objective([1, 1, 4]) and moves >= 1
-    assert refine([1, 1, 4], choices, 6, objective, passes=0) == ([1, 1, 4], objective([1, 1, 4]), 0)
+    assert float(score) == loss(plan) < loss([1, 1, 4]) and moves >= 1
+    assert refine([1, 1, 4], choices, 6, objective, passes=0)[::2] == ([1, 1, 4], 0)
 
 
 def test_guard_returns_the_better_plan_unless_told_to_keep_the_searched_one():
     choices = _choices(4, 4)
-
-    def objective(ks):
-        return sum((k - 2) ** 2 for k in ks)  # uniform [2, 2, 2, 2] is the best plan of Σk 8
+    objective = _exact(lambda ks: sum((k - 2) ** 2 for k in ks))  # uniform [2, 2, 2, 2] is the best of Σk 8
 
     searched = [4, 2, 1, 1]
     chosen, record = guard(searched, objective(searched), choices, 8, [4] * 4, 1, objective, keep_searched=False)
     assert chosen == [2, 2, 2, 2] and record["returned"] == "uniform" and record["uniform"] == 0
     kept, record = guard(searched, objective(searched), choices, 8, [4] * 4, 1, objective, keep_searched=True)
     assert kept == searched and record["returned"] == "searched"
+
+
+def _noisy(means: dict[tuple, float], noise: torch.Tensor):
+    """Per-sequence losses: a plan's mean, plus noise that is the same for every plan (paired),
+    plus, for every plan but [2, 2, 2], an alternating ±0.02: a gain of g over [2, 2, 2] is
+    g ± 0.02 per sequence, a standard error of 0.02 / sqrt(31)."""
+    alternating = 0.02 * (1 - 2 * (torch.arange(noise.numel()) % 2)).double()
+
+    def objective(ks):
+        return means.get(tuple(ks), 1.0) + noise + (0 if ks == [2, 2, 2] else alternating)
+    return objective
+
+
+def test_a_gain_within_the_noise_moves_nothing_and_a_clear_one_does():
+    choices = _choices(3, 4)
+    noise = torch.randn(32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    within = _noisy({(2, 2, 2): 1.0, (3, 1, 2): 0.995}, noise)  # z = 0.005 / 0.0036: 1.4 < 1.645
+    assert refine([2, 2, 2], choices, 6, within, passes=3)[::2] == ([2, 2, 2], 0)
+    clear = _noisy({(2, 2, 2): 1.0, (3, 1, 2): 0.98}, noise)  # z = 5.6, above Bonferroni's 2.4 for 6 moves
+    assert refine([2, 2, 2], choices, 6, clear, passes=1)[::2] == ([3, 1, 2], 1)
+
+    uniform = [2, 2, 2]
+    chosen, record = guard([3, 1, 2], within([3, 1, 2]), choices, 6, [4] * 3, 1, within, keep_searched=False)
+    assert chosen == uniform and record["returned"] == "uniform" and not record["significantly_better"]
+    assert record["searched"] < record["uniform"] and record["gain_standard_error"] > 0  # lower, but not shown
+    chosen, record = guard([3, 1, 2], clear([3, 1, 2]), choices, 6, [4] * 3, 1, clear, keep_searched=False)
+    assert chosen == [3, 1, 2] and record["significantly_better"]
 
 
 def test_model_aware_input_goes_through_the_blocks_norm_and_is_relative(tiny_model_dirs):
