@@ -351,6 +351,7 @@ def main() -> None:
     corpus = load_corpus(args.cache)
     study = Study(corpus, args.model, args.windows, args.unseen)
     base_sum = sum(study.base)
+    args.results.mkdir(parents=True, exist_ok=True)
     calibration_file = args.results / ".calibration.txt"
     calibration_file.write_text(Corpus.joined(corpus.calibration), encoding="utf-8")
     options = {e: ProfileOptions(estimator=e, calibration=str(calibration_file) if e == "calibration" else None)

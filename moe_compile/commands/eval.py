@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from moe_compile.compiler.layered_model import layered_model, weights_fit
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.compiler.loader import load_causal_lm, load_moe_model
 from moe_compile.compiler.rewrite import rewrite_model
@@ -33,10 +34,17 @@ def evaluate(model: str, plan: str | Path | None = None, text: str | Path | None
                            f"beyond the model's vocab_size {vocab_size}")
     if onnx_logits:
         return perplexity(onnx_logits, token_windows, vocab_size)
+    return perplexity(module_logits(reference_model(moe_model, top_k)), token_windows, vocab_size)
+
+
+def reference_model(moe_model, top_k: dict[int, int] | None) -> torch.nn.Module:
+    """The transformers model (rewritten to `top_k` if given) where the checkpoint fits in memory,
+    else the rewritten model run layer by layer (compiler/layered_model.py: one decoder layer's
+    weights resident at a time, each batch of windows rereads the checkpoint)."""
+    if not weights_fit(moe_model):
+        return layered_model(moe_model, "fp32", top_k)[0]
     lm = load_causal_lm(moe_model)
-    if top_k is not None:
-        lm = rewrite_model(lm, moe_model, top_k)
-    return perplexity(module_logits(lm), token_windows, vocab_size)
+    return lm if top_k is None else rewrite_model(lm, moe_model, top_k)
 
 
 def exported_logits(moe_model, path: Path) -> Logits:

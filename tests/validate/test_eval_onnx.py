@@ -68,3 +68,22 @@ def test_eval_onnx_refuses_what_it_cannot_score_in_one_line(case, message, plann
     }[case]()
     code, out, err = _eval(capsys, "demo", *args, "--text", str(text))
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_eval_over_the_size_limit_runs_layer_by_layer_with_the_same_result(planned, capsys, monkeypatch):
+    """Over LOADED_MAX_BYTES (lowered here below the demo's size) eval scores the layer-by-layer
+    model: the one built, and the same perplexity as the loaded model, with a plan and without."""
+    import moe_compile.commands.eval as eval_command
+    import moe_compile.compiler.layered_model as layered
+
+    plan, _, text = planned
+    loaded = {name: json.loads(_eval(capsys, "demo", *args, "--text", str(text), "--json")[1])
+              for name, args in (("plan", ("--plan", str(plan))), ("base", ()))}
+    built = []
+    monkeypatch.setattr(layered, "LOADED_MAX_BYTES", 1024)
+    monkeypatch.setattr(eval_command, "layered_model", lambda *args: built.append(args) or layered.layered_model(*args))
+    for name, args in (("plan", ("--plan", str(plan))), ("base", ())):
+        code, out, _ = _eval(capsys, "demo", *args, "--text", str(text), "--json")
+        assert code == 0
+        assert json.loads(out)["perplexity"] == pytest.approx(loaded[name]["perplexity"], rel=1e-5)
+    assert len(built) == 2
