@@ -72,7 +72,7 @@ def test_a_gain_within_the_noise_moves_nothing_and_a_clear_one_does():
     noise = torch.randn(32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     within = _noisy({(2, 2, 2): 1.0, (3, 1, 2): 0.995}, noise)  # z = 0.005 / 0.0036: 1.4 < 1.645
     assert refine([2, 2, 2], choices, 6, within, passes=3)[::2] == ([2, 2, 2], 0)
-    clear = _noisy({(2, 2, 2): 1.0, (3, 1, 2): 0.98}, noise)  # z = 5.6, above Bonferroni's 2.4 for 6 moves
+    clear = _noisy({(2, 2, 2): 1.0, (3, 1, 2): 0.98}, noise)  # z = 5.6, above Bonferroni's 2.39 for 6 moves
     assert refine([2, 2, 2], choices, 6, clear, passes=1)[::2] == ([3, 1, 2], 1)
 
     uniform = [2, 2, 2]
