@@ -15,11 +15,20 @@ import torch
 from moe_compile.errors import InvalidInput
 
 
+_CHUNK_ELEMENTS = 1 << 24  # isfinite of a bf16 tensor works in fp32: 64 MB at a time, not 4 bytes per element
+
+
 def nonfinite_count(tensor: torch.Tensor) -> int:
-    """How many elements of a floating-point tensor are NaN or infinite (0 for integer tensors)."""
+    """How many elements of a floating-point tensor are NaN or infinite (0 for integer tensors).
+
+    Counted a chunk at a time: on a whole 151936 x 2048 bf16 embedding (594 MB, mapped from
+    the file) one `isfinite` took 2.6 GB of anonymous memory, which was the peak of a streamed
+    export."""
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return 0
-    return int((~torch.isfinite(tensor)).sum())
+    flat = tensor.reshape(-1)
+    return sum(int((~torch.isfinite(flat[start:start + _CHUNK_ELEMENTS])).sum())
+               for start in range(0, flat.numel(), _CHUNK_ELEMENTS))
 
 
 def check_finite_tensor(tensor: torch.Tensor, where: str) -> None:

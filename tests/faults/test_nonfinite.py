@@ -71,3 +71,20 @@ def test_a_perplexity_that_overflows_is_refused_not_printed():
 
     with pytest.raises(InvalidInput, match="perplexity over 14 tokens: the mean next-token loss is nan"):
         perplexity(overflowing, torch.ones(2, 8, dtype=torch.long), vocab_size=8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_nonfinite_values_are_counted_in_every_chunk(monkeypatch, dtype):
+    """The count is taken a chunk at a time (finite.py: a whole isfinite of a bf16 embedding was
+    a streamed export's peak); values at the first and last element and across a chunk's edge
+    are all counted, in a tensor that is not a whole number of chunks."""
+    import moe_compile.finite as finite
+
+    monkeypatch.setattr(finite, "_CHUNK_ELEMENTS", 7)
+    tensor = torch.ones(5, 9, dtype=dtype)
+    flat = tensor.view(-1)
+    for index, value in ((0, math.nan), (6, math.inf), (7, -math.inf), (44, math.nan)):
+        flat[index] = value
+    assert finite.nonfinite_count(tensor) == 4
+    assert finite.nonfinite_count(tensor.t()) == 4  # not contiguous
+    assert finite.nonfinite_count(torch.ones(3, dtype=dtype)) == 0
