@@ -17,7 +17,6 @@ needs to map it rather than copy it). Initializers under 1 KiB stay inside model
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,17 +99,6 @@ def _tensor_bytes(value: ir.Value) -> Iterator[memoryview]:
         yield memoryview(const.tobytes())
 
 
-def _one_ahead(chunks: Iterator) -> Iterator:
-    """`chunks`, the next one made on a worker thread while the caller writes this one: reading,
-    casting and laying out overlap the write (torch and file writes both release the GIL). One
-    extra slice (an expert, or about 64 MB) is resident."""
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        pending = worker.submit(next, chunks, None)
-        while (chunk := pending.result()) is not None:
-            pending = worker.submit(next, chunks, None)
-            yield chunk
-
-
 def write_external_data(graph: ir.Graph, data_path: Path) -> int:
     """Write every initializer of at least INLINE_LIMIT bytes to `data_path` (layer by layer,
     4096-aligned) and point it there; -> bytes written. Small ones get their values inline."""
@@ -120,32 +108,22 @@ def write_external_data(graph: ir.Graph, data_path: Path) -> int:
         return (-1 if layer is None else layer, 0)
 
     values = sorted((v for v in graph.initializers.values() if v.const_value is not None), key=layer_key)
-    for value in values:
-        const = value.const_value
-        if const.nbytes < INLINE_LIMIT and isinstance(const, StreamedTensor):
-            value.const_value = ir.tensor(const.recipe.tensor(), name=value.name)
-    external = [value for value in values if value.const_value.nbytes >= INLINE_LIMIT]
     offset = 0
-    placed: dict[str, list[int]] = {}  # initializer -> [where its bytes start, how many were written]
-
-    def chunks() -> Iterator[tuple[ir.Value, memoryview]]:
-        for value in external:
-            for chunk in _tensor_bytes(value):
-                yield value, chunk
-
     with open(data_path, "wb") as data:
-        for value, chunk in _one_ahead(chunks()):
-            if value.name not in placed:
-                data.write(b"\0" * (-offset % ALIGNMENT))
-                offset += -offset % ALIGNMENT
-                placed[value.name] = [offset, 0]
-            data.write(chunk)
-            offset += chunk.nbytes
-            placed[value.name][1] += chunk.nbytes
-    for value in external:
-        const, (start, written) = value.const_value, placed.get(value.name, (offset, 0))
-        if written != const.nbytes:
-            raise RuntimeError(f"initializer {value.name}: wrote {written} bytes, expected {const.nbytes}")
-        value.const_value = ir.ExternalTensor(data_path.name, start, written, const.dtype, shape=const.shape,
-                                              name=value.name, base_dir=data_path.parent)
+        for value in values:
+            const = value.const_value
+            if const.nbytes < INLINE_LIMIT:
+                if isinstance(const, StreamedTensor):
+                    value.const_value = ir.tensor(const.recipe.tensor(), name=value.name)
+                continue
+            data.write(b"\0" * (-offset % ALIGNMENT))
+            offset += -offset % ALIGNMENT
+            start = offset
+            for chunk in _tensor_bytes(value):
+                data.write(chunk)
+                offset += chunk.nbytes
+            if offset - start != const.nbytes:
+                raise RuntimeError(f"initializer {value.name}: wrote {offset - start} bytes, expected {const.nbytes}")
+            value.const_value = ir.ExternalTensor(data_path.name, start, offset - start, const.dtype, shape=const.shape,
+                                                  name=value.name, base_dir=data_path.parent)
     return offset
