@@ -31,15 +31,21 @@ ALPHA = 0.05
 Scores = Callable[[list[int]], torch.Tensor]  # a plan -> its loss per calibration sequence [S]
 
 
+def paired_gain(candidate: torch.Tensor, incumbent: torch.Tensor) -> tuple[float, float | None]:
+    """(mean of incumbent - candidate per sequence, its standard error; None from one sequence)."""
+    gain = (incumbent - candidate).double()
+    error = float(gain.std()) / math.sqrt(gain.numel()) if gain.numel() > 1 else None
+    return float(gain.mean()), error
+
+
 def significantly_lower(candidate: torch.Tensor, incumbent: torch.Tensor, comparisons: int = 1) -> bool:
     """Whether `candidate`'s per-sequence losses are lower than `incumbent`'s (paired, one-sided
     z test at ALPHA / comparisons; a normal approximation, sound from a few tens of sequences).
     Without spread (one sequence, or the same difference on each) any gain counts."""
-    gain = (incumbent - candidate).double()
-    if gain.numel() < 2 or float(gain.std()) == 0.0:
-        return float(gain.mean()) > 0
-    z = NormalDist().inv_cdf(1 - ALPHA / comparisons)
-    return float(gain.mean()) > z * float(gain.std()) / math.sqrt(gain.numel())
+    mean, error = paired_gain(candidate, incumbent)
+    if not error:
+        return mean > 0
+    return mean > NormalDist().inv_cdf(1 - ALPHA / comparisons) * error
 
 
 def uniform_plan(base: Sequence[int], sum_k: int, k_min: int = 1) -> list[int]:
@@ -90,13 +96,16 @@ def guard(ks: list[int], score: torch.Tensor, choices: Sequence[LayerChoices], l
         sum_k -= 1  # a cost that is not Σk (reads, time): the largest uniform plan within the budget
         uniform = uniform_plan(base, sum_k, k_min)
     uniform_fits = total_cost(choices, uniform) <= limit + 1e-9
-    uniform_score = objective(uniform) if uniform_fits and uniform != list(ks) else score if uniform_fits else None
+    if not uniform_fits:
+        uniform_score = None
+    else:
+        uniform_score = score if uniform == list(ks) else objective(uniform)
     better = uniform_score is None or significantly_lower(score, uniform_score)
     use_uniform = not better and not keep_searched
-    gain = None if uniform_score is None else (uniform_score - score).double()
+    error = None if uniform_score is None else paired_gain(score, uniform_score)[1]
     record = {"objective": "mean next-token KL to the base model (nats)", "searched": float(score.mean()),
               "searched_top_k": list(ks), "uniform": None if uniform_score is None else float(uniform_score.mean()),
               "uniform_top_k": uniform, "uniform_fits_budget": uniform_fits, "sequences": int(score.numel()),
-              "gain_standard_error": None if gain is None or gain.numel() < 2 else float(gain.std()) / math.sqrt(gain.numel()),
-              "significantly_better": better, "returned": "uniform" if use_uniform else "searched"}
+              "gain_standard_error": error, "significantly_better": better,
+              "returned": "uniform" if use_uniform else "searched"}
     return (uniform if use_uniform else list(ks)), record
