@@ -18,7 +18,9 @@ def print_parity(report, as_json: bool) -> None:
         print_report(report.to_json())
     else:
         table = Table(title=f"parity: PyTorch vs {_RUNTIMES[report.runtime]}, {report.file} ({report.target}, "
-                            f"{report.dtype}, rtol {report.tolerance['rtol']:g}, atol {report.tolerance['atol']:g})")
+                            f"{report.dtype}, rtol {report.tolerance['rtol']:g}, atol {report.tolerance['atol']:g}"
+                            + (f"; decode on int8 activations: rtol {report.decode_tolerance['rtol']:g}, "
+                               f"atol {report.decode_tolerance['atol']:g}" if report.decode_tolerance else "") + ")")
         for column in ("step", "output", "max |diff|", "max rel", "ok"):
             table.add_column(column)
         for step, diffs in (("prefill", report.prefill), ("decode", report.decode), ("layer", report.layer_diffs)):

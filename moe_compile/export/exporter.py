@@ -4,7 +4,8 @@
     -> torch.onnx (dynamo), translating each GroupedMoE call for the target
     -> name each layer's MoE output -> the target's weight pass (onnxruntime: reorder experts, interleave fc1)
     -> with --quantize (onnxruntime target): experts to QMoE, dense projections to MatMulNBits
-    -> strip trace metadata -> add moe_compile metadata -> check -> staged save and rename
+    -> strip trace metadata -> with --quantize: split by input length (decode steps compute in int8)
+    -> add moe_compile metadata -> check -> staged save and rename
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from moe_compile.quantization.scheme import QuantScheme
 from .complex_views import make_complex_views_exportable
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
 from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
+from .length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
+from .length_dispatch import split_by_length
 from .quantize_pass import quantize_graph
 from .streamed_weights import bind_weights, fold_weight_transposes, set_expert_layouts, write_external_data
 
@@ -151,16 +154,20 @@ def _finish(onnx_model, moe_model: MoEModel, target: str, dtype: str, top_k: dic
             quantize: QuantScheme | None = None) -> dict | None:
     """The graph-level steps both paths share, on the ModelProto: MoE output names, the quantize
     pass (after the names: they come from the translations' trace metadata), no trace metadata,
-    moe_compile metadata; -> what the quantize pass quantized."""
+    a quantized graph split by input length (export/length_dispatch.py), moe_compile metadata;
+    -> what the quantize pass quantized."""
     _name_moe_outputs(onnx_model, layers)
     quantized = quantize_graph(onnx_model, quantize) if quantize else None
     _strip_trace_metadata(onnx_model)
+    if quantized is not None and split_by_length(onnx_model):
+        quantized["decode_compute"] = "int8"
     metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
                 "moe_compile.model_sha256": moe_model.fingerprint["sha256"],
                 "moe_compile.weights_sha256": moe_model.fingerprint["weights_sha256"],
                 "moe_compile.top_k": json.dumps({str(k): v for k, v in sorted(top_k.items())}),
                 "moe_compile.max_positions": str(moe_model.config.max_position_embeddings),  # the served context
-                **({QUANTIZE_METADATA_KEY: quantize.metadata()} if quantize else {})}
+                **({QUANTIZE_METADATA_KEY: quantize.metadata()} if quantize else {}),
+                **({DECODE_COMPUTE_KEY: "int8"} if quantized and "decode_compute" in quantized else {})}
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
     return quantized

@@ -25,6 +25,8 @@ from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.errors import InvalidInput
 from moe_compile.export.decoder import decoder_inputs, empty_past, past_names
+from moe_compile.export.length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
+from moe_compile.export.length_dispatch import prompt_graph
 from moe_compile.export.lowering import TARGETS, moe_output_name
 from moe_compile.onnx_files import read_onnx_graph
 from moe_compile.quantization.scheme import METADATA_KEY as QUANTIZE_KEY
@@ -33,7 +35,7 @@ from moe_compile.quantization.scheme import QuantScheme, dequantize_model
 from .compare import OutputDiff, compare_outputs
 from .generation import greedy_generate
 from .runners import OnnxRuntimeRunner, TensorRTRunner, TorchRunner
-from .tolerances import INT8_EXPERTS, TOLERANCES, Tolerance
+from .tolerances import INT8_ACTIVATIONS, TOLERANCES, Tolerance
 
 
 @dataclass
@@ -49,6 +51,9 @@ class ParityReport:
     generation_identical: bool
     first_generation_difference: int | None
     first_diverging_layer: int | None = None
+    # Where decode steps run another computation than the prompt (a quantized file's int8 decode
+    # branch, export/length_dispatch.py): the tolerance they are compared at.
+    decode_tolerance: dict | None = None
     # When every MoE layer is within tolerance but the outputs are not: the MoE layer whose
     # output differs most (relative), so a failure always points somewhere.
     largest_moe_difference_layer: int | None = None
@@ -147,10 +152,13 @@ def reference_model(moe_model: MoEModel, metadata: dict, top_k: dict[int, int]) 
     return model
 
 
-def tolerance_of(metadata: dict) -> Tolerance:
-    """The dtype's tolerance; int8 experts' own (see tolerances.py) for an int8 export."""
+def tolerance_of(metadata: dict, step: str = "prefill") -> Tolerance:
+    """The dtype's tolerance, or int8 activations' (see tolerances.py) where the file computes this
+    step ("prefill" or "decode") on them: every step of an int8 export, the decode steps of a file
+    split by input length."""
     scheme = QuantScheme.from_metadata(metadata[QUANTIZE_KEY]) if QUANTIZE_KEY in metadata else None
-    return INT8_EXPERTS if scheme and scheme.name == "int8" else TOLERANCES[metadata["moe_compile.dtype"]]
+    int8 = (scheme is not None and scheme.name == "int8") or (step == "decode" and DECODE_COMPUTE_KEY in metadata)
+    return INT8_ACTIVATIONS if int8 else TOLERANCES[metadata["moe_compile.dtype"]]
 
 
 def validate_engine(moe_model: MoEModel, engine_path: str | Path, plan: str | Path | None = None,
@@ -170,7 +178,7 @@ def _compare_runners(model: torch.nn.Module, candidate, path: Path, metadata: di
     """Prefill, one decode step and greedy generation through the reference and `candidate`;
     the report and the prefill feed (for a per-layer look on a mismatch)."""
     dtype = metadata["moe_compile.dtype"]
-    tolerance = tolerance_of(metadata)
+    tolerance, decode_tolerance = tolerance_of(metadata), tolerance_of(metadata, "decode")
     reference = TorchRunner(model)
     _check_interface(candidate, reference, path)
 
@@ -184,7 +192,7 @@ def _compare_runners(model: torch.nn.Module, candidate, path: Path, metadata: di
     present = tuple(torch.from_numpy(expected[name]) for name in reference.output_names[1:])
     next_ids = torch.from_numpy(expected["logits"][:, -1].argmax(-1))[:, None]
     decode_feed = decoder_inputs(model, next_ids, present).as_feed(reference.num_layers)
-    decode = compare_outputs(reference.infer(decode_feed), candidate.infer(decode_feed), tolerance,
+    decode = compare_outputs(reference.infer(decode_feed), candidate.infer(decode_feed), decode_tolerance,
                              reference.output_names)
 
     empty = [t.float().numpy() for t in nothing]
@@ -195,7 +203,8 @@ def _compare_runners(model: torch.nn.Module, candidate, path: Path, metadata: di
     report = ParityReport(
         file=str(path), runtime=candidate.name, target=metadata["moe_compile.target"], dtype=dtype,
         tolerance=asdict(tolerance), prefill=prefill, decode=decode, generated_tokens=new_tokens,
-        generation_identical=not differs.size, first_generation_difference=int(differs[0]) if differs.size else None)
+        generation_identical=not differs.size, first_generation_difference=int(differs[0]) if differs.size else None,
+        decode_tolerance=asdict(decode_tolerance) if decode_tolerance != tolerance else None)
     return report, prefill_feed
 
 
@@ -218,11 +227,13 @@ def _layer_diffs(moe_model: MoEModel, model: torch.nn.Module, onnx_path: Path, f
                  tolerance) -> list[OutputDiff]:
     """Every MoE layer's GroupedMoE output, PyTorch against the ONNX file itself: the file's
     `moe_output.{layer}` values are exposed as extra outputs of a copy of its graph, run in
-    memory on the file's own external data (nothing written, the weights not copied)."""
+    memory on the file's own external data (nothing written, the weights not copied). A file
+    split by input length is run as its prompt body, the one `feed` (a prompt) runs."""
     import onnx
 
     names = [moe_output_name(spec.index) for spec in moe_model.layers]
     graph_model = read_onnx_graph(onnx_path)
+    prompt_graph(graph_model)
     elem_type = graph_model.graph.output[0].type.tensor_type.elem_type
     graph_model.graph.output.extend(onnx.helper.make_tensor_value_info(name, elem_type, None) for name in names)
     got = OnnxRuntimeRunner(onnx_path, graph=graph_model).infer(feed)
