@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="an ONNX export of MODEL (target onnxruntime or onnx, fp32 or fp16): score it in "
                    "ONNX Runtime")
     p.add_argument("--text", help="UTF-8 text to score (default: the model folder's heldout.txt, else the demo's)")
+    p.add_argument("--stepwise", action="store_true",
+                   help="with --onnx: feed each window one token at a time through the KV cache, as generation "
+                        "runs (a quantized file's decode branch), instead of as one prompt")
     p.add_argument("--json", action="store_true")
     return parser
 

@@ -1,12 +1,15 @@
-"""`moe-compile eval MODEL [--plan plan.json | --onnx FILE] [--text FILE] [--json]`: held-out perplexity,
-of the PyTorch model (at a plan's per-layer top-k when given) or of an exported ONNX file in ONNX
-Runtime, so what is measured can be the artefact that ships."""
+"""`moe-compile eval MODEL [--plan plan.json | --onnx FILE [--stepwise]] [--text FILE] [--json]`:
+held-out perplexity, of the PyTorch model (at a plan's per-layer top-k when given) or of an exported
+ONNX file in ONNX Runtime, so what is measured can be the artefact that ships. `--stepwise` scores
+the file the way generation runs it, one token at a time through its KV cache: a quantized file
+computes decode steps otherwise than prompts (export/length_dispatch.py)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from moe_compile.compiler.layered_model import layered_model, weights_fit
@@ -19,14 +22,17 @@ from moe_compile.validate.perplexity import Logits, Perplexity, eval_windows, mo
 
 
 def evaluate(model: str, plan: str | Path | None = None, text: str | Path | None = None,
-             onnx: str | Path | None = None) -> Perplexity:
+             onnx: str | Path | None = None, stepwise: bool = False) -> Perplexity:
     """Perplexity on MODEL's held-out text (or `text`) of MODEL rewritten to `plan`'s per-layer
-    top-k, or of `onnx`, an export of MODEL, run in ONNX Runtime."""
+    top-k, or of `onnx`, an export of MODEL, run in ONNX Runtime (each window as one prompt, or
+    `stepwise`, one token at a time)."""
     if plan and onnx:
         raise InvalidInput("eval takes --plan or --onnx, not both: an exported model already has its per-layer top-k")
+    if stepwise and not onnx:
+        raise InvalidInput("--stepwise scores an ONNX file one token at a time: give --onnx FILE")
     moe_model = load_moe_model(model)
     top_k = load_plan(plan, moe_model) if plan else None  # a bad plan fails before any work
-    onnx_logits = exported_logits(moe_model, Path(onnx)) if onnx else None  # so does a bad ONNX file
+    onnx_logits = exported_logits(moe_model, Path(onnx), stepwise) if onnx else None  # so does a bad ONNX file
     token_windows = eval_windows(moe_model.path, text)
     vocab_size = int(moe_model.config.vocab_size)
     if int(token_windows.max()) >= vocab_size:
@@ -47,8 +53,10 @@ def reference_model(moe_model, top_k: dict[int, int] | None) -> torch.nn.Module:
     return lm if top_k is None else rewrite_model(lm, moe_model, top_k)
 
 
-def exported_logits(moe_model, path: Path) -> Logits:
-    """An ONNX export of `moe_model` as `Logits`: each batch of windows is one prefill with an empty cache."""
+def exported_logits(moe_model, path: Path, stepwise: bool = False) -> Logits:
+    """An ONNX export of `moe_model` as `Logits`: each batch of windows is one prefill with an empty
+    cache, or (`stepwise`) one step per position, each feeding the cache the last step returned."""
+    from moe_compile.export.decoder import past_names, present_names
     from moe_compile.validate.generation import decoder_feed
     from moe_compile.validate.parity import check_metadata_matches, onnx_metadata
     from moe_compile.validate.runners.onnxrt import OnnxRuntimeRunner
@@ -66,14 +74,27 @@ def exported_logits(moe_model, path: Path) -> Logits:
         ids = input_ids.numpy()
         return torch.from_numpy(runner.infer(decoder_feed(ids, runner.empty_past(ids.shape[0]), 0))["logits"])
 
-    return logits
+    layers = int(moe_model.config.num_hidden_layers)
+    pasts, presents = past_names(layers), present_names(layers)
+
+    def stepwise_logits(input_ids: torch.Tensor) -> torch.Tensor:
+        ids = input_ids.numpy()
+        past, steps = runner.empty_past(ids.shape[0]), []
+        for position in range(ids.shape[1]):
+            outputs = runner.infer_keeping(decoder_feed(ids[:, position:position + 1], past, position), keep=presents)
+            steps.append(outputs["logits"])
+            past = {name: outputs[present] for name, present in zip(pasts, presents)}
+        return torch.from_numpy(np.concatenate(steps, axis=1).astype(np.float32))
+
+    return stepwise_logits if stepwise else logits
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    result = evaluate(args.model, args.plan, args.text, args.onnx)
+    result = evaluate(args.model, args.plan, args.text, args.onnx, args.stepwise)
     if args.json:
         print_report(result.to_json())
     else:
         print(f"held-out perplexity {result.perplexity:.4f} (loss {result.loss:.4f} nats over "
-              f"{result.tokens} tokens, vocab {result.vocab_size})" + (f" under {args.plan}" if args.plan else "") + (f" of {args.onnx} in ONNX Runtime" if args.onnx else ""))
+              f"{result.tokens} tokens, vocab {result.vocab_size})" + (f" under {args.plan}" if args.plan else "") + (f" of {args.onnx} in ONNX Runtime" if args.onnx else "")
+              + (", one token at a time" if args.stepwise else ""))
     return 0

@@ -12,10 +12,12 @@ machine with ONNX Runtime 1.32 (one node, 2 threads; docs/export.md):
     8-bit, fp32 compute        628 us      3.9 ms
     8-bit, int8 compute         45 us      8.9 ms
 
+QMoE's 4-bit experts take the same attribute (its 8-bit experts always run on int8 activations).
 A decode step (one new token per sequence) is fastest in int8, a prompt in fp32, and no single
 attribute serves both. So the graph becomes `If(input length == 1)`: the decode branch holds the
-graph with int8 compute, the prompt branch the graph as exported; both read the same quantized
-initializers of the outer graph, so the file holds the weights once.
+graph with int8 compute (accuracy_level 4 on every MatMulNBits and QMoE), the prompt branch the
+graph as exported (accuracy_level 0); both read the same quantized initializers of the outer
+graph, so the file holds the weights once.
 
 The decode branch's int8 activations are a rounding the dequantized reference does not make:
 validate compares decode steps of such a file at `tolerances.INT8_ACTIVATIONS` (the metadata key
@@ -30,13 +32,14 @@ import copy
 from onnx import TensorProto, helper
 
 METADATA_KEY = "moe_compile.decode_compute"  # "int8": the file is split and its decode branch computes in int8
-DECODE_ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations
+DECODE_ACCURACY_LEVEL = 4  # int8 activations allowed
+_INT8_CAPABLE = ("MatMulNBits", "QMoE")  # com.microsoft ops with accuracy_level (QMoE's: 4-bit experts; 8-bit ones always are)
 _BRANCH_SUFFIX = ".branch"  # a branch's outputs, named apart from the If's own outputs
 
 
 def split_by_length(onnx_model) -> bool:
     """In place: the graph as `If(input_ids length == 1, decode body, prompt body)`, where the
-    decode body's MatMulNBits compute in int8. -> False (unchanged) if it has no MatMulNBits."""
+    decode body's MatMulNBits and QMoE compute in int8. -> False (unchanged) if it has no MatMulNBits."""
     graph = onnx_model.graph
     if not any(node.op_type == "MatMulNBits" for node in graph.node):
         return False
@@ -78,10 +81,10 @@ def _branch(graph, name: str, accuracy_level: int | None):
     renamed = {output.name: f"{output.name}{_BRANCH_SUFFIX}" for output in graph.output}
     nodes = _renamed(graph.node, renamed)
     for node in nodes:
-        if accuracy_level is not None and node.op_type == "MatMulNBits":
-            for attr in node.attribute:
-                if attr.name == "accuracy_level":
-                    attr.i = accuracy_level
+        if accuracy_level is not None and node.op_type in _INT8_CAPABLE:
+            kept = [attr for attr in node.attribute if attr.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend(kept + [helper.make_attribute("accuracy_level", accuracy_level)])
     outputs = []
     for output in graph.output:
         info = copy.deepcopy(output)

@@ -17,4 +17,4 @@ def test_demo_int4_validates_with_identical_generation(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and report["generation_identical"]
     assert report["tolerance"] == {"rtol": 1e-4, "atol": 1e-4}
-    assert report["decode_tolerance"] == {"rtol": 5e-2, "atol": 5e-2}
+    assert report["decode_tolerance"] == {"rtol": 5e-2, "atol": 1.0}

@@ -40,6 +40,18 @@ def test_the_export_scores_what_the_planned_pytorch_model_scores(planned, capsys
     assert abs(exported["perplexity"] - base["perplexity"]) > 1e-3  # the plan's top-k is what the file runs
 
 
+def test_stepwise_scores_what_the_prompt_scores(planned, capsys):
+    """One token at a time through the KV cache: the same tokens and the same perplexity as whole
+    windows (an fp32 file computes both ways alike), from a loop of 128 steps per window."""
+    _, model, text = planned
+    prompt = json.loads(_eval(capsys, "demo", "--onnx", str(model), "--text", str(text), "--json")[1])
+    code, out, err = _eval(capsys, "demo", "--onnx", str(model), "--text", str(text), "--stepwise", "--json")
+    assert code == 0 and err == ""
+    stepwise = json.loads(out)
+    assert stepwise["tokens"] == prompt["tokens"] > 0
+    assert stepwise["perplexity"] == pytest.approx(prompt["perplexity"], rel=1e-4)
+
+
 def _with_metadata(source, out, **changes) -> str:
     model = onnx.load(str(source), load_external_data=False)
     for prop in model.metadata_props:
@@ -51,6 +63,7 @@ def _with_metadata(source, out, **changes) -> str:
 
 @pytest.mark.parametrize("case, message", [
     ("both", "eval takes --plan or --onnx, not both"),
+    ("stepwise without onnx", "--stepwise scores an ONNX file one token at a time: give --onnx FILE"),
     ("another model", "was exported from another model"),
     ("tensorrt target", "is a tensorrt-target export"),
     ("bf16", "is bf16, which ONNX Runtime on the CPU does not run"),
@@ -61,6 +74,7 @@ def test_eval_onnx_refuses_what_it_cannot_score_in_one_line(case, message, plann
     bad = tmp_path / "bad.onnx"
     args = {
         "both": lambda: ["--plan", str(plan), "--onnx", str(model)],
+        "stepwise without onnx": lambda: ["--stepwise"],
         "another model": lambda: ["--onnx", _with_metadata(model, bad, **{"moe_compile.model_sha256": "0" * 64})],
         "tensorrt target": lambda: ["--onnx", _with_metadata(model, bad, **{"moe_compile.target": "tensorrt"})],
         "bf16": lambda: ["--onnx", _with_metadata(model, bad, **{"moe_compile.dtype": "bf16"})],
