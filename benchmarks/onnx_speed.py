@@ -36,7 +36,7 @@ THREADS = 2
 CONFIG = {"vocab_size": 2048, "hidden_size": 512, "intermediate_size": 1024, "moe_intermediate_size": 256,
           "shared_expert_intermediate_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 8,
           "num_key_value_heads": 4, "num_experts": 16, "num_experts_per_tok": 4, "norm_topk_prob": False,
-          "max_position_embeddings": 2048, "tie_word_embeddings": False}
+          "max_position_embeddings": 4096, "tie_word_embeddings": False}
 # Decode: batch 1 after a 16-token prompt, 64 steps. Prefill: one 512-token prompt.
 DECODE, PREFILL = Workload(1, 16, 64), Workload(1, 512, 1)
 RESULTS = Path(__file__).parent / "results"

@@ -49,7 +49,8 @@ def main() -> None:
                                                                    [spec.intermediate for spec in ir.layers])
             export_onnx(ir, path, target="onnxruntime", quantize=quantize)
             rows[scheme] = {"block_size": quantize.block_size if quantize else None,
-                            "bytes": path.stat().st_size,
+                            "bytes": sum(part.stat().st_size for part in (path, path.with_name(path.name + ".data"))
+                                         if part.exists()),  # with its external data (the fp32 export streams)
                             **{f"{name}{mode}": evaluate("demo", text=text, onnx=path, stepwise=bool(mode)).to_json()
                                for name, text in texts.items() for mode in MODES}}
     for scheme, row in rows.items():

@@ -4,7 +4,7 @@ one machine, 2 threads each: benchmarks/onnx_speed.py's model (Qwen2-MoE style, 
 (`export --quantize`, default block size), measured by `moe-compile bench`'s own code.
 
 Workloads: batch 1 with a 128-token prompt then 32 decode steps; batch 8, 128 tokens, 16 steps;
-batch 1, a 512-token prompt (prefill). Prints JSON; saves it and a plot under benchmarks/results/.
+batch 1, a 512-token and a 2048-token prompt (prefill). Prints JSON; saves it and a plot under benchmarks/results/.
 
     python benchmarks/quantize_speed.py
 """
@@ -29,7 +29,7 @@ from moe_compile.validate.backends import BenchModel, TopKSetting, select_backen
 from moe_compile.validate.bench import Workload, machine_description, measure  # noqa: E402
 from moe_compile.validate.bench_plot import plot_bench  # noqa: E402
 
-WORKLOADS = [Workload(1, 128, 32), Workload(8, 128, 16), Workload(1, 512, 4)]
+WORKLOADS = [Workload(1, 128, 32), Workload(8, 128, 16), Workload(1, 512, 4), Workload(1, 2048, 4)]
 REPEATS = 3
 RESULTS = Path(__file__).parent / "results"
 
