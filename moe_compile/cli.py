@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per measurement (after a warm-up)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch and ONNX Runtime (default: torch's)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--quantize", type=lambda text: [name.strip() for name in text.split(",")], default=[],
+                   help="also run each top-k as a weight-quantized file (export --quantize, default block size) "
+                        "in ONNX Runtime on the CPU, e.g. int4 or int8,int4")
     p.add_argument("--plot", help="also save the throughput as a PNG plot here")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of tables")

@@ -16,14 +16,22 @@ from moe_compile.errors import InvalidInput
 from moe_compile.jsonio import print_report
 
 
-def _settings(ir, plan: str | None) -> list:
+def _settings(ir, plan: str | None, quantize: list[str], precision: str) -> list:
+    """base (and plan) top-k, each also as a file quantized to every `--quantize` scheme
+    ("base int4"): the scheme's default block size for this model."""
     from moe_compile.compiler.lexi.plan import load_plan
+    from moe_compile.quantization.scheme import quant_scheme
     from moe_compile.validate.backends import TopKSetting
 
     settings = [TopKSetting("base", {spec.index: spec.base_top_k for spec in ir.layers})]
     if plan:
         settings.append(TopKSetting("plan", load_plan(plan, ir)))
-    return settings
+    if quantize and precision != "fp32":
+        raise InvalidInput(f"--quantize: quantized files run fp32 activations; use --precision fp32 (not {precision})")
+    schemes = [quant_scheme(name, None, int(ir.config.hidden_size), [spec.intermediate for spec in ir.layers])
+               for name in dict.fromkeys(quantize)]
+    return settings + [TopKSetting(f"{setting.name} {scheme.name}", setting.top_k, scheme)
+                       for setting in settings for scheme in schemes]
 
 
 def _given_onnx(ir, path: str, settings: list, precision: str) -> dict:
@@ -47,25 +55,31 @@ def _given_engine(ir, path: str, settings: list, precision: str) -> dict:
 
 
 def _setting_of(metadata: dict, ir, path, settings: list, precision: str) -> dict:
-    """{setting name: path} for the setting whose top-k the file was made at."""
+    """{setting name: path} for the setting whose top-k (and quantization) the file was made at."""
+    from moe_compile.quantization.scheme import METADATA_KEY as QUANTIZE_KEY
     from moe_compile.validate.parity import check_metadata_matches
 
     top_k = check_metadata_matches(metadata, ir, None, path)
     if metadata["moe_compile.dtype"] != precision:
         raise InvalidInput(f"{path} is {metadata['moe_compile.dtype']}; run bench with "
                            f"--precision {metadata['moe_compile.dtype']}")
-    matching = [setting.name for setting in settings if setting.top_k == top_k]
+    scheme = metadata.get(QUANTIZE_KEY)
+    if scheme and not any(s.quantize and s.quantize.metadata() == scheme for s in settings):
+        raise InvalidInput(f"{path} is quantized ({scheme}): run bench with --quantize {scheme.split('/')[0]} "
+                           "(at that block size, the default)")
+    matching = [setting.name for setting in settings if setting.top_k == top_k
+                and (setting.quantize.metadata() if setting.quantize else None) == scheme]
     if not matching:
         raise InvalidInput(f"{path} was made with other per-layer top-k than the model's base top-k"
                            + (" and the plan" if len(settings) > 1 else ""))
     return {matching[0]: path}
 
 
-def export_for_onnxruntime(ir, out: Path, dtype: str, top_k: dict[int, int]) -> None:
+def export_for_onnxruntime(ir, out: Path, dtype: str, setting) -> None:
     """How bench makes the ONNX a setting needs when --onnx did not give it."""
     from moe_compile.export.exporter import export_onnx
 
-    export_onnx(ir, out, target="onnxruntime", dtype=dtype, top_k=top_k)
+    export_onnx(ir, out, target="onnxruntime", dtype=dtype, top_k=setting.top_k, quantize=setting.quantize)
 
 
 def _check_workload(ir, args: argparse.Namespace, backends: list) -> None:
@@ -96,7 +110,9 @@ def run_bench(args: argparse.Namespace) -> int:
     backends = select_backends(args.backends, args.engine)
     ir = load_moe_model(args.model)
     _check_workload(ir, args, backends)
-    settings = _settings(ir, args.plan)
+    settings = _settings(ir, args.plan, args.quantize, args.precision)
+    if args.quantize and not any(backend.runs_onnx and backend.device == "cpu" for backend in backends):
+        raise InvalidInput("--quantize: quantized files run on onnxruntime-cpu; add it to --backends")
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

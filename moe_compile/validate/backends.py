@@ -22,14 +22,17 @@ import numpy as np
 
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.errors import BackendUnavailable, InvalidInput
+from moe_compile.quantization.scheme import QuantScheme
 
 
 @dataclass(frozen=True)
 class TopKSetting:
-    """Per-layer top-k to run at: the model's own (`base`) or a plan's."""
+    """Per-layer top-k to run at: the model's own (`base`) or a plan's; with `quantize`, as a
+    weight-quantized ONNX file (ONNX Runtime CPU only)."""
 
     name: str
     top_k: dict[int, int]
+    quantize: QuantScheme | None = None
 
     @property
     def sum_k(self) -> int:
@@ -47,9 +50,9 @@ class BenchModel:
     threads: int | None = None
     onnx_files: dict[str, Path] = field(default_factory=dict)
     engine_files: dict[str, Path] = field(default_factory=dict)
-    # (ir, out, dtype, top_k) -> writes the onnxruntime-target ONNX: given by the command (commands/bench.py),
+    # (ir, out, dtype, setting) -> writes the onnxruntime-target ONNX: given by the command (commands/bench.py),
     # so validate/ compares runners and never exports itself
-    export: Callable[[MoEModel, Path, str, dict[int, int]], None] | None = None
+    export: Callable[[MoEModel, Path, str, TopKSetting], None] | None = None
     _exports: tempfile.TemporaryDirectory | None = None
 
     def onnx_for(self, setting: TopKSetting) -> Path:
@@ -58,8 +61,8 @@ class BenchModel:
                 raise InvalidInput(f"no ONNX file for the {setting.name} setting (give --onnx)")
             if self._exports is None:
                 self._exports = tempfile.TemporaryDirectory(prefix="moe-compile-bench-")
-            path = Path(self._exports.name) / f"{setting.name}.onnx"
-            self.export(self.ir, path, self.dtype, setting.top_k)
+            path = Path(self._exports.name) / f"{setting.name.replace(' ', '-')}.onnx"
+            self.export(self.ir, path, self.dtype, setting)
             self.onnx_files[setting.name] = path
         return self.onnx_files[setting.name]
 
@@ -92,6 +95,8 @@ class Backend:
     runs_engine: bool = False  # it runs only the settings an engine was given for
 
     def runs(self, setting: TopKSetting, model: BenchModel) -> bool:
+        if setting.quantize is not None:  # QMoE / MatMulNBits: measured on ONNX Runtime's CPU provider only
+            return self.runs_onnx and self.device == "cpu"
         if self.base_only:
             return setting.name == "base"
         return setting.name in model.engine_files if self.runs_engine else True

@@ -13,6 +13,7 @@ from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.compiler.compiled import compiled_model
 from moe_compile.export.exporter import export_onnx
+from moe_compile.quantization.scheme import QuantScheme, quant_scheme
 from moe_compile.validate.bench import add_speedups, moe_time_share
 from moe_compile.validate.generation import decoder_feed
 from moe_compile.validate.memory import PeakMemory
@@ -143,13 +144,40 @@ def test_bench_runs_a_given_onnx_file_for_its_setting(tiny_model_dirs, half_plan
                                                                       ("onnxruntime-cpu", "plan")]
 
 
+def test_bench_quantize_runs_quantized_files_beside_fp32(tiny_model_dirs, half_plan, tmp_path, capsys):
+    """--quantize int4: each top-k also as an int4 file, on ONNX Runtime's CPU provider only; a
+    given quantized --onnx file takes its own setting's place."""
+    model = str(tiny_model_dirs["qwen2_moe"])
+    common = ["--batch", "1", "--prompt", "4", "--new-tokens", "2", "--repeats", "1", "--json"]
+    argv = ["bench", model, "--plan", str(half_plan), "--quantize", "int4",
+            "--backends", "transformers,onnxruntime-cpu", *common]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["backend"], r["setting"]) for r in report["rows"]] == [
+        ("transformers", "base"), ("onnxruntime-cpu", "base"), ("onnxruntime-cpu", "plan"),
+        ("onnxruntime-cpu", "base int4"), ("onnxruntime-cpu", "plan int4")]
+    assert report["settings"]["plan int4"]["sum_k"] == report["settings"]["plan"]["sum_k"]
+    assert all(r["decode_tokens_per_s"]["median"] > 0 for r in report["rows"])
+
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    scheme = quant_scheme("int4", None, int(ir.config.hidden_size), [spec.intermediate for spec in ir.layers])
+    given = tmp_path / "int4.onnx"
+    export_onnx(ir, given, target="onnxruntime", quantize=scheme)
+    assert main(["bench", model, "--quantize", "int4", "--onnx", str(given), "--backends", "onnxruntime-cpu", *common]) == 0
+    assert [r["setting"] for r in json.loads(capsys.readouterr().out)["rows"]] == ["base", "base int4"]
+
+
 @pytest.mark.parametrize("case", ["unknown backend", "tensorrt without an engine", "engine without tensorrt",
                                   "batch zero", "batch not a number",
                                   "too long for the model", "bf16 on onnxruntime-cpu", "onnx of another model",
-                                  "onnx at other top-k", "missing plan"])
+                                  "onnx at other top-k", "missing plan", "quantize int3", "quantize at fp16",
+                                  "quantize without onnxruntime-cpu", "quantized onnx without --quantize"])
 def test_bad_bench_input_is_one_line(case, tiny_model_dirs, half_plan, tmp_path, capsys):
     model = str(tiny_model_dirs["qwen2_moe"])
     base = ["bench", model, "--backends", "pytorch", "--prompt", "4", "--new-tokens", "2", "--out", str(tmp_path / "bench.json")]
+    if case == "quantized onnx without --quantize":
+        ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+        export_onnx(ir, tmp_path / "m.onnx", target="onnxruntime", quantize=QuantScheme("int4", 16))
     if case in ("onnx of another model", "onnx at other top-k"):
         source = tiny_model_dirs["olmoe"] if case == "onnx of another model" else tiny_model_dirs["qwen2_moe"]
         ir = load_moe_model(source)
@@ -165,6 +193,11 @@ def test_bad_bench_input_is_one_line(case, tiny_model_dirs, half_plan, tmp_path,
         "onnx of another model": (["--onnx", str(tmp_path / "m.onnx")], "was exported from another model"),
         "onnx at other top-k": (["--onnx", str(tmp_path / "m.onnx")], "other per-layer top-k than the model's base"),
         "missing plan": (["--plan", str(tmp_path / "nope.json")], "does not exist"),
+        "quantize int3": (["--quantize", "int3", "--backends", "onnxruntime-cpu"], "--quantize int3: not a supported target"),
+        "quantize at fp16": (["--quantize", "int4", "--precision", "fp16"], "use --precision fp32 (not fp16)"),
+        "quantize without onnxruntime-cpu": (["--quantize", "int4"], "add it to --backends"),
+        "quantized onnx without --quantize": (["--onnx", str(tmp_path / "m.onnx"), "--backends", "onnxruntime-cpu"],
+                                              "is quantized (int4/16): run bench with --quantize int4"),
     }[case]
     capsys.readouterr()
     assert main(base + argv) == 2
