@@ -33,9 +33,9 @@ from moe_compile.quantization.scheme import QuantScheme
 
 from .complex_views import make_complex_views_exportable
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
-from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
 from .length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
 from .length_dispatch import split_by_length
+from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
 from .quantize_pass import quantize_graph
 from .streamed_weights import bind_weights, fold_weight_transposes, set_expert_layouts, write_external_data
 

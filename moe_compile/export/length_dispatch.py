@@ -22,7 +22,7 @@ graph, so the file holds the weights once.
 The decode branch's int8 activations are a rounding the dequantized reference does not make:
 validate compares decode steps of such a file at `tolerances.INT8_ACTIVATIONS` (the metadata key
 below says the file was built so). Prompts (and `eval --onnx`, which scores whole windows at once)
-run the prompt branch.
+run the prompt branch; `eval --onnx --stepwise` scores the decode branch.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def prompt_graph(onnx_model) -> None:
 
 def _branch(graph, name: str, accuracy_level: int | None):
     """A copy of `graph`'s nodes as an If branch (no inputs; it reads the outer graph's inputs and
-    initializers), its outputs suffixed, MatMulNBits set to `accuracy_level` where given."""
+    initializers), its outputs suffixed, MatMulNBits and QMoE set to `accuracy_level` where given."""
     renamed = {output.name: f"{output.name}{_BRANCH_SUFFIX}" for output in graph.output}
     nodes = _renamed(graph.node, renamed)
     for node in nodes:
