@@ -159,7 +159,8 @@ def _finish(onnx_model, moe_model: MoEModel, target: str, dtype: str, top_k: dic
     _name_moe_outputs(onnx_model, layers)
     quantized = quantize_graph(onnx_model, quantize) if quantize else None
     _strip_trace_metadata(onnx_model)
-    if quantized is not None and split_by_length(onnx_model):
+    split = quantized is not None and split_by_length(onnx_model)
+    if split:
         quantized["decode_compute"] = "int8"
     metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
                 "moe_compile.model_sha256": moe_model.fingerprint["sha256"],
@@ -167,7 +168,7 @@ def _finish(onnx_model, moe_model: MoEModel, target: str, dtype: str, top_k: dic
                 "moe_compile.top_k": json.dumps({str(k): v for k, v in sorted(top_k.items())}),
                 "moe_compile.max_positions": str(moe_model.config.max_position_embeddings),  # the served context
                 **({QUANTIZE_METADATA_KEY: quantize.metadata()} if quantize else {}),
-                **({DECODE_COMPUTE_KEY: "int8"} if quantized and "decode_compute" in quantized else {})}
+                **({DECODE_COMPUTE_KEY: "int8"} if split else {})}
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
     return quantized
