@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=_positive_int,
                    help="quantization block along the input features: 16, 32, 64 or 128 (default: 32, or the "
                         "largest smaller one dividing the hidden and expert sizes)")
+    p.add_argument("--moe-prompts", choices=("sorted", "node"), default="sorted",
+                   help="onnxruntime target, fp32 experts: inputs of 4 tokens or more run as per-expert Gemms "
+                        "(sorted; faster, ONNX Runtime then holds the experts twice) or in com.microsoft.MoE (node)")
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 

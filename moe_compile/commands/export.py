@@ -27,7 +27,7 @@ def run_export(args: argparse.Namespace) -> int:
                           [spec.intermediate for spec in moe_model.layers])  # refused before any work
     with writing_into(out.parent, out.parent / f".{out.name}"):
         result = export_with_progress(moe_model, out, target=args.target, plan=args.plan, dtype=args.dtype,
-                                      quantize=scheme)
+                                      quantize=scheme, moe_prompts=args.moe_prompts)
     if args.json:
         print_report(result.to_json())
     else:
@@ -43,8 +43,8 @@ def _lowering_table(report: dict) -> Table:
     for column in ("layer", "top-k", "GroupedMoE lowered to", "routing", "why"):
         table.add_column(column)
     for layer in report["moe_layers"]:
-        table.add_row(str(layer["layer"]), str(layer["top_k"]), layer["lowered_to"], layer["routing"],
-                      layer.get("reason", ""))
+        lowered_to = layer["lowered_to"] + (f"; {layer['prompts_lowered_to']}" if "prompts_lowered_to" in layer else "")
+        table.add_row(str(layer["layer"]), str(layer["top_k"]), lowered_to, layer["routing"], layer.get("reason", ""))
     return table
 
 

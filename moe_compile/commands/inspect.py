@@ -48,7 +48,8 @@ def _lowering_cell(lowering: dict) -> str:
     if lowering["lowered_to"] == "standard":
         return f"standard ops ({lowering['reason']})"
     routing = "" if lowering["routing"] == "in the op" else ", routed in standard ops"
-    return lowering["lowered_to"] + routing
+    prompts = f"; {lowering['prompts_lowered_to']}" if "prompts_lowered_to" in lowering else ""
+    return lowering["lowered_to"] + prompts + routing
 
 
 def _human_bytes(count: float) -> str:

@@ -4,6 +4,7 @@
     -> torch.onnx (dynamo), translating each GroupedMoE call for the target
     -> name each layer's MoE output -> the target's weight pass (onnxruntime: reorder experts, interleave fc1)
     -> with --quantize (onnxruntime target): experts to QMoE, dense projections to MatMulNBits
+    -> onnxruntime, fp32 experts: com.microsoft.MoE for a few tokens, sorted experts for more
     -> strip trace metadata -> with --quantize: split by input length (decode steps compute in int8)
     -> add moe_compile metadata -> check -> staged save and rename
 """
@@ -36,6 +37,8 @@ from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_nam
 from .length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
 from .length_dispatch import split_by_length
 from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
+from .lowering.sorted_experts import METADATA_KEY as MOE_PROMPTS_KEY
+from .lowering.sorted_experts import MOE_PROMPTS, SORTED, sort_multi_token_experts
 from .quantize_pass import quantize_graph
 from .streamed_weights import bind_weights, fold_weight_transposes, set_expert_layouts, write_external_data
 
@@ -93,9 +96,11 @@ def _strip_trace_metadata(onnx_model) -> None:
 
 def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan: str | Path | None = None,
                 dtype: str = "fp32", top_k: dict[int, int] | None = None,
-                quantize: QuantScheme | None = None, streamed: bool = True) -> ExportResult:
+                quantize: QuantScheme | None = None, streamed: bool = True, moe_prompts: str = SORTED) -> ExportResult:
     """Export MODEL, rewritten to `plan` (or to `top_k`, or at its base top-k), to `out`;
-    weight-only quantized with `quantize` (onnxruntime target, fp32).
+    weight-only quantized with `quantize` (onnxruntime target, fp32). `moe_prompts` (onnxruntime
+    target, fp32 experts): "sorted" runs inputs of a few tokens or more as sorted experts, "node"
+    keeps com.microsoft.MoE for every token count (export/lowering/sorted_experts.py).
 
     Streamed (the default): trace a skeleton that holds no weights, then write every weight to
     `out`.data tensor by tensor from the checkpoint (export/streamed_weights.py). Not streamed:
@@ -107,13 +112,15 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         raise InvalidInput(f"target '{target}' is not one of {', '.join(TARGETS)}")
     if dtype not in DTYPES:
         raise InvalidInput(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    if moe_prompts not in MOE_PROMPTS:
+        raise InvalidInput(f"--moe-prompts '{moe_prompts}' is not one of {', '.join(MOE_PROMPTS)}")
     if quantize and (target != "onnxruntime" or dtype != "fp32"):
         raise InvalidInput(f"--quantize {quantize.name}: only for --target onnxruntime at --dtype fp32 "
                            "(com.microsoft.QMoE and MatMulNBits run in ONNX Runtime)")
     out = check_writable(out)
     if top_k is None and plan:
         top_k = load_plan(plan, moe_model)
-    report = LoweringReport(target, quantized=quantize is not None)
+    report = LoweringReport(target, quantized=quantize is not None, sorted_prompts=moe_prompts == SORTED and dtype == "fp32")
     layers = [spec.index for spec in moe_model.layers]
     quantized = None
     if streamed and quantize is None:
@@ -126,12 +133,12 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
                  for node in program.model.graph]
         set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
         del model
-        _save_streamed(program.model, out, lambda onnx_model: _finish(onnx_model, moe_model, target, dtype, top_k, layers))
+        _save_streamed(program.model, out, lambda onnx_model: _finish(onnx_model, moe_model, report, dtype, top_k, layers))
     else:
         model, top_k = compiled_model(moe_model, dtype, top_k)
         onnx_model = _trace(model, DTYPES[dtype], report, layers).model_proto
         weight_pass(target)(onnx_model)
-        quantized = _finish(onnx_model, moe_model, target, dtype, top_k, layers, quantize)
+        quantized = _finish(onnx_model, moe_model, report, dtype, top_k, layers, quantize)
         _save(onnx_model, out)
     return ExportResult(out, report, top_k, dtype, quantized)
 
@@ -150,14 +157,19 @@ def _optimize(program: torch.onnx.ONNXProgram) -> None:
         raise cause from None
 
 
-def _finish(onnx_model, moe_model: MoEModel, target: str, dtype: str, top_k: dict[int, int], layers: list[int],
-            quantize: QuantScheme | None = None) -> dict | None:
+def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str, top_k: dict[int, int],
+            layers: list[int], quantize: QuantScheme | None = None) -> dict | None:
     """The graph-level steps both paths share, on the ModelProto: MoE output names, the quantize
-    pass (after the names: they come from the translations' trace metadata), no trace metadata,
-    a quantized graph split by input length (export/length_dispatch.py), moe_compile metadata;
-    -> what the quantize pass quantized."""
+    pass (after the names: they come from the translations' trace metadata), fp32
+    com.microsoft.MoE nodes switched by token count (lowering/sorted_experts.py; the report says so
+    per layer), no trace metadata, a quantized graph split by input length
+    (export/length_dispatch.py), moe_compile metadata; -> what the quantize pass quantized."""
+    target = report.target
     _name_moe_outputs(onnx_model, layers)
     quantized = quantize_graph(onnx_model, quantize) if quantize else None
+    sorted_experts = report.sorted_layers > 0
+    if sorted_experts and sort_multi_token_experts(onnx_model) != report.sorted_layers:
+        raise RuntimeError(f"expected {report.sorted_layers} fp32 com.microsoft.MoE nodes to sort by expert")
     _strip_trace_metadata(onnx_model)
     split = quantized is not None and split_by_length(onnx_model)
     if split:
@@ -168,7 +180,8 @@ def _finish(onnx_model, moe_model: MoEModel, target: str, dtype: str, top_k: dic
                 "moe_compile.top_k": json.dumps({str(k): v for k, v in sorted(top_k.items())}),
                 "moe_compile.max_positions": str(moe_model.config.max_position_embeddings),  # the served context
                 **({QUANTIZE_METADATA_KEY: quantize.metadata()} if quantize else {}),
-                **({DECODE_COMPUTE_KEY: "int8"} if split else {})}
+                **({DECODE_COMPUTE_KEY: "int8"} if split else {}),
+                **({MOE_PROMPTS_KEY: SORTED} if sorted_experts else {})}
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
     return quantized

@@ -24,24 +24,29 @@ class Lowering:
     lowered_to: str  # "plugin", "com.microsoft.MoE" or "standard"
     routing: str  # "in the op" (the node routes) or "standard ops" (TopK & co. beside the node)
     reason: str | None = None  # why not the target's first choice
+    prompts_lowered_to: str | None = None  # what inputs of several tokens run instead (sorted_experts.py)
 
     def as_dict(self) -> dict:
-        return {"lowered_to": self.lowered_to, "routing": self.routing, **({"reason": self.reason} if self.reason else {})}
+        return {"lowered_to": self.lowered_to, "routing": self.routing, **({"reason": self.reason} if self.reason else {}),
+                **({"prompts_lowered_to": self.prompts_lowered_to} if self.prompts_lowered_to else {})}
 
 
-def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bool, quantized: bool = False) -> Lowering:
+def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bool, quantized: bool = False,
+                    sorted_prompts: bool = True) -> Lowering:
+    """`sorted_prompts`: an fp32 export that did not ask `--moe-prompts node` (the default; inspect's)."""
     if target == "tensorrt":
         return Lowering("plugin", "in the op")
     if target == "onnx":
         return Lowering("standard", "standard ops")
-    from .ort_support import ort_routing_reason, ort_unsupported_reason
+    from .ort_support import SORTED_PROMPTS, ort_routing_reason, ort_unsupported_reason
 
     unsupported = ort_unsupported_reason(attrs)
     if unsupported:
         return Lowering("standard", "standard ops", unsupported)
     routing = ort_routing_reason(attrs, has_score_bias, quantized)
     return Lowering("com.microsoft.QMoE" if quantized else "com.microsoft.MoE",
-                    "standard ops" if routing else "in the op", routing)
+                    "standard ops" if routing else "in the op", routing,
+                    SORTED_PROMPTS if sorted_prompts and not quantized else None)
 
 
 @dataclass
@@ -52,9 +57,14 @@ class LoweringReport:
     target: str
     layers: list[dict] = field(default_factory=list)
     quantized: bool = False  # export --quantize: the experts become com.microsoft.QMoE
+    sorted_prompts: bool = True  # fp32 com.microsoft.MoE layers run prompts as sorted experts
 
     def add(self, lowering: Lowering, attrs: GroupedMoEAttributes) -> None:
         self.layers.append({**lowering.as_dict(), "top_k": attrs.top_k})
+
+    @property
+    def sorted_layers(self) -> int:
+        return sum(1 for layer in self.layers if "prompts_lowered_to" in layer)
 
 
 def split_op_args(args: tuple) -> tuple[tuple, GroupedMoEAttributes]:
@@ -111,7 +121,7 @@ def translation(target: str, report: LoweringReport, layers: list[int]) -> Calla
         tensors, attrs = split_op_args(args)
         layer = layers[len(report.layers)]
         lowering = choose_lowering(report.target, attrs, has_score_bias=tensors[6] is not None,
-                                   quantized=report.quantized)
+                                   quantized=report.quantized, sorted_prompts=report.sorted_prompts)
         report.add(lowering, attrs)
         output = lower(*tensors, attrs=attrs, lowering=lowering)
         report.layers[-1]["layer"] = layer

@@ -35,9 +35,9 @@ from onnxscript import opset18 as op
 
 from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
+from .ort_support import MS_DOMAIN
 from .standard import FLOAT, grouped_moe_standard, ints, poison_nonfinite_tokens, route
 
-MS_DOMAIN = "com.microsoft"
 _FC1_INPUTS = (2, 3)  # fc1_experts_weights, fc1_experts_bias
 _FC2_INPUTS = (4, 5)  # fc2_experts_weights, fc2_experts_bias
 _SMALLEST_WEIGHT = 1e-30  # a chosen expert's weight is at least this inside the log: never -inf

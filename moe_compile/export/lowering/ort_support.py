@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
+MS_DOMAIN = "com.microsoft"
+# From this many tokens on, an fp32 com.microsoft.MoE layer runs as sorted per-expert Gemms
+# instead (sorted_experts.py: measured faster there; one token is the node's).
+MIN_SORTED_TOKENS = 4
+SORTED_PROMPTS = f"sorted experts from {MIN_SORTED_TOKENS} tokens"  # what the export report and inspect say
+
 
 def ort_unsupported_reason(attrs: GroupedMoEAttributes) -> str | None:
     """Why com.microsoft.MoE cannot run this layer's experts at all, or None."""

@@ -1,0 +1,174 @@
+"""com.microsoft.MoE for a few tokens, its experts sorted into plain Gemms for more.
+
+ONNX Runtime 1.32's CPU MoE kernel is the fastest way to run one token's experts and slower than
+standard ops for many. Measured (benchmarks/moe_prefill_lowering.py, docs/export.md) against the
+same layer in standard ops ordered by expert: the T·k (token, expert) pairs sorted by expert,
+each expert's contiguous rows multiplied by its own constant weights (Gemm, which ONNX Runtime
+prepacks), the results put back by the inverse permutation and summed with the routing weights.
+The sorted form costs ~15 nodes per expert, run even for experts no token chose: at 1 and 2
+tokens the node wins, from 4 on (a batch's decode step, any prompt) the sorted form does. So each
+fp32 com.microsoft.MoE becomes `If(tokens >= MIN_SORTED_TOKENS, sorted experts, the node)`.
+
+The sorted branch needs each expert's weights as a tensor of its own: in a file with external
+data they are views of the node's stacked tensors (offsets into the same .data file, nothing
+written twice); inline, copies. Its cost is memory: ONNX Runtime prepacks the per-expert Gemm
+weights into buffers of its own, so a session holds the experts twice (the node reads its
+tensors mapped from the file, the Gemms their packed copies). `export --moe-prompts node` keeps
+the node for every token count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from .ort_support import MIN_SORTED_TOKENS, MS_DOMAIN
+
+METADATA_KEY = "moe_compile.moe_prompts"  # SORTED: the file holds the If above
+SORTED, NODE = "sorted", "node"  # `export --moe-prompts`
+MOE_PROMPTS = (SORTED, NODE)
+_FC1, _FC1_BIAS, _FC2, _FC2_BIAS = 2, 3, 4, 5
+
+
+def sort_multi_token_experts(onnx_model, min_tokens: int = MIN_SORTED_TOKENS) -> int:
+    """In place: every fp32 com.microsoft.MoE as If(tokens >= min_tokens, sorted experts, the node).
+    -> how many nodes were switched."""
+    graph = onnx_model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    switched, nodes = 0, []
+    for node in graph.node:
+        if node.domain == MS_DOMAIN and node.op_type == "MoE" and initializers[node.input[_FC1]].data_type == TensorProto.FLOAT:
+            nodes.extend(_switch(node, initializers, graph.initializer, min_tokens))
+            switched += 1
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return switched
+
+
+def _switch(node, initializers: dict, new_initializers, min_tokens: int) -> list:
+    """The nodes that replace `node`: its token count, the condition, the If."""
+    out = node.output[0]
+    prefix = f"{out}.sorted"
+    fused = helper.make_node(node.op_type, node.input, [f"{out}.fused"], name=f"{node.name}.fused", domain=MS_DOMAIN)
+    fused.attribute.extend(node.attribute)
+    experts = {position: _per_expert(initializers[node.input[position]], new_initializers)
+               for position in (_FC1, _FC1_BIAS, _FC2, _FC2_BIAS) if position < len(node.input) and node.input[position]}
+    sorted_branch = _SortedExperts(prefix, node, experts, list(initializers[node.input[_FC2]].dims)).graph()
+    fused_branch = helper.make_graph([fused], f"{prefix}.fused_branch", [], [helper.make_tensor_value_info(f"{out}.fused", TensorProto.FLOAT, None)])
+    return [
+        helper.make_node("Shape", [node.input[0]], [f"{prefix}.tokens"], name=f"{prefix}.tokens", start=0, end=1),
+        helper.make_node("Constant", [], [f"{prefix}.min_tokens"], name=f"{prefix}.min_tokens",
+                         value=helper.make_tensor(f"{prefix}.min_tokens", TensorProto.INT64, [1], [min_tokens])),
+        helper.make_node("GreaterOrEqual", [f"{prefix}.tokens", f"{prefix}.min_tokens"], [f"{prefix}.many"], name=f"{prefix}.many"),
+        helper.make_node("Squeeze", [f"{prefix}.many"], [f"{prefix}.cond"], name=f"{prefix}.squeeze"),
+        helper.make_node("If", [f"{prefix}.cond"], [out], name=f"{node.name}.by_tokens",
+                         then_branch=sorted_branch, else_branch=fused_branch),
+    ]
+
+
+def _per_expert(stacked, new_initializers) -> list[str]:
+    """Initializers for each expert of `stacked` [E, ...]: views of its external bytes where it
+    has them (same file, offset + e·size), else copies. -> their names, by expert."""
+    names = [f"{stacked.name}.expert{e}" for e in range(stacked.dims[0])]
+    if stacked.data_location == TensorProto.EXTERNAL:
+        info = {entry.key: entry.value for entry in stacked.external_data}
+        size = int(info["length"]) // stacked.dims[0]
+        for e, name in enumerate(names):
+            view = TensorProto(name=name, data_type=stacked.data_type, dims=stacked.dims[1:],
+                               data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", info["location"]), ("offset", str(int(info.get("offset", 0)) + e * size)),
+                               ("length", str(size))):
+                view.external_data.add(key=key, value=value)
+            new_initializers.append(view)
+    else:
+        array = numpy_helper.to_array(stacked)
+        new_initializers.extend(numpy_helper.from_array(np.ascontiguousarray(array[e]), name) for e, name in enumerate(names))
+    return names
+
+
+class _SortedExperts:
+    """The sorted branch of one MoE node: the node's routing and experts, in standard ops."""
+
+    def __init__(self, prefix: str, node, experts: dict[int, list[str]], fc2_dims: list[int]):
+        attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+        self.prefix, self.nodes, self.constants = prefix, [], []
+        self.hidden, self.logits = node.input[0], node.input[1]
+        self.experts = experts
+        self.k = attrs["k"]
+        self.normalize = bool(attrs.get("normalize_routing_weights", 0))
+        self.alpha, self.beta = attrs.get("activation_alpha", 1.0), attrs.get("activation_beta", 0.0)
+        self.limit = attrs.get("swiglu_limit")
+        self.count = len(experts[_FC1])
+        self.intermediate = fc2_dims[-1]  # fc2 [E, H, I]
+        self.output = f"{node.output[0]}.sorted"
+
+    def add(self, op: str, inputs: list[str], outputs: int | list[str] = 1, **attrs) -> str | list[str]:
+        index = len(self.nodes)
+        names = outputs if isinstance(outputs, list) else [f"{self.prefix}.{op.lower()}{index}_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, names, name=f"{self.prefix}.{op.lower()}{index}", **attrs))
+        return names[0] if len(names) == 1 else names
+
+    def const(self, value, dtype=np.int64) -> str:
+        name = f"{self.prefix}.c{len(self.constants)}"
+        self.constants.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def graph(self):
+        weights, experts = self.route()
+        pairs = self.add("Reshape", [experts, self.const([-1])])  # [T·k]; pair p is token p // k
+        count = self.add("Shape", [pairs])
+        _, order = self.add("TopK", [self.add("Neg", [pairs]), count], 2, axis=0, largest=1, sorted=1)  # by expert
+        rows = self.add("Gather", [self.hidden, self.add("Div", [order, self.const(self.k)])], axis=0)  # [T·k, H]
+        per_expert = self.add("ReduceSum", [self.add("Cast", [self.add("Equal", [
+            self.add("Unsqueeze", [pairs, self.const([-1])]), self.const(np.arange(self.count))])], to=TensorProto.INT64),
+            self.const([0])], keepdims=0)  # [E]
+        ends = self.add("CumSum", [per_expert, self.const(0)])
+        starts = self.add("Sub", [ends, per_expert])
+        outputs = [self.expert(e, rows, starts, ends) for e in range(self.count)]
+        by_expert = self.add("Concat", outputs, axis=0)  # [T·k, H], pairs in `order`
+        inverse = self.add("ScatterElements", [
+            self.add("ConstantOfShape", [count], value=helper.make_tensor("zero", TensorProto.INT64, [1], [0])),
+            order, self.add("Range", [self.const(0), self.add("Squeeze", [count]), self.const(1)])], axis=0)
+        per_slot = self.add("Reshape", [self.add("Gather", [by_expert, inverse], axis=0),
+                                        self.add("Concat", [self.const([-1, self.k]), self.add("Shape", [self.hidden], start=1)], axis=0)])
+        weighted = self.add("Mul", [per_slot, self.add("Unsqueeze", [weights, self.const([-1])])])
+        self.add("ReduceSum", [weighted, self.const([1])], [self.output], keepdims=0)
+        return helper.make_graph(self.nodes, self.prefix, [], [helper.make_tensor_value_info(self.output, TensorProto.FLOAT, None)],
+                                 initializer=self.constants)
+
+    def route(self) -> tuple[str, str]:
+        """The node's routing: softmax, top-k, optional renormalisation. Its kernel breaks ties
+        towards the higher expert index, ONNX's TopK towards the lower: rank the experts in
+        reverse and map the indices back. -> (weights [T, k], experts [T, k] in the node's order)."""
+        last = self.count - 1
+        reversed_logits = self.add("Gather", [self.logits, self.const(np.arange(last, -1, -1))], axis=1)
+        weights, ranked = self.add("TopK", [self.add("Softmax", [reversed_logits], axis=-1), self.const([self.k])], 2,
+                                   axis=-1, largest=1, sorted=1)
+        if self.normalize:
+            weights = self.add("Div", [weights, self.add("ReduceSum", [weights, self.const([-1])], keepdims=1)])
+        return weights, self.add("Sub", [self.const(last), ranked])
+
+    def expert(self, e: int, rows: str, starts: str, ends: str) -> str:
+        """Expert e on its rows of the sorted pairs: fc1 (gate/up interleaved), the node's SwiGLU
+        (G = min(g, limit), L = clip(l, ±limit), G·sigmoid(alpha·G)·(L + beta)), fc2."""
+        first, after = self.const([e]), self.const([e + 1])
+        mine = self.add("Slice", [rows, self.add("Slice", [starts, first, after]), self.add("Slice", [ends, first, after]),
+                                  self.const([0])])
+        gate_up = self.add("Gemm", [mine, self.experts[_FC1][e], *self.bias(_FC1_BIAS, e)], transB=1)  # [n, 2I]: g0 u0 g1 u1 ...
+        # De-interleaved by one Transpose ([n, I, 2] -> [2, n, I]): strided Slices cost more than the Gemm.
+        halves = self.add("Transpose", [self.add("Reshape", [gate_up, self.const([0, self.intermediate, 2])])], perm=[2, 0, 1])
+        gate = self.add("Gather", [halves, self.const(0)], axis=0)
+        up = self.add("Gather", [halves, self.const(1)], axis=0)
+        if self.limit is not None:
+            gate = self.add("Min", [gate, self.const(self.limit, np.float32)])
+            up = self.add("Clip", [up, self.const(-self.limit, np.float32), self.const(self.limit, np.float32)])
+        scaled = gate if self.alpha == 1.0 else self.add("Mul", [gate, self.const(self.alpha, np.float32)])
+        if self.beta != 0.0:
+            up = self.add("Add", [up, self.const(self.beta, np.float32)])
+        act = self.add("Mul", [self.add("Mul", [gate, self.add("Sigmoid", [scaled])]), up])
+        return self.add("Gemm", [act, self.experts[_FC2][e], *self.bias(_FC2_BIAS, e)], transB=1)  # [n, H]
+
+    def bias(self, position: int, e: int) -> list[str]:
+        return [self.experts[position][e]] if position in self.experts else []
