@@ -56,8 +56,7 @@ def reference_model(moe_model, top_k: dict[int, int] | None) -> torch.nn.Module:
 def exported_logits(moe_model, path: Path, stepwise: bool = False) -> Logits:
     """An ONNX export of `moe_model` as `Logits`: each batch of windows is one prefill with an empty
     cache, or (`stepwise`) one step per position, each feeding the cache the last step returned."""
-    from moe_compile.export.decoder import past_names, present_names
-    from moe_compile.validate.generation import decoder_feed
+    from moe_compile.validate.generation import cached_step, decoder_feed
     from moe_compile.validate.parity import check_metadata_matches, onnx_metadata
     from moe_compile.validate.runners.onnxrt import OnnxRuntimeRunner
 
@@ -74,16 +73,12 @@ def exported_logits(moe_model, path: Path, stepwise: bool = False) -> Logits:
         ids = input_ids.numpy()
         return torch.from_numpy(runner.infer(decoder_feed(ids, runner.empty_past(ids.shape[0]), 0))["logits"])
 
-    layers = int(moe_model.config.num_hidden_layers)
-    pasts, presents = past_names(layers), present_names(layers)
-
     def stepwise_logits(input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids.numpy()
         past, steps = runner.empty_past(ids.shape[0]), []
         for position in range(ids.shape[1]):
-            outputs = runner.infer_keeping(decoder_feed(ids[:, position:position + 1], past, position), keep=presents)
+            outputs, past = cached_step(runner, ids[:, position:position + 1], past, position)
             steps.append(outputs["logits"])
-            past = {name: outputs[present] for name, present in zip(pasts, presents)}
         return torch.from_numpy(np.concatenate(steps, axis=1).astype(np.float32))
 
     return stepwise_logits if stepwise else logits

@@ -35,6 +35,7 @@ METADATA_KEY = "moe_compile.decode_compute"  # "int8": the file is split and its
 DECODE_ACCURACY_LEVEL = 4  # int8 activations allowed
 _INT8_CAPABLE = ("MatMulNBits", "QMoE")  # com.microsoft ops with accuracy_level (QMoE's: 4-bit experts; 8-bit ones always are)
 _BRANCH_SUFFIX = ".branch"  # a branch's outputs, named apart from the If's own outputs
+_DISPATCH = "dispatch"  # the If's name (prompt_graph finds it by it), the prefix of the nodes that feed it
 
 
 def split_by_length(onnx_model) -> bool:
@@ -46,13 +47,14 @@ def split_by_length(onnx_model) -> bool:
     outputs = [output.name for output in graph.output]
     decode = _branch(graph, "decode", accuracy_level=DECODE_ACCURACY_LEVEL)
     prompt = _branch(graph, "prompt", accuracy_level=None)
-    one = helper.make_tensor("dispatch.one", TensorProto.INT64, [1], [1])
+    d = _DISPATCH
+    one = helper.make_tensor(f"{d}.one", TensorProto.INT64, [1], [1])
     nodes = [
-        helper.make_node("Shape", ["input_ids"], ["dispatch.length"], name="dispatch.length", start=1, end=2),
-        helper.make_node("Constant", [], ["dispatch.one"], name="dispatch.one", value=one),
-        helper.make_node("Equal", ["dispatch.length", "dispatch.one"], ["dispatch.is_step"], name="dispatch.equal"),
-        helper.make_node("Squeeze", ["dispatch.is_step"], ["dispatch.is_decode"], name="dispatch.squeeze"),
-        helper.make_node("If", ["dispatch.is_decode"], outputs, name="dispatch",
+        helper.make_node("Shape", ["input_ids"], [f"{d}.length"], name=f"{d}.length", start=1, end=2),
+        helper.make_node("Constant", [], [f"{d}.one"], name=f"{d}.one", value=one),
+        helper.make_node("Equal", [f"{d}.length", f"{d}.one"], [f"{d}.is_step"], name=f"{d}.equal"),
+        helper.make_node("Squeeze", [f"{d}.is_step"], [f"{d}.is_decode"], name=f"{d}.squeeze"),
+        helper.make_node("If", [f"{d}.is_decode"], outputs, name=d,
                          then_branch=decode, else_branch=prompt),
     ]
     del graph.node[:]
@@ -65,7 +67,7 @@ def prompt_graph(onnx_model) -> None:
     """In place: a split graph back as its prompt body alone (no If), so that its inner values
     (each layer's `moe_output.{layer}`) can be made graph outputs; unchanged if it is not split."""
     graph = onnx_model.graph
-    dispatch = next((node for node in graph.node if node.op_type == "If" and node.name == "dispatch"), None)
+    dispatch = next((node for node in graph.node if node.op_type == "If" and node.name == _DISPATCH), None)
     if dispatch is None:
         return
     prompt = next(attr.g for attr in dispatch.attribute if attr.name == "else_branch")

@@ -39,19 +39,25 @@ def check_context(prompt_length: int, new_tokens: int, max_positions: int | None
                            f"{positions_needed(prompt_length, new_tokens)} positions; the model has {max_positions}")
 
 
+def cached_step(runner, ids: np.ndarray, past: dict, past_length: int) -> tuple[dict, dict]:
+    """Run `ids` [B, S] after `past_length` cached positions (`past`: the past_key_values.* inputs);
+    -> (the outputs, the past for the next step: these presents, kept where the runner made them)."""
+    num_layers = len(past) // 2
+    presents = present_names(num_layers)
+    keeping = getattr(runner, "infer_keeping", None)
+    feed = decoder_feed(ids, past, past_length)
+    outputs = keeping(feed, keep=presents) if keeping else runner.infer(feed)
+    return outputs, {name: outputs[present] for name, present in zip(past_names(num_layers), presents)}
+
+
 def greedy_steps(runner, prompt: np.ndarray, empty_past: list[np.ndarray]) -> Iterator[np.ndarray]:
     """Yield the next token [B, 1] after the prompt (prefill), then after each decode step."""
-    num_layers = len(empty_past) // 2
-    past = dict(zip(past_names(num_layers), empty_past))
-    keeping = getattr(runner, "infer_keeping", None)
-    presents = present_names(num_layers)
+    past = dict(zip(past_names(len(empty_past) // 2), empty_past))
     ids, length = prompt, 0
     while True:
-        feed = decoder_feed(ids, past, length)
-        outputs = keeping(feed, keep=presents) if keeping else runner.infer(feed)
+        outputs, past = cached_step(runner, ids, past, length)
         length += ids.shape[1]
         ids = np.asarray(outputs["logits"])[:, -1].argmax(-1).astype(np.int64)[:, None]
-        past = {p: outputs[n] for p, n in zip(past_names(num_layers), presents)}
         yield ids
 
 
