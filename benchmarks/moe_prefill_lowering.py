@@ -42,7 +42,7 @@ from onnx_speed import THREADS, write_model  # noqa: E402  (the same model, the 
 from moe_compile.export.lowering.sorted_experts import MIN_SORTED_TOKENS, NODE, SORTED, sort_multi_token_experts  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-LAYER_TOKENS = (1, 2, 8, 32, 128, 512, 2048)
+LAYER_TOKENS = (1, 2, 4, 8, 32, 128, 512, 2048)
 LAYER_THREADS = (1, 2)
 
 
