@@ -56,9 +56,10 @@ def _check_interrupted(returncode, stderr, folder, signum):
     assert sorted(p.name for p in folder.iterdir()) == ["model.onnx"]  # no staging folder, no temporary
 
 
-@pytest.mark.parametrize("signum, where", [(signal.SIGTERM, "save"), (signal.SIGTERM, "translate"),
-                                           (signal.SIGINT, "translate")], ids=["SIGTERM-save", "SIGTERM-translate",
-                                                                               "SIGINT-translate"])
+@pytest.mark.parametrize("signum, where", [
+    pytest.param(signal.SIGTERM, "save", id="SIGTERM-save"),
+    pytest.param(signal.SIGTERM, "translate", id="SIGTERM-translate", marks=pytest.mark.slow),  # one handler for both
+    pytest.param(signal.SIGINT, "translate", id="SIGINT-translate")])
 def test_signal_inside_the_export(signum, where, tiny_model_dirs, tmp_path):
     (tmp_path / "model.onnx").write_bytes(PREVIOUS)
     argv = _export_argv(tiny_model_dirs["olmoe"], tmp_path / "model.onnx")
@@ -76,7 +77,8 @@ def _has_mapped(pid: int, path: Path) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches the process through /proc (Linux)")
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, id="SIGINT", marks=pytest.mark.slow),
+                                    pytest.param(signal.SIGTERM, id="SIGTERM")])  # SIGINT inside: above
 def test_signal_to_python_m_moe_compile_export(signum, tiny_model_dirs, tmp_path):
     """The plain command, signalled as soon as it has mapped the model's weights: its imports are
     done and the export is under way. (A signal during `import torch` can land in C++ code, where

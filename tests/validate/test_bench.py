@@ -1,19 +1,22 @@
 """`moe-compile bench`: the timing harness, the report it writes, and its refusals."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from moe_compile.cli import main
+from moe_compile.commands import bench as bench_command
 from moe_compile.compiler.lexi.cost import ActiveExperts
-from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
+from moe_compile.compiler.lexi.plan import Budget, dumps, load_plan, make_plan
 from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.compiler.compiled import compiled_model
 from moe_compile.export.exporter import export_onnx
-from moe_compile.quantization.scheme import QuantScheme, quant_scheme
+from moe_compile.quantization.scheme import quant_scheme
+from moe_compile.validate.backends import TopKSetting
 from moe_compile.validate.bench import add_speedups, moe_time_share
 from moe_compile.validate.generation import decoder_feed
 from moe_compile.validate.memory import PeakMemory
@@ -97,6 +100,38 @@ def test_speedups_are_against_the_baseline_and_the_base_top_k():
 
 
 @pytest.fixture(scope="module")
+def bench_exports(tmp_path_factory):
+    """bench's own export (commands/bench.export_for_onnxruntime), each setting exported once for
+    this module: later runs get a copy of the first run's real export of the same model, dtype,
+    top-k and quantization (an export of a tiny model takes ~30 s, most of it torch.export)."""
+    cache = tmp_path_factory.mktemp("bench_exports")
+    real = bench_command.export_for_onnxruntime
+
+    def export(ir, out, dtype, setting):
+        quantize = setting.quantize.metadata().replace("/", "_") if setting.quantize else "none"
+        key = "-".join([ir.fingerprint["sha256"][:16], dtype, quantize,
+                        *(f"{layer}_{k}" for layer, k in sorted(setting.top_k.items()))])
+        folder = cache / key
+        if not folder.exists():
+            staging = cache / f".{key}"
+            staging.mkdir()
+            real(ir, staging / out.name, dtype, setting)
+            staging.rename(folder)
+        files = sorted(file.name for file in folder.iterdir())
+        assert out.name in files, f"{key} was exported as {files}, not as {out.name}"
+        for name in files:
+            shutil.copyfile(folder / name, out.parent / name)
+
+    return export
+
+
+@pytest.fixture
+def cached_exports(bench_exports, monkeypatch):
+    monkeypatch.setattr(bench_command, "export_for_onnxruntime", bench_exports)
+    return bench_exports
+
+
+@pytest.fixture(scope="module")
 def half_plan(tiny_model_dirs, tmp_path_factory):
     ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
     profile = profile_model(ir, ProfileOptions(batch=1, seq_len=8, draws=1), show_progress=False)
@@ -105,7 +140,18 @@ def half_plan(tiny_model_dirs, tmp_path_factory):
     return path
 
 
-def test_bench_reports_every_backend_and_setting(tiny_model_dirs, half_plan, tmp_path, capsys):
+def _setting(ir, name: str, plan=None, quantize: str | None = None) -> TopKSetting:
+    """A bench setting as commands/bench makes it: "base" or "plan", quantized at the default block size."""
+    top_k = load_plan(plan, ir) if plan else {spec.index: spec.base_top_k for spec in ir.layers}
+    scheme = quant_scheme(quantize, None, int(ir.config.hidden_size), [spec.intermediate for spec in ir.layers])
+    return TopKSetting(f"{name} {quantize}" if quantize else name, top_k, scheme)
+
+
+def _onnx_name(setting: TopKSetting) -> str:
+    return f"{setting.name.replace(' ', '-')}.onnx"
+
+
+def test_bench_reports_every_backend_and_setting(tiny_model_dirs, half_plan, cached_exports, tmp_path, capsys):
     model = str(tiny_model_dirs["qwen2_moe"])
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     argv = ["bench", model, "--plan", str(half_plan), "--batch", "1,2", "--prompt", "4", "--new-tokens", "2",
@@ -132,19 +178,28 @@ def test_bench_reports_every_backend_and_setting(tiny_model_dirs, half_plan, tmp
     assert report["command"].startswith("moe-compile bench ")
 
 
-def test_bench_runs_a_given_onnx_file_for_its_setting(tiny_model_dirs, half_plan, tmp_path, capsys):
+def test_bench_runs_a_given_onnx_file_for_its_setting(tiny_model_dirs, half_plan, cached_exports, tmp_path,
+                                                      capsys, monkeypatch):
     ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
-    export_onnx(ir, tmp_path / "plan.onnx", target="onnxruntime", plan=half_plan)
-    argv = ["bench", str(tiny_model_dirs["qwen2_moe"]), "--plan", str(half_plan), "--onnx", str(tmp_path / "plan.onnx"),
+    plan = _setting(ir, "plan", half_plan)
+    given = tmp_path / "given" / _onnx_name(plan)
+    given.parent.mkdir()
+    cached_exports(ir, given, "fp32", plan)
+    exported = []
+    monkeypatch.setattr(bench_command, "export_for_onnxruntime",
+                        lambda ir, out, dtype, setting: exported.append(setting.name) or cached_exports(ir, out, dtype, setting))
+    argv = ["bench", str(tiny_model_dirs["qwen2_moe"]), "--plan", str(half_plan), "--onnx", str(given),
             "--backends", "onnxruntime-cpu", "--batch", "1", "--prompt", "3", "--new-tokens", "1", "--repeats", "1",
             "--json"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert [(r["backend"], r["setting"]) for r in report["rows"]] == [("onnxruntime-cpu", "base"),
                                                                       ("onnxruntime-cpu", "plan")]
+    assert exported == ["base"]  # the plan ran from the given file
 
 
-def test_bench_quantize_runs_quantized_files_beside_fp32(tiny_model_dirs, half_plan, tmp_path, capsys):
+def test_bench_quantize_runs_quantized_files_beside_fp32(tiny_model_dirs, half_plan, cached_exports, tmp_path,
+                                                         capsys):
     """--quantize int4: each top-k also as an int4 file, on ONNX Runtime's CPU provider only; a
     given quantized --onnx file takes its own setting's place."""
     model = str(tiny_model_dirs["qwen2_moe"])
@@ -160,9 +215,10 @@ def test_bench_quantize_runs_quantized_files_beside_fp32(tiny_model_dirs, half_p
     assert all(r["decode_tokens_per_s"]["median"] > 0 for r in report["rows"])
 
     ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
-    scheme = quant_scheme("int4", None, int(ir.config.hidden_size), [spec.intermediate for spec in ir.layers])
-    given = tmp_path / "int4.onnx"
-    export_onnx(ir, given, target="onnxruntime", quantize=scheme)
+    quantized = _setting(ir, "base", quantize="int4")
+    given = tmp_path / "given" / _onnx_name(quantized)
+    given.parent.mkdir()
+    cached_exports(ir, given, "fp32", quantized)
     assert main(["bench", model, "--quantize", "int4", "--onnx", str(given), "--backends", "onnxruntime-cpu", *common]) == 0
     assert [r["setting"] for r in json.loads(capsys.readouterr().out)["rows"]] == ["base", "base int4"]
 
@@ -172,12 +228,13 @@ def test_bench_quantize_runs_quantized_files_beside_fp32(tiny_model_dirs, half_p
                                   "too long for the model", "bf16 on onnxruntime-cpu", "onnx of another model",
                                   "onnx at other top-k", "missing plan", "quantize int3", "quantize at fp16",
                                   "quantize without onnxruntime-cpu", "quantized onnx without --quantize"])
-def test_bad_bench_input_is_one_line(case, tiny_model_dirs, half_plan, tmp_path, capsys):
+def test_bad_bench_input_is_one_line(case, tiny_model_dirs, half_plan, cached_exports, tmp_path, capsys):
     model = str(tiny_model_dirs["qwen2_moe"])
     base = ["bench", model, "--backends", "pytorch", "--prompt", "4", "--new-tokens", "2", "--out", str(tmp_path / "bench.json")]
-    if case == "quantized onnx without --quantize":
+    if case == "quantized onnx without --quantize":  # the default block size for this model: 16
         ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
-        export_onnx(ir, tmp_path / "m.onnx", target="onnxruntime", quantize=QuantScheme("int4", 16))
+        quantized = _setting(ir, "base", quantize="int4")
+        cached_exports(ir, tmp_path / _onnx_name(quantized), "fp32", quantized)
     if case in ("onnx of another model", "onnx at other top-k"):
         source = tiny_model_dirs["olmoe"] if case == "onnx of another model" else tiny_model_dirs["qwen2_moe"]
         ir = load_moe_model(source)
@@ -196,7 +253,7 @@ def test_bad_bench_input_is_one_line(case, tiny_model_dirs, half_plan, tmp_path,
         "quantize int3": (["--quantize", "int3", "--backends", "onnxruntime-cpu"], "--quantize int3: not a supported target"),
         "quantize at fp16": (["--quantize", "int4", "--precision", "fp16"], "use --precision fp32 (not fp16)"),
         "quantize without onnxruntime-cpu": (["--quantize", "int4"], "add it to --backends"),
-        "quantized onnx without --quantize": (["--onnx", str(tmp_path / "m.onnx"), "--backends", "onnxruntime-cpu"],
+        "quantized onnx without --quantize": (["--onnx", str(tmp_path / "base-int4.onnx"), "--backends", "onnxruntime-cpu"],
                                               "is quantized (int4/16): run bench with --quantize int4"),
     }[case]
     capsys.readouterr()
