@@ -38,6 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
+from onnx_files_ab import compare_files  # noqa: E402
 from onnx_speed import THREADS, write_model  # noqa: E402  (the same model, the same seeds)
 from moe_compile.export.lowering.sorted_experts import MIN_SORTED_TOKENS, NODE, SORTED, sort_multi_token_experts  # noqa: E402
 
@@ -154,47 +155,20 @@ def one_layer() -> list[dict]:
 
 
 def whole_model(tmp: Path) -> dict:
-    import onnxruntime as ort
     import torch
 
     from moe_compile.compiler.loader import load_moe_model
     from moe_compile.export.exporter import export_onnx
-    from moe_compile.validate.backends import BenchModel, TopKSetting, select_backends
-    from moe_compile.validate.bench import Workload, measure
+    from moe_compile.validate.bench import Workload
 
     torch.set_num_threads(THREADS)
     write_model(tmp / "model")
     ir = load_moe_model(tmp / "model")
-    node_file, sorted_file = tmp / "node.onnx", tmp / "sorted.onnx"
-    export_onnx(ir, node_file, target="onnxruntime", moe_prompts=NODE)
-    export_onnx(ir, sorted_file, target="onnxruntime", moe_prompts=SORTED)
-    prompt = (np.arange(64, dtype=np.int64) * 7 % ir.config.vocab_size)[None]
-    feed = {"input_ids": prompt, "attention_mask": np.ones_like(prompt), "position_ids": np.arange(64, dtype=np.int64)[None]}
-    logits = []
-    for path in (node_file, sorted_file):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        past = {value.name: np.zeros((1, value.shape[1], 0, value.shape[3]), np.float32)
-                for value in session.get_inputs() if value.name.startswith("past")}
-        logits.append(session.run(["logits"], {**feed, **past})[0])
-    base = {spec.index: spec.base_top_k for spec in ir.layers}
+    files = {"node": tmp / "node.onnx", f"sorted from {MIN_SORTED_TOKENS} tokens": tmp / "sorted.onnx"}
+    for mode, path in zip((NODE, SORTED), files.values()):
+        export_onnx(ir, path, target="onnxruntime", moe_prompts=mode)
     workloads = [Workload(1, 128, 32), Workload(8, 128, 16), Workload(1, 512, 4), Workload(1, 2048, 4)]
-    (ort_cpu,) = select_backends(["onnxruntime-cpu"], None)
-    files = {"node": node_file, f"sorted from {MIN_SORTED_TOKENS} tokens": sorted_file}
-    model = BenchModel(ir, "fp32", THREADS, onnx_files=files)
-    rows = []
-    try:
-        for _ in range(2):  # each file twice, alternating: this VM drifts between runs
-            for name in files:
-                rows += measure(ort_cpu, TopKSetting(name, base), model, workloads, repeats=3)
-    finally:
-        model.close()
-    summary = {}
-    for row in rows:
-        entry = summary.setdefault(f"{row['setting']} b{row['batch']} p{row['prompt']}", {"prefill": [], "decode": [], "peak_host_mb": []})
-        entry["prefill"].append(row["prefill_tokens_per_s"]["median"])
-        entry["decode"].append(row["decode_tokens_per_s"]["median"])
-        entry["peak_host_mb"].append(row["peak_host_mb"])
-    return {"logits_max_abs_difference": float(np.abs(logits[0] - logits[1]).max()), "summary": summary, "rows": rows}
+    return compare_files(ir, files, workloads, THREADS)
 
 
 def main() -> None:

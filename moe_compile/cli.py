@@ -185,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moe-prompts", choices=("sorted", "node"), default="sorted",
                    help="onnxruntime target, fp32 experts: inputs of 4 tokens or more run as per-expert Gemms "
                         "(sorted; faster, ONNX Runtime then holds the experts twice) or in com.microsoft.MoE (node)")
+    p.add_argument("--ort-fusions", action="store_true",
+                   help="onnxruntime target, fp32: attention and norms as ONNX Runtime's fused ops (MultiHeadAttention, "
+                        "SkipSimplifiedLayerNormalization); measured faster for prompts of 2048 tokens, slower for "
+                        "128-512 and for decode (docs/export.md)")
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 

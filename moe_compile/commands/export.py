@@ -27,7 +27,7 @@ def run_export(args: argparse.Namespace) -> int:
                           [spec.intermediate for spec in moe_model.layers])  # refused before any work
     with writing_into(out.parent, out.parent / f".{out.name}"):
         result = export_with_progress(moe_model, out, target=args.target, plan=args.plan, dtype=args.dtype,
-                                      quantize=scheme, moe_prompts=args.moe_prompts)
+                                      quantize=scheme, moe_prompts=args.moe_prompts, ort_fusions=args.ort_fusions)
     if args.json:
         print_report(result.to_json())
     else:
@@ -39,7 +39,9 @@ def _lowering_table(report: dict) -> Table:
     quantized = report.get("quantized")
     table = Table(title=f"{report['onnx']}: target {report['target']}, {report['dtype']}" + (
         f", weights {quantized['scheme']} ({quantized['dense']} dense projections as MatMulNBits, "
-        f"{quantized['dense_kept_fp32']} kept fp32)" if quantized else ""))
+        f"{quantized['dense_kept_fp32']} kept fp32)" if quantized else "") + (
+        ", fused: " + ", ".join(f"{count} {op}" for op, count in report["ort_fusions"].items())
+        if report.get("ort_fusions") else ""))
     for column in ("layer", "top-k", "GroupedMoE lowered to", "routing", "why"):
         table.add_column(column)
     for layer in report["moe_layers"]:

@@ -10,7 +10,7 @@ from moe_compile.compiler.ir import MoEModel
 
 
 def export_with_progress(moe_model: MoEModel, out: Path, *, target: str, plan, dtype: str, show: bool = True,
-                         quantize=None, moe_prompts: str = "sorted"):
+                         quantize=None, moe_prompts: str = "sorted", ort_fusions: bool = False):
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -21,4 +21,5 @@ def export_with_progress(moe_model: MoEModel, out: Path, *, target: str, plan, d
     with Progress(*columns, console=console, transient=True, disable=not (show and console.is_terminal)) as progress:
         progress.add_task(f"exporting {moe_model.model_type} ({len(moe_model.layers)} MoE layers) to ONNX, "
                           f"target {target}, {dtype}" + (f", {quantize.metadata()}" if quantize else ""), total=None)
-        return export_onnx(moe_model, out, target=target, plan=plan, dtype=dtype, quantize=quantize, moe_prompts=moe_prompts)
+        return export_onnx(moe_model, out, target=target, plan=plan, dtype=dtype, quantize=quantize,
+                           moe_prompts=moe_prompts, ort_fusions=ort_fusions)

@@ -2,6 +2,7 @@
 
     check --out -> load the model -> apply the plan (rewrite) -> wrap with its KV cache
     -> torch.onnx (dynamo), translating each GroupedMoE call for the target
+    -> with --ort-fusions (onnxruntime target, fp32): attention and norms as ONNX Runtime's fused ops
     -> name each layer's MoE output -> the target's weight pass (onnxruntime: reorder experts, interleave fc1)
     -> with --quantize (onnxruntime target): experts to QMoE, dense projections to MatMulNBits
     -> onnxruntime, fp32 experts: com.microsoft.MoE for a few tokens, sorted experts for more
@@ -39,6 +40,8 @@ from .length_dispatch import split_by_length
 from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
 from .lowering.sorted_experts import METADATA_KEY as MOE_PROMPTS_KEY
 from .lowering.sorted_experts import MOE_PROMPTS, SORTED, sort_multi_token_experts
+from .ort_fusions import METADATA_KEY as ORT_FUSIONS_KEY
+from .ort_fusions import fuse_for_onnxruntime
 from .quantize_pass import quantize_graph
 from .streamed_weights import bind_weights, fold_weight_transposes, set_expert_layouts, write_external_data
 
@@ -58,7 +61,8 @@ class ExportResult:
     def to_json(self) -> dict:
         return {"onnx": str(self.path), "target": self.report.target, "dtype": self.dtype,
                 "top_k": {str(k): v for k, v in self.top_k.items()}, "moe_layers": self.report.layers,
-                **({"quantized": self.quantized} if self.quantized else {})}
+                **({"quantized": self.quantized} if self.quantized else {}),
+                **({"ort_fusions": self.report.ort_fusions} if self.report.ort_fusions else {})}
 
 
 def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
@@ -96,11 +100,15 @@ def _strip_trace_metadata(onnx_model) -> None:
 
 def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan: str | Path | None = None,
                 dtype: str = "fp32", top_k: dict[int, int] | None = None,
-                quantize: QuantScheme | None = None, streamed: bool = True, moe_prompts: str = SORTED) -> ExportResult:
+                quantize: QuantScheme | None = None, streamed: bool = True, moe_prompts: str = SORTED,
+                ort_fusions: bool = False) -> ExportResult:
     """Export MODEL, rewritten to `plan` (or to `top_k`, or at its base top-k), to `out`;
     weight-only quantized with `quantize` (onnxruntime target, fp32). `moe_prompts` (onnxruntime
     target, fp32 experts): "sorted" runs inputs of a few tokens or more as sorted experts, "node"
     keeps com.microsoft.MoE for every token count (export/lowering/sorted_experts.py).
+    `ort_fusions` (onnxruntime target, fp32): attention and norms as ONNX Runtime's fused ops
+    (export/ort_fusions.py; faster only for long prompts, so not the default); the report lists
+    what was fused.
 
     Streamed (the default): trace a skeleton that holds no weights, then write every weight to
     `out`.data tensor by tensor from the checkpoint (export/streamed_weights.py). Not streamed:
@@ -117,6 +125,9 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     if quantize and (target != "onnxruntime" or dtype != "fp32"):
         raise InvalidInput(f"--quantize {quantize.name}: only for --target onnxruntime at --dtype fp32 "
                            "(com.microsoft.QMoE and MatMulNBits run in ONNX Runtime)")
+    if ort_fusions and (target != "onnxruntime" or dtype != "fp32"):
+        raise InvalidInput("--ort-fusions: only for --target onnxruntime at --dtype fp32 (ONNX Runtime's fused ops, "
+                           "measured on its CPU provider at fp32)")
     out = check_writable(out)
     if top_k is None and plan:
         top_k = load_plan(plan, moe_model)
@@ -132,11 +143,16 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         nodes = [(node.domain, node.op_type, [value.name if value is not None else "" for value in node.inputs])
                  for node in program.model.graph]
         set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
+        if ort_fusions:
+            report.ort_fusions = fuse_for_onnxruntime(program.model)
         del model
         _save_streamed(program.model, out, lambda onnx_model: _finish(onnx_model, moe_model, report, dtype, top_k, layers))
     else:
         model, top_k = compiled_model(moe_model, dtype, top_k)
-        onnx_model = _trace(model, DTYPES[dtype], report, layers).model_proto
+        program = _trace(model, DTYPES[dtype], report, layers)
+        if ort_fusions:
+            report.ort_fusions = fuse_for_onnxruntime(program.model)
+        onnx_model = program.model_proto
         weight_pass(target)(onnx_model)
         quantized = _finish(onnx_model, moe_model, report, dtype, top_k, layers, quantize)
         _save(onnx_model, out)
@@ -181,7 +197,8 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
                 "moe_compile.max_positions": str(moe_model.config.max_position_embeddings),  # the served context
                 **({QUANTIZE_METADATA_KEY: quantize.metadata()} if quantize else {}),
                 **({DECODE_COMPUTE_KEY: "int8"} if split else {}),
-                **({MOE_PROMPTS_KEY: SORTED} if sorted_experts else {})}
+                **({MOE_PROMPTS_KEY: SORTED} if sorted_experts else {}),
+                **({ORT_FUSIONS_KEY: json.dumps(report.ort_fusions)} if report.ort_fusions else {})}
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
     return quantized

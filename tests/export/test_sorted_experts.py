@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from moe_compile.export.lowering.onnxruntime import register_ms_schema
 from moe_compile.export.lowering.sorted_experts import MIN_SORTED_TOKENS, sort_multi_token_experts
+from tiny_models import prompt_logits
 
 E, H, I = 6, 16, 8
 
@@ -139,13 +140,7 @@ def test_export_sorts_prompts_by_default_and_node_keeps_the_node(tiny_model_dirs
             assert metadata["moe_compile.moe_prompts"] == "sorted"
         else:
             assert not switches and not sorted_layers and "moe_compile.moe_prompts" not in metadata
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        ids = np.arange(2 * 9, dtype=np.int64).reshape(2, 9) % 50 + 3
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(9), (2, 1))}
-        for value in session.get_inputs():
-            if value.name.startswith("past"):
-                feed[value.name] = np.zeros((2, value.shape[1], 0, value.shape[3]), np.float32)
-        outputs[mode] = session.run(["logits"], feed)[0]
+        outputs[mode] = prompt_logits(path)
     np.testing.assert_allclose(outputs["sorted"], outputs["node"], rtol=1e-4, atol=1e-4)
     assert main(["inspect", str(tiny_model_dirs["qwen2_moe"]), "--json"]) == 0
     inspected = json.loads(capsys.readouterr().out)["layers"]

@@ -44,23 +44,25 @@ _SMALLEST_WEIGHT = 1e-30  # a chosen expert's weight is at least this inside the
 
 
 @functools.cache
-def register_ms_schema(name: str = "MoE") -> None:
-    """onnxscript and onnx.checker need the schema of com.microsoft.`name` (MoE, QMoE,
-    MatMulNBits): copy ONNX Runtime's own."""
+def register_ms_schema(name: str = "MoE", domain: str = MS_DOMAIN) -> None:
+    """onnxscript and onnx.checker need the schema of ONNX Runtime's contrib op `name` (MoE, QMoE,
+    MatMulNBits; the fused ops of export/ort_fusions.py, one of which, SimplifiedLayerNormalization,
+    ONNX Runtime puts in the default domain): copy ONNX Runtime's own."""
     from onnx.defs import OpSchema, has, register_schema
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_schemas
 
-    if has(name, MS_DOMAIN):
+    if has(name, domain):
         return
-    ort = next(s for s in ort_schemas.get_all_operator_schema() if s.name == name and s.domain == MS_DOMAIN)
-    option = {"Single": OpSchema.FormalParameterOption.Single, "Optional": OpSchema.FormalParameterOption.Optional}
+    ort = next(s for s in ort_schemas.get_all_operator_schema() if s.name == name and s.domain == domain)
+    option = {"Single": OpSchema.FormalParameterOption.Single, "Optional": OpSchema.FormalParameterOption.Optional,
+              "Variadic": OpSchema.FormalParameterOption.Variadic}
 
     def parameters(formal):
         return [OpSchema.FormalParameter(p.name, p.typeStr, param_option=option[p.option.name]) for p in formal]
 
     attr_type = {kind: getattr(OpSchema.AttrType, kind) for kind in ("INT", "FLOAT", "STRING")}
     register_schema(OpSchema(
-        name, MS_DOMAIN, ort.since_version, inputs=parameters(ort.inputs), outputs=parameters(ort.outputs),
+        name, domain, ort.since_version, inputs=parameters(ort.inputs), outputs=parameters(ort.outputs),
         type_constraints=[(t.type_param_str, list(t.allowed_type_strs), "") for t in ort.type_constraints],
         attributes=[OpSchema.Attribute(attr, attr_type[a.type.name], "", required=False)
                     for attr, a in ort.attributes.items()]))

@@ -1,0 +1,52 @@
+"""Attention and norms in the fused forms ONNX Runtime's CPU provider runs fastest, by
+onnxscript's ONNX Runtime fusions (`onnxscript.rewriter.ort_fusions`): RMS norms become
+SimplifiedLayerNormalization, a residual add and the norm after it
+SkipSimplifiedLayerNormalization, the attention (with its KV cache) MultiHeadAttention, where
+the graph torch.onnx wrote matches their patterns. What did not match stays as it was: the
+report lists what each export got (`ort_fusions`), and validate runs on that graph.
+
+Only for the onnxruntime target at fp32 (the contrib ops are ONNX Runtime's; their CPU kernels at
+fp16 were not measured), and only when asked (`export --ort-fusions`): measured on onnx_speed.py's
+model (benchmarks/attention_fusion.py, docs/export.md), the fused file ran a 2048-token prompt
+1.7x as fast in half the memory, but 128- and 512-token prompts and decode steps slower."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+
+import onnx_ir as ir
+
+from .lowering.onnxruntime import register_ms_schema
+from .lowering.ort_support import MS_DOMAIN
+
+METADATA_KEY = "moe_compile.ort_fusions"
+
+
+@functools.cache
+def _onnx_ops() -> frozenset[str]:
+    """ONNX's own default-domain ops, taken before this module registers any of ONNX Runtime's there."""
+    from onnx.defs import get_all_schemas
+
+    return frozenset(schema.name for schema in get_all_schemas() if schema.domain in ("", "ai.onnx"))
+
+
+def _contrib_ops(model: ir.Model) -> Counter:
+    """ONNX Runtime's own ops in the graph: com.microsoft's, and those it puts in the default
+    domain (SimplifiedLayerNormalization), which ONNX itself does not define."""
+    return Counter((node.domain, node.op_type) for node in model.graph
+                   if node.domain == MS_DOMAIN or (node.domain in ("", "ai.onnx") and node.op_type not in _onnx_ops()))
+
+
+def fuse_for_onnxruntime(model: ir.Model) -> dict[str, int]:
+    """Fuse in place; -> {contrib op: how many the fusions added}, e.g. {"MultiHeadAttention": 6}."""
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    before = _contrib_ops(model)
+    fused, _ = optimize_for_ort(model)
+    if fused is not model:
+        raise RuntimeError("onnxscript's optimize_for_ort returned a new model; moe-compile expects it in place")
+    added = _contrib_ops(model) - before
+    for domain, op_type in added:
+        register_ms_schema(op_type, "" if domain == "ai.onnx" else domain)  # for onnx.checker
+    return {op_type: count for (_, op_type), count in sorted(added.items(), key=lambda item: item[0][1])}
