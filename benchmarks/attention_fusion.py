@@ -3,8 +3,8 @@
 SkipSimplifiedLayerNormalization), on onnx_speed.py's model exported fp32 for onnxruntime both
 ways (the default, and `export --ort-fusions`), to decide the default.
 
-Timed by `moe-compile bench`'s own code at 2 threads: batch 1 with 128, 512 and 2048-token
-prompts, batch 8 x 128, decode at batch 1 and 8 after those prompts; each file twice,
+Timed by `moe-compile bench`'s own code at 2 threads: batch 1 with 128, 512, 1024 and
+2048-token prompts, batch 8 x 128, decode at batch 1 and 8 after those prompts; each file twice,
 alternating (onnx_files_ab.py), with each session's peak memory; the logits of one prompt
 compared. Prints JSON; saves it under benchmarks/results/attention_fusion.json.
 
@@ -45,7 +45,8 @@ def main() -> None:
         files = {"as torch.onnx writes it": tmp / "plain.onnx", "fused": tmp / "fused.onnx"}
         export_onnx(ir, files["as torch.onnx writes it"], target="onnxruntime")
         fusions = export_onnx(ir, files["fused"], target="onnxruntime", ort_fusions=True).report.ort_fusions
-        workloads = [Workload(1, 128, 32), Workload(8, 128, 16), Workload(1, 512, 4), Workload(1, 2048, 4)]
+        workloads = [Workload(1, 128, 32), Workload(8, 128, 16), Workload(1, 512, 4), Workload(1, 1024, 4),
+                     Workload(1, 2048, 4)]
         model = compare_files(ir, files, workloads, THREADS)
     result = {"benchmark": "attention_fusion", "command": "python benchmarks/attention_fusion.py",
               "machine": machine_description(THREADS), "onnxruntime": ort.__version__,

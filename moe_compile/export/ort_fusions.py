@@ -7,8 +7,8 @@ report lists what each export got (`ort_fusions`), and validate runs on that gra
 
 Only for the onnxruntime target at fp32 (the contrib ops are ONNX Runtime's; their CPU kernels at
 fp16 were not measured), and only when asked (`export --ort-fusions`): measured on onnx_speed.py's
-model (benchmarks/attention_fusion.py, docs/export.md), the fused file ran a 2048-token prompt
-1.7x as fast in half the memory, but 128- and 512-token prompts and decode steps slower."""
+model (benchmarks/attention_fusion.py, docs/export.md), the fused file ran prompts of 1024-2048
+tokens 1.15-1.7x as fast in half the memory, but shorter prompts and decode steps slower."""
 
 from __future__ import annotations
 
