@@ -10,12 +10,11 @@ import torch
 from moe_compile.cli import main
 from moe_compile.commands import bench as bench_command
 from moe_compile.compiler.lexi.cost import ActiveExperts
-from moe_compile.compiler.lexi.plan import Budget, dumps, load_plan, make_plan
+from moe_compile.compiler.lexi.plan import Budget, dumps, make_plan
 from moe_compile.compiler.lexi.profile import ProfileOptions, profile_model
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.compiler.compiled import compiled_model
 from moe_compile.export.exporter import export_onnx
-from moe_compile.quantization.scheme import quant_scheme
 from moe_compile.validate.backends import TopKSetting
 from moe_compile.validate.bench import add_speedups, moe_time_share
 from moe_compile.validate.generation import decoder_feed
@@ -141,10 +140,10 @@ def half_plan(tiny_model_dirs, tmp_path_factory):
 
 
 def _setting(ir, name: str, plan=None, quantize: str | None = None) -> TopKSetting:
-    """A bench setting as commands/bench makes it: "base" or "plan", quantized at the default block size."""
-    top_k = load_plan(plan, ir) if plan else {spec.index: spec.base_top_k for spec in ir.layers}
-    scheme = quant_scheme(quantize, None, int(ir.config.hidden_size), [spec.intermediate for spec in ir.layers])
-    return TopKSetting(f"{name} {quantize}" if quantize else name, top_k, scheme)
+    """The setting commands/bench makes for "base" or "plan", quantized at the default block size."""
+    wanted = f"{name} {quantize}" if quantize else name
+    settings = bench_command._settings(ir, str(plan) if plan else None, [quantize] if quantize else [], "fp32")
+    return next(setting for setting in settings if setting.name == wanted)
 
 
 def _onnx_name(setting: TopKSetting) -> str:
