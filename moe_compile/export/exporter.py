@@ -43,6 +43,7 @@ from .lowering.sorted_experts import MOE_PROMPTS, SORTED, sort_multi_token_exper
 from .ort_fusions import METADATA_KEY as ORT_FUSIONS_KEY
 from .ort_fusions import fuse_for_onnxruntime
 from .quantize_pass import quantize_graph
+from .rewrite_speed import linear_default_rewrites
 from .streamed_weights import bind_weights, fold_weight_transposes, set_expert_layouts, write_external_data
 
 DTYPES = {name: torch_dtype(name) for name in PRECISIONS}  # from the one table (moe_compile/dtypes.py)
@@ -163,7 +164,8 @@ def _optimize(program: torch.onnx.ONNXProgram) -> None:
     """The optimizer folds small weights, so it reads them from the checkpoint: a read that fails
     there (a moe-compile error) comes out as itself, not wrapped in the optimizer's PassError."""
     try:
-        program.optimize()
+        with linear_default_rewrites():
+            program.optimize()
     except Exception as exc:
         cause = exc
         while cause is not None and not isinstance(cause, MoeCompileError):
@@ -265,12 +267,14 @@ def _capture(wrapper, inputs, num_layers: int) -> torch.export.ExportedProgram:
 
 
 def _torch_onnx_export(wrapper, inputs, num_layers: int, report: LoweringReport, layers: list[int], optimize: bool):
-    return torch.onnx.export(
-        _capture(wrapper, inputs, num_layers), dynamo=True, opset_version=OPSET,
-        input_names=["input_ids", "attention_mask", "position_ids", *past_names(num_layers)],
-        output_names=["logits", *present_names(num_layers)],
-        custom_translation_table={torch.ops.moe_compile.grouped_moe.default: translation(report.target, report, layers)},
-        optimize=optimize, verbose=False)
+    with linear_default_rewrites():
+        return torch.onnx.export(
+            _capture(wrapper, inputs, num_layers), dynamo=True, opset_version=OPSET,
+            input_names=["input_ids", "attention_mask", "position_ids", *past_names(num_layers)],
+            output_names=["logits", *present_names(num_layers)],
+            custom_translation_table={
+                torch.ops.moe_compile.grouped_moe.default: translation(report.target, report, layers)},
+            optimize=optimize, verbose=False)
 
 
 def _save(onnx_model, out: Path) -> None:
