@@ -13,15 +13,13 @@ import numpy as np
 
 def prompt_logits(path: Path, vocab_size: int, tokens: int = 64) -> np.ndarray:
     """The logits of one fixed prompt (batch 1, empty cache) through the file."""
-    import onnxruntime as ort
+    from moe_compile.validate.runners import OnnxRuntimeRunner
 
+    runner = OnnxRuntimeRunner(path)
     prompt = (np.arange(tokens, dtype=np.int64) * 7 % vocab_size)[None]
     feed = {"input_ids": prompt, "attention_mask": np.ones_like(prompt),
             "position_ids": np.arange(tokens, dtype=np.int64)[None]}
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    past = {value.name: np.zeros((1, value.shape[1], 0, value.shape[3]), np.float32)
-            for value in session.get_inputs() if value.name.startswith("past")}
-    return session.run(["logits"], {**feed, **past})[0]
+    return runner.infer({**feed, **runner.empty_past(1)})["logits"]
 
 
 def compare_files(ir, files: dict[str, Path], workloads: list, threads: int, rounds: int = 2,

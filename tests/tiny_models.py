@@ -73,12 +73,10 @@ def save_tiny_model(model_type: str, folder: Path, seed: int = 0, **overrides) -
 def prompt_logits(onnx_path):
     """The logits of a tiny model's ONNX export for one fixed prompt (batch 2, 9 tokens, empty cache)."""
     import numpy as np
-    import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    from moe_compile.validate.runners import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(onnx_path)
     ids = np.arange(2 * 9, dtype=np.int64).reshape(2, 9) % 50 + 3
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(9), (2, 1))}
-    for value in session.get_inputs():
-        if value.name.startswith("past"):
-            feed[value.name] = np.zeros((2, value.shape[1], 0, value.shape[3]), np.float32)
-    return session.run(["logits"], feed)[0]
+    return runner.infer({**feed, **runner.empty_past(2)})["logits"]

@@ -38,6 +38,11 @@ class TopKSetting:
     def sum_k(self) -> int:
         return sum(self.top_k.values())
 
+    @property
+    def onnx_file_name(self) -> str:
+        """The name bench gives this setting's export."""
+        return f"{self.name.replace(' ', '-')}.onnx"
+
 
 @dataclass
 class BenchModel:
@@ -61,7 +66,7 @@ class BenchModel:
                 raise InvalidInput(f"no ONNX file for the {setting.name} setting (give --onnx)")
             if self._exports is None:
                 self._exports = tempfile.TemporaryDirectory(prefix="moe-compile-bench-")
-            path = Path(self._exports.name) / f"{setting.name.replace(' ', '-')}.onnx"
+            path = Path(self._exports.name) / setting.onnx_file_name
             self.export(self.ir, path, self.dtype, setting)
             self.onnx_files[setting.name] = path
         return self.onnx_files[setting.name]

@@ -129,7 +129,7 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
     if metadata["moe_compile.dtype"] == "bf16":
         raise InvalidInput("ONNX Runtime on the CPU does not run bf16 models: validate an fp32 or fp16 export")
     model = reference_model(moe_model, metadata, top_k)
-    report, prefill_feed = _compare_runners(model, OnnxRuntimeRunner(path), path, metadata, new_tokens, seed)
+    report, prefill_feed = _compare_runners(model, OnnxRuntimeRunner(path, prepack=False), path, metadata, new_tokens, seed)
     if not report.passed:
         tolerance = tolerance_of(metadata)
         report.layer_diffs = _layer_diffs(moe_model, model, path, prefill_feed, tolerance)
@@ -236,7 +236,7 @@ def _layer_diffs(moe_model: MoEModel, model: torch.nn.Module, onnx_path: Path, f
     prompt_graph(graph_model)
     elem_type = graph_model.graph.output[0].type.tensor_type.elem_type
     graph_model.graph.output.extend(onnx.helper.make_tensor_value_info(name, elem_type, None) for name in names)
-    got = OnnxRuntimeRunner(onnx_path, graph=graph_model).infer(feed)
+    got = OnnxRuntimeRunner(onnx_path, graph=graph_model, prepack=False).infer(feed)
     expected = {}
     handles = [model.get_submodule(spec.module_path).register_forward_hook(_record_routed(expected, name))
                for spec, name in zip(moe_model.layers, names)]

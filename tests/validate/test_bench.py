@@ -146,10 +146,6 @@ def _setting(ir, name: str, plan=None, quantize: str | None = None) -> TopKSetti
     return next(setting for setting in settings if setting.name == wanted)
 
 
-def _onnx_name(setting: TopKSetting) -> str:
-    return f"{setting.name.replace(' ', '-')}.onnx"
-
-
 def test_bench_reports_every_backend_and_setting(tiny_model_dirs, half_plan, cached_exports, tmp_path, capsys):
     model = str(tiny_model_dirs["qwen2_moe"])
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
@@ -181,7 +177,7 @@ def test_bench_runs_a_given_onnx_file_for_its_setting(tiny_model_dirs, half_plan
                                                       capsys, monkeypatch):
     ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
     plan = _setting(ir, "plan", half_plan)
-    given = tmp_path / "given" / _onnx_name(plan)
+    given = tmp_path / "given" / plan.onnx_file_name
     given.parent.mkdir()
     cached_exports(ir, given, "fp32", plan)
     exported = []
@@ -215,7 +211,7 @@ def test_bench_quantize_runs_quantized_files_beside_fp32(tiny_model_dirs, half_p
 
     ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
     quantized = _setting(ir, "base", quantize="int4")
-    given = tmp_path / "given" / _onnx_name(quantized)
+    given = tmp_path / "given" / quantized.onnx_file_name
     given.parent.mkdir()
     cached_exports(ir, given, "fp32", quantized)
     assert main(["bench", model, "--quantize", "int4", "--onnx", str(given), "--backends", "onnxruntime-cpu", *common]) == 0
@@ -233,7 +229,7 @@ def test_bad_bench_input_is_one_line(case, tiny_model_dirs, half_plan, cached_ex
     if case == "quantized onnx without --quantize":  # the default block size for this model: 16
         ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
         quantized = _setting(ir, "base", quantize="int4")
-        cached_exports(ir, tmp_path / _onnx_name(quantized), "fp32", quantized)
+        cached_exports(ir, tmp_path / quantized.onnx_file_name, "fp32", quantized)
     if case in ("onnx of another model", "onnx at other top-k"):
         source = tiny_model_dirs["olmoe"] if case == "onnx of another model" else tiny_model_dirs["qwen2_moe"]
         ir = load_moe_model(source)

@@ -13,12 +13,17 @@ from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
 class OnnxRuntimeRunner:
     """`path` in ONNX Runtime; or, with `graph` (a ModelProto without its weights), that graph
     reading its external data from `path`'s folder (a changed copy of a file's graph that runs
-    on the file's own weights, nothing written)."""
+    on the file's own weights, nothing written).
+
+    `prepack=False` turns off ONNX Runtime's prepacking of constant matrix-product weights: the
+    session then reads the weights where the file is mapped instead of holding a packed copy of
+    each in anonymous memory (about as many bytes again as the file's Gemm and MoE weights),
+    at some cost in speed: what a parity check on a large model wants, not a benchmark."""
 
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 graph=None) -> None:
+                 graph=None, prepack: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -26,6 +31,8 @@ class OnnxRuntimeRunner:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not prepack:
+            options.add_session_config_entry("session.disable_prepacking", "1")
         source = str(path)
         if graph is not None:
             options.add_session_config_entry("session.model_external_initializers_file_folder_path",
