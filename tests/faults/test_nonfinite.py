@@ -88,3 +88,9 @@ def test_nonfinite_values_are_counted_in_every_chunk(monkeypatch, dtype):
     assert finite.nonfinite_count(tensor) == 4
     assert finite.nonfinite_count(tensor.t()) == 4  # not contiguous
     assert finite.nonfinite_count(torch.ones(3, dtype=dtype)) == 0
+    # the largest finite values, whose plain sum would overflow, are finite
+    extremes = torch.full((40,), torch.finfo(dtype).max, dtype=dtype)
+    extremes[::2] = -torch.finfo(dtype).max
+    assert finite.nonfinite_count(extremes) == 0
+    extremes[33] = -math.inf
+    assert finite.nonfinite_count(extremes) == 1
