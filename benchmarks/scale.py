@@ -1,16 +1,20 @@
 """profile, plan, export and validate of a real-shaped random checkpoint: wall time and peak memory.
 
-Writes a Qwen3-30B-A3B-shaped checkpoint (hidden 2048, 128 experts of 768, top-8; the real
-vocabulary and attention) with random bf16 weights, one shard per decoder layer, one shard in
+Writes a checkpoint with the layer shapes of Qwen3-30B-A3B (hidden 2048, 128 experts of 768,
+top-8; `--shape qwen3-30b-a3b`, the default) or Qwen1.5-MoE-A2.7B (hidden 2048, 60 experts of
+1408, top-4, a shared expert of 5632, attention with biases; `--shape qwen1.5-moe-a2.7b`), the
+real vocabulary and attention, random bf16 weights, one shard per decoder layer, one shard in
 memory at a time; then runs each command as a subprocess with --json and records its wall
 time and the peak memory the command itself reports (VmHWM, sampled RssAnon peak;
 moe_compile/process_memory.py). The disk is measured in the same run: one timed read of every
 shard and one timed write (+ fsync) of as many bytes as the export wrote.
 
     python benchmarks/scale.py --layers 4 --work /tmp/scale --out benchmarks/results/scale.json
+    python benchmarks/scale.py --layers 2 --dtype fp16 --work /tmp/scale --out ...  # an fp16 export
+    python benchmarks/scale.py --shape qwen1.5-moe-a2.7b --layers 2 --work /tmp/scale --out ...
 
-Prints the JSON it writes. The checkpoint needs about 1.25 GB per layer + 1.25 GB, the fp32
-export twice that: check `df -h` first.
+Prints the JSON it writes. The checkpoint needs about 1.25 GB per layer (Qwen1.5-MoE: 1.15) +
+1.25 GB, the fp32 export twice that: check `df -h` first.
 """
 
 from __future__ import annotations
@@ -24,30 +28,48 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from lexi_scale import QWEN15_MOE_A27B  # noqa: E402
+
 QWEN3_30B_A3B = dict(
     model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], hidden_size=2048, intermediate_size=6144,
     moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
     num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=151936, rms_norm_eps=1e-6,
     max_position_embeddings=40960, rope_theta=1000000.0, tie_word_embeddings=False, decoder_sparse_step=1,
     mlp_only_layers=[], hidden_act="silu", torch_dtype="bfloat16", bos_token_id=151643, eos_token_id=151645)
+SHAPES = {"qwen3-30b-a3b": QWEN3_30B_A3B,
+          "qwen1.5-moe-a2.7b": {**QWEN15_MOE_A27B, "architectures": ["Qwen2MoeForCausalLM"], "vocab_size": 151936,
+                                "rope_theta": 1000000.0, "hidden_act": "silu", "bos_token_id": 151643,
+                                "eos_token_id": 151643}}
 
 
 def _layer_shapes(config: dict, layer: int) -> dict[str, tuple[int, ...]]:
-    hidden, heads, kv, head_dim = (config[k] for k in ("hidden_size", "num_attention_heads",
-                                                        "num_key_value_heads", "head_dim"))
+    hidden, heads, kv = (config[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads"))
+    head_dim = config.get("head_dim", hidden // heads)
     prefix = f"model.layers.{layer}"
     shapes = {f"{prefix}.input_layernorm.weight": (hidden,), f"{prefix}.post_attention_layernorm.weight": (hidden,),
               f"{prefix}.self_attn.q_proj.weight": (heads * head_dim, hidden),
               f"{prefix}.self_attn.k_proj.weight": (kv * head_dim, hidden),
               f"{prefix}.self_attn.v_proj.weight": (kv * head_dim, hidden),
               f"{prefix}.self_attn.o_proj.weight": (hidden, heads * head_dim),
-              f"{prefix}.self_attn.q_norm.weight": (head_dim,), f"{prefix}.self_attn.k_norm.weight": (head_dim,),
               f"{prefix}.mlp.gate.weight": (config["num_experts"], hidden)}
+    if config["model_type"] == "qwen3_moe":
+        shapes |= {f"{prefix}.self_attn.q_norm.weight": (head_dim,), f"{prefix}.self_attn.k_norm.weight": (head_dim,)}
+    else:  # qwen2_moe: biased q/k/v, a gated shared expert
+        shared = config["shared_expert_intermediate_size"]
+        shapes |= {f"{prefix}.self_attn.q_proj.bias": (heads * head_dim,),
+                   f"{prefix}.self_attn.k_proj.bias": (kv * head_dim,),
+                   f"{prefix}.self_attn.v_proj.bias": (kv * head_dim,),
+                   f"{prefix}.mlp.shared_expert_gate.weight": (1, hidden)}
+        shapes |= {f"{prefix}.mlp.shared_expert.{name}.weight": shape for name, shape in _mlp_shapes(hidden, shared)}
     for expert in range(config["num_experts"]):
-        inter = config["moe_intermediate_size"]
-        for name, shape in (("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)), ("down_proj", (hidden, inter))):
-            shapes[f"{prefix}.mlp.experts.{expert}.{name}.weight"] = shape
+        shapes |= {f"{prefix}.mlp.experts.{expert}.{name}.weight": shape
+                   for name, shape in _mlp_shapes(hidden, config["moe_intermediate_size"])}
     return shapes
+
+
+def _mlp_shapes(hidden: int, inter: int) -> tuple[tuple[str, tuple[int, int]], ...]:
+    return ("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)), ("down_proj", (hidden, inter))
 
 
 def write_checkpoint(folder: Path, config: dict) -> int:
@@ -89,7 +111,16 @@ def run_command(argv: list[str]) -> dict:
         raise SystemExit(f"moe-compile {' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     report = json.loads(done.stdout)
     return {"argv": argv, "wall_s": round(wall, 1), "peak_memory": report.get("peak_memory"),
-            **({"passed": report["passed"]} if "passed" in report else {})}
+            **(_parity(report) if "passed" in report else {})}
+
+
+def _parity(validate_report: dict) -> dict:
+    """What validate's --json says of parity: the verdict, the dtype's tolerance, the largest
+    logit difference at prefill and decode, and whether 32 greedy tokens came out the same."""
+    return {"passed": validate_report["passed"], "tolerance": validate_report["tolerance"],
+            "logits_max_abs": {phase: max(o["max_abs"] for o in validate_report[phase] if o["name"] == "logits")
+                               for phase in ("prefill", "decode")},
+            "generation_identical": validate_report["generation_identical"]}
 
 
 def disk_throughput(files: list[Path], write_bytes: int, scratch: Path) -> dict:
@@ -115,17 +146,21 @@ def disk_throughput(files: list[Path], write_bytes: int, scratch: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-30b-a3b")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--work", type=Path, default=Path("/tmp/moe-compile-scale"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                        help="the export's dtype (bf16 is not run: ONNX Runtime's CPU provider has no bf16 kernels)")
     args = parser.parse_args()
-    config = dict(QWEN3_30B_A3B, num_hidden_layers=args.layers)
+    config = dict(SHAPES[args.shape], num_hidden_layers=args.layers)
     model = args.work / "model"
     start = time.perf_counter()
     checkpoint_bytes = write_checkpoint(model, config)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "load_at_start": os.getloadavg()},
-              "model": {"shape": "Qwen3-30B-A3B layers", "layers": args.layers, "checkpoint_bytes": checkpoint_bytes,
+              "model": {"shape": f"{args.shape} layers", "layers": args.layers, "checkpoint_bytes": checkpoint_bytes,
+                        "export_dtype": args.dtype,
                         "write_checkpoint_s": round(time.perf_counter() - start, 1)}}
     profile, plan, onnx = args.work / "profile.json", args.work / "plan.json", args.work / "onnx" / "model.onnx"
     onnx.parent.mkdir(exist_ok=True)
@@ -134,7 +169,7 @@ def main() -> None:
     result["plan"] = run_command(["plan", str(model), "--profile", str(profile), "--budget", "0.75",
                                   "--out", str(plan)])
     result["export"] = run_command(["export", str(model), "--plan", str(plan), "--target", "onnxruntime",
-                                    "--out", str(onnx)])
+                                    "--dtype", args.dtype, "--out", str(onnx)])
     result["validate"] = run_command(["validate", str(model), "--plan", str(plan), "--onnx", str(onnx)])
     onnx_bytes = sum(p.stat().st_size for p in onnx.parent.iterdir())
     disk = disk_throughput(sorted(model.glob("*.safetensors")), onnx_bytes, args.work / "scratch.bin")
