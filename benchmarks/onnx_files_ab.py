@@ -1,14 +1,21 @@
 """Two or more ONNX exports of one model, timed against each other in one run: `moe-compile
 bench`'s own measurement (validate/bench.measure on ONNX Runtime's CPU provider), each file in
 turn, for several rounds, so that the drift of a shared VM falls on all files alike. Used by
-moe_prefill_lowering.py (com.microsoft.MoE against sorted experts) and attention_fusion.py
-(attention and norms as torch.onnx writes them against ONNX Runtime's fused ops)."""
+moe_prefill_lowering.py (com.microsoft.MoE against sorted experts), attention_fusion.py
+(attention and norms as exported against ONNX Runtime's fused ops) and grouped_attention_ab.py
+(the export's grouped attention against the SDPA form)."""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def prompt_logits(path: Path, vocab_size: int, tokens: int = 64) -> np.ndarray:
@@ -52,3 +59,34 @@ def compare_files(ir, files: dict[str, Path], workloads: list, threads: int, rou
         entry["decode"].append(row["decode_tokens_per_s"]["median"])
         entry["peak_host_mb"].append(row["peak_host_mb"])
     return {"logits_max_abs_difference": differences, "summary": summary, "rows": rows}
+
+
+def run_file_ab(benchmark: str, export_files, workloads: list) -> dict:
+    """onnx_speed.py's model (its seeds), exported by `export_files(ir, folder)` -> ({name: file},
+    what to record of the exports), then `compare_files` at onnx_speed.py's threads; the result,
+    with the machine, versions, load and time, saved as results/`benchmark`.json and its summary
+    printed."""
+    import onnxruntime as ort
+    import torch
+
+    from moe_compile.compiler.loader import load_moe_model
+    from moe_compile.validate.bench import machine_description
+    from onnx_speed import THREADS, write_model
+
+    load_before, start = os.getloadavg(), time.perf_counter()
+    torch.set_num_threads(THREADS)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_model(tmp / "model")
+        ir = load_moe_model(tmp / "model")
+        files, exports = export_files(ir, tmp)
+        model = compare_files(ir, files, workloads, THREADS)
+    result = {"benchmark": benchmark, "command": f"python benchmarks/{benchmark}.py",
+              "machine": machine_description(THREADS), "onnxruntime": ort.__version__, **exports,
+              "load_average_before_after": [load_before, os.getloadavg()],
+              "seconds": round(time.perf_counter() - start), "whole_model": model}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{benchmark}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({key: value for key, value in result.items() if key != "whole_model"}
+                     | {"summary": model["summary"], "logits": model["logits_max_abs_difference"]}, indent=1))
+    return result

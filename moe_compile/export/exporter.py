@@ -35,6 +35,7 @@ from moe_compile.quantization.scheme import QuantScheme
 
 from .complex_views import make_complex_views_exportable
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
+from .grouped_attention import grouped_attention
 from .length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
 from .length_dispatch import split_by_length
 from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
@@ -137,7 +138,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     quantized = None
     if streamed and quantize is None:
         model, top_k = skeleton_model(moe_model, dtype, top_k)
-        program = _trace(model, DTYPES[dtype], report, layers, optimize=False)
+        program = _trace(model, DTYPES[dtype], report, layers, optimize=False, sdpa_form=ort_fusions)
         bind_weights(program.model.graph, model, moe_model, prefix="model.")
         fold_weight_transposes(program.model.graph)
         _optimize(program)  # what torch.onnx.export(optimize=True) runs, on the bound weights
@@ -150,7 +151,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         _save_streamed(program.model, out, lambda onnx_model: _finish(onnx_model, moe_model, report, dtype, top_k, layers))
     else:
         model, top_k = compiled_model(moe_model, dtype, top_k)
-        program = _trace(model, DTYPES[dtype], report, layers)
+        program = _trace(model, DTYPES[dtype], report, layers, sdpa_form=ort_fusions)
         if ort_fusions:
             report.ort_fusions = fuse_for_onnxruntime(program.model)
         onnx_model = program.model_proto
@@ -234,11 +235,13 @@ def _export_failure(exc: Exception, model: torch.nn.Module) -> InvalidInput:
 
 
 def _trace(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, layers: list[int],
-           optimize: bool = True) -> torch.onnx.ONNXProgram:
+           optimize: bool = True, sdpa_form: bool = False) -> torch.onnx.ONNXProgram:
+    """The model as an ONNX program; its attention grouped by key/value head (export/grouped_attention.py)
+    unless `sdpa_form` (what ONNX Runtime's fusions look for)."""
     num_layers = model.config.num_hidden_layers
     wrapper = CausalLMWithCache(model).eval()
     inputs = example_inputs(model, dtype)
-    with torch.no_grad(), _quiet_exporter():
+    with torch.no_grad(), _quiet_exporter(), grouped_attention(model, enabled=not sdpa_form):
         try:
             program = _torch_onnx_export(wrapper, inputs, num_layers, report, layers, optimize)
         except MoeCompileError:

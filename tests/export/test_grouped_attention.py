@@ -1,0 +1,91 @@
+"""The export's grouped attention (export/grouped_attention.py): the same outputs as transformers'
+SDPA attention on every architecture that uses it (padding, a cache, prefill and decode), a graph
+that reads the KV cache in place, and parity of the export through ONNX Runtime."""
+
+import onnx
+import pytest
+import torch
+
+from moe_compile.export.decoder import CausalLMWithCache, decoder_inputs, example_inputs
+from moe_compile.export.grouped_attention import grouped_attention, grouped_query_attention
+from tiny_models import TINY_CONFIGS, tiny_model
+
+
+def _sdpa_model(model_type: str) -> torch.nn.Module:
+    model = tiny_model(model_type, 0)
+    model.config._attn_implementation = "sdpa"  # what the export's skeleton is built with
+    return model.eval()
+
+
+@pytest.mark.parametrize("model_type", [name for name in TINY_CONFIGS if name != "gpt_oss"])
+def test_grouped_attention_gives_sdpas_outputs(model_type):
+    model = _sdpa_model(model_type)
+    wrapper = CausalLMWithCache(model)
+    prefill = example_inputs(model, torch.float32)  # batch 2, 3 tokens after 4 cached
+    padded = prefill.attention_mask.clone()
+    padded[1, :2] = 0  # the second sequence left-padded
+    decode = decoder_inputs(model, torch.tensor([[5], [7]]), prefill.past)
+    cases = [prefill.as_args(), (prefill.input_ids, padded, prefill.position_ids, prefill.past), decode.as_args()]
+    with torch.no_grad():
+        expected = [wrapper(*args) for args in cases]
+        with grouped_attention(model) as grouped:
+            got = [wrapper(*args) for args in cases]
+    assert grouped and model.config._attn_implementation == "sdpa"  # restored on the way out
+    for want, have in zip(expected, got):
+        for a, b in zip(want, have):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_models_without_sdpa_attention_are_left_alone():
+    model = tiny_model("gpt_oss", 0)  # its attention sinks need the eager attention
+    with grouped_attention(model) as grouped:
+        assert not grouped and model.config._attn_implementation == "eager"
+
+
+def test_per_head_masks_and_the_default_causal_mask():
+    """A mask per query head is split by group; with no mask, several query tokens are causal."""
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(shape, generator=generator) for shape in ([1, 4, 3, 8], [1, 2, 5, 8], [1, 2, 5, 6]))
+    module = torch.nn.Module()
+    causal = torch.ones(3, 5, dtype=torch.bool).tril(diagonal=2)
+    per_head = causal.expand(1, 4, 3, 5).clone()
+    per_head[0, 3, 1, :] = False  # query head 3 sees nothing at token 1
+    repeated = key.repeat_interleave(2, dim=1), value.repeat_interleave(2, dim=1)
+    want = torch.nn.functional.scaled_dot_product_attention(query, *repeated, attn_mask=per_head).nan_to_num(0.0)
+    got, _ = grouped_query_attention(module, query, key, value, per_head)
+    torch.testing.assert_close(got, want.transpose(1, 2), rtol=1e-5, atol=1e-6)
+    got, _ = grouped_query_attention(module, query, key, value, None)
+    want = torch.nn.functional.scaled_dot_product_attention(query, *repeated, attn_mask=causal[None, None])
+    torch.testing.assert_close(got, want.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+_VIEWS = ("Unsqueeze", "Reshape", "Concat", "Identity")  # what stands between the cache and a repeat of it
+
+
+def _derives_from(graph, name: str, prefixes: tuple[str, ...], through: tuple[str, ...] = _VIEWS) -> bool:
+    """Whether value `name` is a graph input named with one of `prefixes` (or their Concat with
+    the new positions), or computed from one through the ops in `through`."""
+    producers = {output: node for node in graph.node for output in node.output}
+    pending, seen = [name], set()
+    while pending:
+        value = pending.pop()
+        if value.startswith(prefixes):
+            return True
+        node = producers.get(value)
+        if value in seen or node is None or node.op_type not in through:
+            continue
+        seen.add(value)
+        pending.extend(node.input[:1] if node.op_type != "Concat" else node.input)
+    return False
+
+
+def test_export_reads_the_cache_without_repeating_it(tiny_onnx):
+    graph = onnx.load(tiny_onnx, load_external_data=False).graph
+    cache = ("past_key_values.", "present.")
+    repeats = [node.name for node in graph.node
+               if node.op_type in ("Expand", "Tile") and _derives_from(graph, node.input[0], cache)]
+    assert repeats == []
+    products = [node for node in graph.node if node.op_type == "MatMul"
+                and any(_derives_from(graph, value, cache, _VIEWS + ("Transpose",)) for value in node.input)]
+    layers = sum(value.name.startswith("past_key_values.") for value in graph.input) // 2
+    assert len(products) == 2 * layers  # per layer, the scores and the weighted values read the cache itself
