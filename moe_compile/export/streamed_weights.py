@@ -26,9 +26,11 @@ import torch
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.weight_sources import WeightRecipe, WeightSources
 from moe_compile.dtypes import element_type
+from moe_compile.read_ahead import read_ahead
 
 ALIGNMENT = 4096
 INLINE_LIMIT = 1024  # bytes: smaller initializers stay in model.onnx (as today's export does)
+_SLICES_AHEAD = 3  # converted slices waiting to be written (each an expert, or rows of about 64 MB)
 _FOLDED_FROM_KEY = "pkg.onnxscript.optimizer.folded_from"  # what onnxscript's folder records on a folded value
 
 
@@ -99,31 +101,52 @@ def _tensor_bytes(value: ir.Value) -> Iterator[memoryview]:
         yield memoryview(const.tobytes())
 
 
+_END = object()  # after the last slice of a written initializer
+
+
+def _initializer_parts(values: list[ir.Value]) -> Iterator[tuple[ir.Value, object]]:
+    """In write order: (value, its values as an ir tensor) for one small enough to stay inline
+    (those not from the checkpoint need nothing), else (value, bytes) per slice then (value, _END)."""
+    for value in values:
+        const = value.const_value
+        if const.nbytes < INLINE_LIMIT:
+            if isinstance(const, StreamedTensor):
+                yield value, ir.tensor(const.recipe.tensor(), name=value.name)
+            continue
+        for chunk in _tensor_bytes(value):
+            yield value, chunk
+        yield value, _END
+
+
 def write_external_data(graph: ir.Graph, data_path: Path) -> int:
     """Write every initializer of at least INLINE_LIMIT bytes to `data_path` (layer by layer,
-    4096-aligned) and point it there; -> bytes written. Small ones get their values inline."""
+    4096-aligned) and point it there; -> bytes written. Small ones get their values inline.
+    The checkpoint is read and converted a few slices ahead of the writes, in a second thread
+    (read_ahead.py): the conversion's time hides behind the disk's."""
     def layer_key(value: ir.Value) -> tuple[int, int]:
         const = value.const_value
         layer = const.recipe.layer if isinstance(const, StreamedTensor) else None
         return (-1 if layer is None else layer, 0)
 
     values = sorted((v for v in graph.initializers.values() if v.const_value is not None), key=layer_key)
-    offset = 0
+    offset, start = 0, None
     with open(data_path, "wb") as data:
-        for value in values:
-            const = value.const_value
-            if const.nbytes < INLINE_LIMIT:
-                if isinstance(const, StreamedTensor):
-                    value.const_value = ir.tensor(const.recipe.tensor(), name=value.name)
+        for value, part in read_ahead(_initializer_parts(values), depth=_SLICES_AHEAD, name="export-weights"):
+            if isinstance(part, ir.Tensor):
+                value.const_value = part
                 continue
-            data.write(b"\0" * (-offset % ALIGNMENT))
-            offset += -offset % ALIGNMENT
-            start = offset
-            for chunk in _tensor_bytes(value):
-                data.write(chunk)
-                offset += chunk.nbytes
+            if start is None:
+                data.write(b"\0" * (-offset % ALIGNMENT))
+                offset += -offset % ALIGNMENT
+                start = offset
+            if part is not _END:
+                data.write(part)
+                offset += part.nbytes
+                continue
+            const = value.const_value
             if offset - start != const.nbytes:
                 raise RuntimeError(f"initializer {value.name}: wrote {offset - start} bytes, expected {const.nbytes}")
             value.const_value = ir.ExternalTensor(data_path.name, start, offset - start, const.dtype, shape=const.shape,
                                                   name=value.name, base_dir=data_path.parent)
+            start = None
     return offset
