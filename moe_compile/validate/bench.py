@@ -10,6 +10,7 @@ validate/timing.py's, shared with every script under benchmarks/.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import time
 from collections.abc import Iterator
@@ -182,8 +183,21 @@ def add_speedups(rows: list[dict]) -> None:
 def machine_description(threads: int) -> dict:
     import onnxruntime
 
-    info = {"cpu": platform.processor() or platform.machine(), "threads": threads,
+    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads,
             "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def _cpu_model() -> str:
+    """The processor's model name where Linux says it (a shared VM's host can change between
+    runs, and its speed with it), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
