@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from safetensors.torch import save_file
 from moe_compile.compiler.lexi.profile import ProfileOptions, layer_deltas
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.grouped_moe_op import grouped_moe_reference
+from moe_compile.validate.bench import cpu_model
 
 QWEN15_MOE_A27B = {
     "model_type": "qwen2_moe", "hidden_size": 2048, "moe_intermediate_size": 1408, "num_experts": 60,
@@ -223,7 +223,7 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)
     result = {
         "benchmark": "lexi_scale",
-        "device": f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "device": f"CPU: {cpu_model()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "shape": {key: QWEN15_MOE_A27B[key] for key in (
             "num_experts", "hidden_size", "moe_intermediate_size", "num_experts_per_tok",

@@ -13,7 +13,6 @@ under a LExI plan at half the budget. Measured by `moe-compile bench`'s own code
 from __future__ import annotations
 
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from moe_compile.validate.backends import BenchModel, TopKSetting, select_backen
 from moe_compile.validate.bench import (
     Workload,
     add_speedups,
+    cpu_model,
     machine_description,
     measure,
 )
@@ -92,7 +92,7 @@ def main() -> None:
 
     report = {
         "benchmark": "onnx_speed",
-        "device": f"CPU: {platform.processor() or platform.machine()}, {THREADS} threads (torch and ONNX Runtime)",
+        "device": f"CPU: {cpu_model()}, {THREADS} threads (torch and ONNX Runtime)",
         "machine": machine_description(THREADS),
         "model": {"model_type": "qwen2_moe", **CONFIG},
         "workload": {"prefill_tokens": PREFILL.prompt, "decode_batch": DECODE.batch, "decode_prompt": DECODE.prompt,

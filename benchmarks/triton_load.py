@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from moe_compile.deploy.client import TritonRunner, generate
 from moe_compile.deploy.repository import deploy
 from moe_compile.deploy.server import TritonServer
 from moe_compile.export.exporter import export_onnx
+from moe_compile.validate.bench import cpu_model
 from moe_compile.validate.generation import decoder_feed
 from moe_compile.validate.runners import OnnxRuntimeRunner
 
@@ -116,7 +116,7 @@ def main() -> None:
     from importlib.metadata import version
 
     report = {"benchmark": "triton_load",
-              "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, loopback",
+              "device": f"CPU: {cpu_model()}, {os.cpu_count()} cores, loopback",
               "load_average_1min_after": round(os.getloadavg()[0], 2),  # the machine is shared: context for the numbers
               "server": "tritonserver 2.51 (nvidia-pytriton), python backend, 1 instance per model, "
                         "ONNX Runtime default threads",

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from moe_compile.validate.bench import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
 TENSOR_ELEMENTS = 32 << 20  # 64 MiB of fp16
 SHARDS = 4
@@ -74,7 +76,7 @@ def main() -> None:
         read_s = best_of(args.repeats, lambda: plain_read(files))
         hash_s = best_of(args.repeats, lambda: weights_sha256(files, show_progress=False))
     doc = {"benchmark": "weights_hash_cost", "command": " ".join(["python", *sys.argv]),
-           "cpu": platform.processor() or platform.machine(), "platform": platform.platform(),
+           "cpu": cpu_model(), "platform": platform.platform(),
            "python": platform.python_version(), "versions": package_versions("safetensors"),
            "checkpoint_bytes": size, "shards": SHARDS, "repeats": args.repeats,
            "plain_read_s": round(read_s, 3), "plain_read_gb_s": round(size / read_s / 1e9, 2),

@@ -37,7 +37,8 @@ def grouped_query_attention(module: torch.nn.Module, query: torch.Tensor, key: t
     scale = dim ** -0.5 if scaling is None else scaling
     grouped = (query * scale).reshape(batch, kv_heads, groups * length, dim)
     scores = torch.matmul(grouped, key.transpose(2, 3)).view(batch, kv_heads, groups, length, total)
-    if attention_mask is None and length > 1 and (is_causal if is_causal is not None else getattr(module, "is_causal", True)):
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if attention_mask is None and length > 1 and causal:
         positions = torch.arange(total, device=query.device)
         attention_mask = (positions[None, :] <= positions[total - length:, None])[None, None]  # [1, 1, S, T]
     seen = None

@@ -183,14 +183,14 @@ def add_speedups(rows: list[dict]) -> None:
 def machine_description(threads: int) -> dict:
     import onnxruntime
 
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads,
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads,
             "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The processor's model name where Linux says it (a shared VM's host can change between
     runs, and its speed with it), else what `platform` knows."""
     try:

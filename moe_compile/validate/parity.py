@@ -129,7 +129,8 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
     if metadata["moe_compile.dtype"] == "bf16":
         raise InvalidInput("ONNX Runtime on the CPU does not run bf16 models: validate an fp32 or fp16 export")
     model = reference_model(moe_model, metadata, top_k)
-    report, prefill_feed = _compare_runners(model, OnnxRuntimeRunner(path, prepack=False), path, metadata, new_tokens, seed)
+    runner = OnnxRuntimeRunner(path, prepack=False)
+    report, prefill_feed = _compare_runners(model, runner, path, metadata, new_tokens, seed)
     if not report.passed:
         tolerance = tolerance_of(metadata)
         report.layer_diffs = _layer_diffs(moe_model, model, path, prefill_feed, tolerance)
