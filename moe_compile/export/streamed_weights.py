@@ -25,6 +25,7 @@ import torch
 
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.weight_sources import WeightRecipe, WeightSources
+from moe_compile.direct_file import DirectFile
 from moe_compile.dtypes import element_type
 from moe_compile.read_ahead import read_ahead
 
@@ -120,7 +121,8 @@ def _initializer_parts(values: list[ir.Value]) -> Iterator[tuple[ir.Value, objec
 
 def write_external_data(graph: ir.Graph, data_path: Path) -> int:
     """Write every initializer of at least INLINE_LIMIT bytes to `data_path` (layer by layer,
-    4096-aligned) and point it there; -> bytes written. Small ones get their values inline.
+    4096-aligned, past the page cache: direct_file.py) and point it there; -> bytes written.
+    Small ones get their values inline.
     The checkpoint is read and converted a few slices ahead of the writes, in a second thread
     (read_ahead.py): the conversion's time hides behind the disk's."""
     def layer_key(value: ir.Value) -> tuple[int, int]:
@@ -129,24 +131,22 @@ def write_external_data(graph: ir.Graph, data_path: Path) -> int:
         return (-1 if layer is None else layer, 0)
 
     values = sorted((v for v in graph.initializers.values() if v.const_value is not None), key=layer_key)
-    offset, start = 0, None
-    with open(data_path, "wb") as data:
+    start = None
+    with DirectFile(data_path) as data:
         for value, part in read_ahead(_initializer_parts(values), depth=_SLICES_AHEAD, name="export-weights"):
             if isinstance(part, ir.Tensor):
                 value.const_value = part
                 continue
             if start is None:
-                data.write(b"\0" * (-offset % ALIGNMENT))
-                offset += -offset % ALIGNMENT
-                start = offset
+                data.pad_to(ALIGNMENT)
+                start = data.tell()
             if part is not _END:
                 data.write(part)
-                offset += part.nbytes
                 continue
-            const = value.const_value
-            if offset - start != const.nbytes:
-                raise RuntimeError(f"initializer {value.name}: wrote {offset - start} bytes, expected {const.nbytes}")
-            value.const_value = ir.ExternalTensor(data_path.name, start, offset - start, const.dtype, shape=const.shape,
+            const, length = value.const_value, data.tell() - start
+            if length != const.nbytes:
+                raise RuntimeError(f"initializer {value.name}: wrote {length} bytes, expected {const.nbytes}")
+            value.const_value = ir.ExternalTensor(data_path.name, start, length, const.dtype, shape=const.shape,
                                                   name=value.name, base_dir=data_path.parent)
             start = None
-    return offset
+        return data.tell()

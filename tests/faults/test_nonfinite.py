@@ -94,3 +94,18 @@ def test_nonfinite_values_are_counted_in_every_chunk(monkeypatch, dtype):
     assert finite.nonfinite_count(extremes) == 0
     extremes[33] = -math.inf
     assert finite.nonfinite_count(extremes) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_one_nonfinite_value_is_found_wherever_it_sits(dtype):
+    """The chunk check takes each chunk's min and max (finite.py): a single NaN or infinity is
+    found at every position of a vectorised reduction, its first lanes, its middle and its tail."""
+    from moe_compile.finite import nonfinite_count
+
+    size = 10007  # not a multiple of any vector width
+    for index in (0, 1, 7, 15, 16, 31, 63, 64, 1000, size - 17, size - 2, size - 1):
+        for value in (math.nan, math.inf, -math.inf):
+            tensor = torch.ones(size, dtype=dtype)
+            tensor[index] = value
+            assert nonfinite_count(tensor) == 1, (index, value)
+    assert nonfinite_count(torch.randn(size).to(dtype)) == 0
