@@ -9,7 +9,8 @@ spent 9-19 s of system time at 390-760 MB/s, the same with `oflag=direct` 0.6-0.
 O_DIRECT needs the buffer, the length and the file offset of every write to be multiples of the
 device's block size, so bytes are gathered in a page-aligned buffer of whole 4096-byte blocks and
 written a buffer at a time; the last block is written padded with zeros and the file truncated
-back to the bytes given. Where O_DIRECT is refused (tmpfs, macOS, some network or FUSE file
+back to the bytes given. Two writers may fill one file at once, each from its own offset
+(`start`): a streamed export writes its MoE weights and the rest side by side. Where O_DIRECT is refused (tmpfs, macOS, some network or FUSE file
 systems: at open or at the first write), the same file is written through the page cache.
 """
 
@@ -34,10 +35,13 @@ class DirectFile:
     Use as a context manager: leaving it with an exception closes the descriptor without writing
     what is still buffered (the caller removes the half-written file)."""
 
-    def __init__(self, path: Path, buffer_bytes: int = _BUFFER_BYTES, direct: bool = True) -> None:
-        if buffer_bytes % BLOCK:
-            raise ValueError(f"buffer_bytes must be a multiple of {BLOCK}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    def __init__(self, path: Path, buffer_bytes: int = _BUFFER_BYTES, direct: bool = True, start: int | None = None) -> None:
+        """A new file at `path`; or with `start` (a multiple of BLOCK) the existing file, written
+        from that offset on and not truncated at `close()` (another writer may own what follows:
+        its owner, or whoever closes last, sets the file's size)."""
+        if buffer_bytes % BLOCK or (start or 0) % BLOCK:
+            raise ValueError(f"buffer_bytes and start must be multiples of {BLOCK}")
+        flags = os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if start is None else 0)
         self.direct = bool(direct and _DIRECT)
         try:
             self._fd = os.open(path, flags | (_DIRECT if self.direct else 0), 0o644)
@@ -46,10 +50,13 @@ class DirectFile:
                 raise
             self.direct = False
             self._fd = os.open(path, flags, 0o644)
+        self._exact_size = start is None
+        if start:
+            os.lseek(self._fd, start, os.SEEK_SET)
         self._mapping = mmap.mmap(-1, buffer_bytes)  # anonymous: page-aligned
         self._buffer = np.frombuffer(self._mapping, dtype=np.uint8)
         self._filled = 0  # bytes waiting in the buffer
-        self._flushed = 0  # bytes in the file
+        self._flushed = start or 0  # offset of the buffer's first byte in the file
 
     def tell(self) -> int:
         return self._flushed + self._filled
@@ -78,7 +85,8 @@ class DirectFile:
                 self._flush(self._filled)
 
     def close(self) -> None:
-        """Write what is buffered and close; the file holds exactly `tell()` bytes."""
+        """Write what is buffered and close; a new file holds exactly `tell()` bytes, one written
+        from `start` at least that many (its last block is written whole, padded with zeros)."""
         if self._fd < 0:
             return
         try:
@@ -88,7 +96,8 @@ class DirectFile:
                 padded = -(-tail // BLOCK) * BLOCK
                 self._buffer[tail:padded] = 0
                 self._flush(padded)
-                os.ftruncate(self._fd, size)
+                if self._exact_size:
+                    os.ftruncate(self._fd, size)
         finally:
             self._release()
 
@@ -113,6 +122,11 @@ class DirectFile:
             self.direct = False
             return os.write(self._fd, view)
 
+    def discard(self) -> None:
+        """Close without writing what is buffered (the caller removes or rewrites the file)."""
+        if self._fd >= 0:
+            self._release()
+
     def _release(self) -> None:
         os.close(self._fd)
         self._fd = -1
@@ -125,5 +139,5 @@ class DirectFile:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        elif self._fd >= 0:
-            self._release()
+        else:
+            self.discard()

@@ -58,6 +58,7 @@ class AnonPeakSampler:
 
 
 _SAMPLER = AnonPeakSampler()
+_HELPER_PEAKS: list[dict] = []  # peak_memory() of child processes that did part of the command's work
 
 
 def start_sampling() -> None:
@@ -65,10 +66,24 @@ def start_sampling() -> None:
     _SAMPLER.start()
 
 
+def record_helper_peak(peak: dict) -> None:
+    """Count a child process' `peak_memory()` in this command's report (export/early_experts.py)."""
+    _HELPER_PEAKS.append(peak)
+
+
 def peak_memory() -> dict:
     """{peak_rss_bytes (VmHWM / ru_maxrss), peak_anon_rss_bytes (sampled; None if not started or
-    not Linux)}: what `--json` reports under `peak_memory`."""
+    not Linux)}: what `--json` reports under `peak_memory`. Where child processes did part of the
+    work, also their largest peaks (`helper_peak_rss_bytes`, `helper_peak_anon_rss_bytes`) and
+    `total_peak_anon_rss_bytes`, this process' peak plus theirs: an upper bound of what the
+    command held at once."""
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     hwm = status_bytes("VmHWM")
-    return {"peak_rss_bytes": hwm if hwm is not None else maxrss * (1 if sys.platform == "darwin" else 1024),
-            "peak_anon_rss_bytes": _SAMPLER.sample() if _SAMPLER._thread is not None else None}
+    report = {"peak_rss_bytes": hwm if hwm is not None else maxrss * (1 if sys.platform == "darwin" else 1024),
+              "peak_anon_rss_bytes": _SAMPLER.sample() if _SAMPLER._thread is not None else None}
+    if _HELPER_PEAKS:
+        helper_anon = max((peak.get("peak_anon_rss_bytes") or 0 for peak in _HELPER_PEAKS), default=0)
+        report.update(helper_peak_rss_bytes=max(peak["peak_rss_bytes"] for peak in _HELPER_PEAKS),
+                      helper_peak_anon_rss_bytes=helper_anon,
+                      total_peak_anon_rss_bytes=(report["peak_anon_rss_bytes"] or 0) + helper_anon)
+    return report

@@ -80,3 +80,21 @@ def test_other_write_errors_come_out(tmp_path, monkeypatch):
     monkeypatch.setattr(direct_file.os, "write", full)
     with pytest.raises(OSError, match="No space"), DirectFile(tmp_path / "data", buffer_bytes=BLOCK) as out:
         out.write(b"y" * (BLOCK + 1))
+
+
+@pytest.mark.parametrize("first", [1, BLOCK - 1, BLOCK, 3 * BLOCK + 17])
+def test_two_writers_fill_one_file_each_from_its_offset(tmp_path, first):
+    """What a streamed export does (export/early_experts.py): the MoE weights from offset 0, the
+    rest from the block after them, at the same time; then the caller sets the file's size."""
+    path, pieces = tmp_path / "data", _pieces(2)
+    path.write_bytes(b"")
+    second_start = -(-first // BLOCK) * BLOCK
+    first_writer = DirectFile(path, buffer_bytes=2 * BLOCK, start=0)
+    with DirectFile(path, buffer_bytes=2 * BLOCK, start=second_start) as second:
+        first_writer.write(pieces[-1][:first])
+        second.write(pieces[4])
+        first_writer.close()
+        end = second.tell()
+    assert end == second_start + len(pieces[4]) and path.stat().st_size == -(-end // BLOCK) * BLOCK
+    os.truncate(path, end)
+    assert path.read_bytes() == pieces[-1][:first] + bytes(second_start - first) + pieces[4]

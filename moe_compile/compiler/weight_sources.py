@@ -24,7 +24,7 @@ from .ir import ExpertWeights, MoEModel
 
 _ROWS_PER_SLICE_BYTES = 64 << 20  # a non-expert tensor is converted in slices of about this size
 # StaticTopKMoE's parameter and buffer names -> the ExpertWeights field that holds them
-_MOE_FIELDS = {"router_weight": "router_weight", "router_bias": "router_bias", "w_gate_up": "gate_up",
+MOE_FIELDS = {"router_weight": "router_weight", "router_bias": "router_bias", "w_gate_up": "gate_up",
                "w_down": "down", "b_gate_up": "gate_up_bias", "b_down": "down_bias", "score_bias": "score_bias"}
 
 
@@ -124,8 +124,8 @@ class WeightSources:
             return None
         module_path, _, attr = name.rpartition(".")
         layer = self._layers.layer_of(module_path)
-        if layer is not None and attr in _MOE_FIELDS:
-            field = _MOE_FIELDS[attr]
+        if layer is not None and attr in MOE_FIELDS:
+            field = MOE_FIELDS[attr]
             return WeightRecipe(f"MoE layer {layer} {field}", lambda: self._layers.read(module_path, field),
                                 tuple(tensor.shape), tensor.dtype, layer=layer)
         candidates = [_checkpoint_name(alias, self._layers, self._adapter)

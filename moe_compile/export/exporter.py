@@ -18,6 +18,7 @@ import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from moe_compile.quantization.scheme import QuantScheme
 
 from .complex_views import make_complex_views_exportable
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
+from .early_experts import EarlyMoEWrites
 from .grouped_attention import grouped_attention
 from .length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
 from .length_dispatch import split_by_length
@@ -138,17 +140,23 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     quantized = None
     if streamed and quantize is None:
         model, top_k = skeleton_model(moe_model, dtype, top_k)
-        program = _trace(model, DTYPES[dtype], report, layers, optimize=False, sdpa_form=ort_fusions)
-        bind_weights(program.model.graph, model, moe_model, prefix="model.")
-        fold_weight_transposes(program.model.graph)
-        _optimize(program)  # what torch.onnx.export(optimize=True) runs, on the bound weights
-        nodes = [(node.domain, node.op_type, [value.name if value is not None else "" for value in node.inputs])
-                 for node in program.model.graph]
-        set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
-        if ort_fusions:
-            report.ort_fusions = fuse_for_onnxruntime(program.model)
-        del model
-        _save_streamed(program.model, out, lambda onnx_model: _finish(onnx_model, moe_model, report, dtype, top_k, layers))
+        with _staging(out) as staging:
+            early = EarlyMoEWrites(model, moe_model, target, staging / f"{out.name}.data")
+            try:
+                program = _trace(model, DTYPES[dtype], report, layers, optimize=False, sdpa_form=ort_fusions)
+                bind_weights(program.model.graph, model, moe_model, prefix="model.")
+                fold_weight_transposes(program.model.graph)
+                _optimize(program)  # what torch.onnx.export(optimize=True) runs, on the bound weights
+                nodes = [(node.domain, node.op_type, [value.name if value is not None else "" for value in node.inputs])
+                         for node in program.model.graph]
+                set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
+                if ort_fusions:
+                    report.ort_fusions = fuse_for_onnxruntime(program.model)
+                del model
+                _save_streamed(program.model, out, staging, early,
+                               lambda onnx_model: _finish(onnx_model, moe_model, report, dtype, top_k, layers))
+            finally:
+                early.cancel()
     else:
         model, top_k = compiled_model(moe_model, dtype, top_k)
         program = _trace(model, DTYPES[dtype], report, layers, sdpa_form=ort_fusions)
@@ -287,8 +295,7 @@ def _save(onnx_model, out: Path) -> None:
     external = _needs_external_data(onnx_model)
     if not external:
         onnx.checker.check_model(onnx_model, full_check=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _staging(out) as staging:
         staged = staging / out.name
         onnx.save_model(onnx_model, staged, save_as_external_data=external, all_tensors_to_one_file=True,
                         location=f"{out.name}.data", size_threshold=1024)
@@ -298,31 +305,36 @@ def _save(onnx_model, out: Path) -> None:
         if external:
             (staging / f"{out.name}.data").replace(out.parent / f"{out.name}.data")
         staged.replace(out)
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A folder beside `out` for what is being written; removed (with whatever is left in it) on the way out."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _save_streamed(ir_model, out: Path, finish) -> None:
-    """Weights to `out`.data tensor by tensor, then the graph (no weights inside) to `out`,
-    `finish`ed and checked; both staged beside `out` and renamed: nothing half-written is left."""
+def _save_streamed(ir_model, out: Path, staging: Path, early: EarlyMoEWrites, finish) -> None:
+    """Weights to `out`.data tensor by tensor (after those `early` wrote), then the graph (no
+    weights inside) to `out`, `finish`ed and checked; both in `staging` and renamed into place:
+    nothing half-written is left."""
     import onnx
     import onnx_ir as ir
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        data_name = f"{out.name}.data"
-        written = write_external_data(ir_model.graph, staging / data_name)
-        onnx_model = ir.serde.serialize_model(ir_model)
-        finish(onnx_model)
-        staged = staging / out.name
-        onnx.save_model(onnx_model, staged)
-        onnx.checker.check_model(str(staged), full_check=True)
-        interrupts.raise_if_received()
-        if written:
-            (staging / data_name).replace(out.parent / data_name)
-        staged.replace(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    data_name = f"{out.name}.data"
+    written = write_external_data(ir_model.graph, staging / data_name, early)
+    onnx_model = ir.serde.serialize_model(ir_model)
+    finish(onnx_model)
+    staged = staging / out.name
+    onnx.save_model(onnx_model, staged)
+    onnx.checker.check_model(str(staged), full_check=True)
+    interrupts.raise_if_received()
+    if written:
+        (staging / data_name).replace(out.parent / data_name)
+    staged.replace(out)
 
 
 def _needs_external_data(onnx_model) -> bool:

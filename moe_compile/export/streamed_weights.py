@@ -9,16 +9,20 @@ expert layout). `write_external_data` reads each source once, converts it one sl
 (an expert, or a block of rows) and appends the bytes to the external data file; only one
 MoE layer's expert weights are resident at a time, never the model, never the whole proto.
 
-Layout: one file, `model.onnx.data` beside `model.onnx`, tensors in the order the writer
-visits them (layer by layer), each starting at a multiple of 4096 bytes (what ONNX Runtime
-needs to map it rather than copy it). Initializers under 1 KiB stay inside model.onnx.
+Layout: one file, `model.onnx.data` beside `model.onnx`: the MoE layers' tensors first (written
+while the graph is traced: export/early_experts.py), then the others layer by layer, each
+starting at a multiple of 4096 bytes (what ONNX Runtime needs to map it rather than copy it).
+Initializers under 1 KiB stay inside model.onnx.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import onnx_ir as ir
 import torch
@@ -32,6 +36,7 @@ from moe_compile.read_ahead import read_ahead
 ALIGNMENT = 4096
 INLINE_LIMIT = 1024  # bytes: smaller initializers stay in model.onnx (as today's export does)
 _SLICES_AHEAD = 3  # converted slices waiting to be written (each an expert, or rows of about 64 MB)
+K = TypeVar("K")
 _FOLDED_FROM_KEY = "pkg.onnxscript.optimizer.folded_from"  # what onnxscript's folder records on a folded value
 
 
@@ -93,8 +98,7 @@ def set_expert_layouts(graph: ir.Graph, layouts: dict[str, Callable[[torch.Tenso
         value.const_value = StreamedTensor(replace(value.const_value.recipe, expert_layout=layout), name)
 
 
-def _tensor_bytes(value: ir.Value) -> Iterator[memoryview]:
-    const = value.const_value
+def _tensor_bytes(const: ir.TensorProtocol) -> Iterator[memoryview]:
     if isinstance(const, StreamedTensor):
         for part in const.recipe.slices():
             yield memoryview(part.reshape(-1).view(torch.uint8).numpy())
@@ -102,51 +106,103 @@ def _tensor_bytes(value: ir.Value) -> Iterator[memoryview]:
         yield memoryview(const.tobytes())
 
 
-_END = object()  # after the last slice of a written initializer
+_END = object()  # after the last slice of a written tensor
 
 
-def _initializer_parts(values: list[ir.Value]) -> Iterator[tuple[ir.Value, object]]:
-    """In write order: (value, its values as an ir tensor) for one small enough to stay inline
-    (those not from the checkpoint need nothing), else (value, bytes) per slice then (value, _END)."""
-    for value in values:
-        const = value.const_value
+def _tensor_parts(tensors: list[tuple[K, ir.TensorProtocol]]) -> Iterator[tuple[K, ir.TensorProtocol, object]]:
+    """In write order: (key, tensor, its values as an ir tensor) for one small enough to stay
+    inline (one not from the checkpoint needs nothing), else (key, tensor, bytes) per slice and
+    then (key, tensor, _END)."""
+    for key, const in tensors:
         if const.nbytes < INLINE_LIMIT:
             if isinstance(const, StreamedTensor):
-                yield value, ir.tensor(const.recipe.tensor(), name=value.name)
+                yield key, const, ir.tensor(const.recipe.tensor(), name=const.name)
             continue
-        for chunk in _tensor_bytes(value):
-            yield value, chunk
-        yield value, _END
+        for chunk in _tensor_bytes(const):
+            yield key, const, chunk
+        yield key, const, _END
 
 
-def write_external_data(graph: ir.Graph, data_path: Path) -> int:
+def append_tensors(data: DirectFile, tensors: list[tuple[K, ir.TensorProtocol]], data_path: Path,
+                   stop: threading.Event | None = None, thread_name: str = "export-weights") -> dict[K, ir.TensorProtocol]:
+    """Append each tensor of at least INLINE_LIMIT bytes to `data` (the file at `data_path`),
+    4096-aligned; -> {key: where its values now are (an ir.ExternalTensor into `data_path`, or
+    the values of a small one from the checkpoint)}. The checkpoint is read and converted a few
+    slices ahead of the writes, in a second thread (read_ahead.py): the conversion's time hides
+    behind the disk's (that thread is named `thread_name`). Stops between two slices once
+    `stop` is set."""
+    placed: dict[K, ir.TensorProtocol] = {}
+    start = None
+    for key, const, part in read_ahead(_tensor_parts(tensors), depth=_SLICES_AHEAD, name=thread_name):
+        if stop is not None and stop.is_set():
+            break
+        if isinstance(part, ir.Tensor):
+            placed[key] = part
+            continue
+        if start is None:
+            data.pad_to(ALIGNMENT)
+            start = data.tell()
+        if part is not _END:
+            data.write(part)
+            continue
+        length = data.tell() - start
+        if length != const.nbytes:
+            raise RuntimeError(f"initializer {const.name}: wrote {length} bytes, expected {const.nbytes}")
+        placed[key] = ir.ExternalTensor(data_path.name, start, length, const.dtype, shape=const.shape,
+                                        name=const.name, base_dir=data_path.parent)
+        start = None
+    return placed
+
+
+def recipe_key(const: ir.TensorProtocol) -> tuple | None:
+    """What makes two streamed tensors hold the same bytes (their source, permutation, dtype and
+    layout); None for a tensor not read from the checkpoint."""
+    if not isinstance(const, StreamedTensor):
+        return None
+    recipe = const.recipe
+    return recipe.source, recipe.source_shape, recipe.perm, recipe.dtype, recipe.expert_layout
+
+
+def _renamed(const: ir.TensorProtocol, name: str) -> ir.TensorProtocol:
+    if isinstance(const, ir.ExternalTensor):
+        return ir.ExternalTensor(const.location, const.offset, const.length, const.dtype, shape=const.shape,
+                                 name=name, base_dir=const.base_dir)
+    return ir.tensor(const.numpy(), name=name)
+
+
+def write_external_data(graph: ir.Graph, data_path: Path, early=None) -> int:
     """Write every initializer of at least INLINE_LIMIT bytes to `data_path` (layer by layer,
-    4096-aligned, past the page cache: direct_file.py) and point it there; -> bytes written.
-    Small ones get their values inline.
-    The checkpoint is read and converted a few slices ahead of the writes, in a second thread
-    (read_ahead.py): the conversion's time hides behind the disk's."""
+    4096-aligned, past the page cache: direct_file.py) and point it there; -> the file's size.
+    Small ones get their values inline. With `early` (export/early_experts.py: the MoE tensors,
+    being written from offset 0 since the trace began), the initializers it holds point at
+    their bytes and the rest are written from `early.rest_start` meanwhile; if it holds one
+    that no initializer is, it is stopped and the file written from the start without it (no
+    unused bytes)."""
     def layer_key(value: ir.Value) -> tuple[int, int]:
         const = value.const_value
         layer = const.recipe.layer if isinstance(const, StreamedTensor) else None
         return (-1 if layer is None else layer, 0)
 
     values = sorted((v for v in graph.initializers.values() if v.const_value is not None), key=layer_key)
-    start = None
-    with DirectFile(data_path) as data:
-        for value, part in read_ahead(_initializer_parts(values), depth=_SLICES_AHEAD, name="export-weights"):
-            if isinstance(part, ir.Tensor):
-                value.const_value = part
-                continue
-            if start is None:
-                data.pad_to(ALIGNMENT)
-                start = data.tell()
-            if part is not _END:
-                data.write(part)
-                continue
-            const, length = value.const_value, data.tell() - start
-            if length != const.nbytes:
-                raise RuntimeError(f"initializer {value.name}: wrote {length} bytes, expected {const.nbytes}")
-            value.const_value = ir.ExternalTensor(data_path.name, start, length, const.dtype, shape=const.shape,
-                                                  name=value.name, base_dir=data_path.parent)
-            start = None
-        return data.tell()
+    found: dict[tuple, ir.Value] = {}
+    if early is not None:
+        for value in values:
+            key = recipe_key(value.const_value)
+            if key in early.planned and key not in found:
+                found[key] = value
+        if len(found) != len(early.planned):
+            early.cancel()
+            found = {}
+    done = {id(value) for value in found.values()}
+    rest = [(value, value.const_value) for value in values if id(value) not in done]
+    with DirectFile(data_path, start=early.rest_start if found else None) as data:
+        placed = append_tensors(data, rest, data_path)
+    if found:
+        for key, const in early.finish().items():
+            placed[found[key]] = _renamed(const, found[key].name)
+    for value, const in placed.items():
+        value.const_value = const
+    size = max((const.offset + const.length for const in placed.values() if isinstance(const, ir.ExternalTensor)),
+               default=0)
+    os.truncate(data_path, size)  # past the last tensor: the padding of a writer's last block
+    return size

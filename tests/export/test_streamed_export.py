@@ -3,6 +3,7 @@ export it replaced, and a sharded checkpoint's faults: one line, exit 2, nothing
 
 import json
 import shutil
+import threading
 
 import numpy as np
 import onnx
@@ -14,6 +15,8 @@ from moe_compile.cli import main
 from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
+from moe_compile.direct_file import DirectFile
+from moe_compile.export import early_experts, streamed_weights
 from moe_compile.export.exporter import export_onnx
 
 
@@ -33,10 +36,54 @@ def _graph_and_weights(path):
       for t in ("onnx", "onnxruntime")),
     pytest.param("qwen2_moe", "onnx", id="qwen2_moe-onnx", marks=pytest.mark.slow),
 ])
-def test_streamed_export_is_the_in_memory_export(model_type, target, tiny_model_dirs, tmp_path):
-    ir = load_moe_model(tiny_model_dirs[model_type])
+def test_streamed_export_is_the_in_memory_export(model_type, target, tiny_model_dirs, tmp_path, monkeypatch):
+    """... with every MoE tensor written while the graph was traced used as it was written: the
+    rest is written after them (export/early_experts.py), never the whole file again, and no
+    byte of it is unused."""
+    starts = _record_rest_starts(monkeypatch)
+    _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs[model_type]), target, tmp_path)
+    assert len(starts) == 1 and starts[0] is not None
+
+
+def test_moe_tensors_written_early_but_laid_out_otherwise_are_written_again(tiny_model_dirs, tmp_path, monkeypatch):
+    """Were the layouts predicted before the trace wrong, the file is written again from the
+    start: the same export, no unused bytes."""
+    monkeypatch.setattr(early_experts, "expert_field_layouts", lambda target, lowering: {})
+    starts = _record_rest_starts(monkeypatch)
+    _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs["qwen2_moe"]), "onnxruntime", tmp_path)
+    assert starts == [None]
+
+
+def _record_rest_starts(monkeypatch) -> list:
+    """Where each streamed export's writer of the non-early tensors starts: None means the file
+    was written from the start."""
+    starts = []
+
+    def recording(path, start=None):
+        starts.append(start)
+        return DirectFile(path, start=start)
+
+    monkeypatch.setattr(streamed_weights, "DirectFile", recording)
+    return starts
+
+
+def _assert_no_unused_bytes(path):
+    """The external tensors (and the views of them the sorted-experts pass adds) cover the data
+    file but for the gaps up to each tensor's 4096-byte boundary."""
+    model = onnx.load(str(path), load_external_data=False)
+    spans = sorted((int(fields["offset"]), int(fields["length"])) for init in model.graph.initializer
+                   if (fields := {entry.key: entry.value for entry in init.external_data}))
+    end = 0
+    for offset, length in spans:
+        assert offset <= end or offset == -(-end // 4096) * 4096, (offset, end)
+        end = max(end, offset + length)
+    assert (path.parent / f"{path.name}.data").stat().st_size == end
+
+
+def _assert_streamed_is_in_memory(ir, target, tmp_path):
     export_onnx(ir, tmp_path / "streamed" / "model.onnx", target=target)
     export_onnx(ir, tmp_path / "in_memory" / "model.onnx", target=target, streamed=False)
+    _assert_no_unused_bytes(tmp_path / "streamed" / "model.onnx")
     assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == ["model.onnx", "model.onnx.data"]
     nodes, weights, metadata, signature = _graph_and_weights(tmp_path / "streamed" / "model.onnx")
     nodes_ref, weights_ref, metadata_ref, signature_ref = _graph_and_weights(tmp_path / "in_memory" / "model.onnx")
@@ -94,24 +141,81 @@ def test_shard_fault_is_one_line_and_leaves_nothing(case, tiny_model_dirs, tmp_p
     assert list(out_dir.iterdir()) == []
 
 
-@pytest.mark.parametrize("failing_read", [pytest.param(5, id="while optimizing", marks=pytest.mark.slow),
-                                          pytest.param(150, id="while writing")])
-def test_a_read_failing_mid_export_leaves_no_file(failing_read, tiny_model_dirs, tmp_path, monkeypatch):
-    """The checkpoint breaks after the trace, while the optimizer folds small weights or while
+@pytest.mark.parametrize("thread, failing_read", [
+    pytest.param(early_experts.READ_THREAD, 3, id="while the graph is traced"),
+    pytest.param("MainThread", 5, id="while optimizing", marks=pytest.mark.slow),
+    pytest.param("export-weights", 3, id="while writing")])
+def test_a_read_failing_mid_export_leaves_no_file(thread, failing_read, tiny_model_dirs, tmp_path, monkeypatch):
+    """The checkpoint breaks while the MoE tensors are written during the trace
+    (export/early_experts.py), while the optimizer folds small weights, or while the other
     weights are written: the error itself comes out, the staged model.onnx.data is removed and
-    nothing is renamed into place. (The tiny qwen2_moe: the optimizer reads 142 tensors, the
-    writer 91 more.)"""
+    nothing is renamed into place."""
     ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
     read = SafetensorsCheckpoint.read
     calls = []
 
     def fails_once(self, name):
-        calls.append(name)
-        if len(calls) == failing_read:
-            raise InvalidInput(f"cannot read tensor '{name}' (injected)")
+        if threading.current_thread().name == thread:
+            calls.append(name)
+            if len(calls) == failing_read:
+                raise InvalidInput(f"cannot read tensor '{name}' (injected)")
         return read(self, name)
 
     monkeypatch.setattr(SafetensorsCheckpoint, "read", fails_once)
     with pytest.raises(InvalidInput, match="injected"):
         export_onnx(ir, tmp_path / "model.onnx", target="onnxruntime")
     assert len(calls) == failing_read and list(tmp_path.iterdir()) == []
+
+
+def test_moe_tensors_written_by_a_child_process_make_the_same_export(tiny_model_dirs, tmp_path, monkeypatch):
+    """Past CHILD_PROCESS_BYTES the MoE tensors are written by `python -m
+    moe_compile.export.early_experts` (the trace would starve a thread of the interpreter lock):
+    the same file, and the child's peak memory in the command's report."""
+    from moe_compile import process_memory
+
+    monkeypatch.setattr(early_experts, "CHILD_PROCESS_BYTES", 0)
+    monkeypatch.setattr(process_memory, "_HELPER_PEAKS", [])
+    starts = _record_rest_starts(monkeypatch)
+    _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs["qwen2_moe"]), "onnxruntime", tmp_path)
+    assert len(starts) == 1 and starts[0] is not None
+    report = process_memory.peak_memory()
+    assert report["helper_peak_rss_bytes"] > 0 and report["total_peak_anon_rss_bytes"] >= report["helper_peak_anon_rss_bytes"]
+
+
+def test_a_nonfinite_expert_weight_read_by_the_child_process_is_one_error(tiny_model_dirs, tmp_path, monkeypatch):
+    """The child's InvalidInput comes out of the export as itself; nothing is left behind."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["qwen2_moe"], folder)
+    tensors = load_file(folder / "model.safetensors")
+    name = "model.layers.0.mlp.experts.3.up_proj.weight"
+    tensors[name][1, 2] = float("inf")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    monkeypatch.setattr(early_experts, "CHILD_PROCESS_BYTES", 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    ir = load_moe_model(folder)
+    with pytest.raises(InvalidInput, match=f"tensor '{name}' holds 1 non-finite value"):
+        export_onnx(ir, out / "model.onnx", target="onnxruntime")
+    assert list(out.iterdir()) == []
+
+
+def test_a_failed_trace_stops_the_child_process(tiny_model_dirs, tmp_path, monkeypatch):
+    from moe_compile.export import exporter
+
+    processes = []
+    real_popen = early_experts.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        processes.append(real_popen(*args, **kwargs))
+        return processes[-1]
+
+    def failing_trace(*args, **kwargs):
+        raise InvalidInput("the trace failed (injected)")
+
+    monkeypatch.setattr(early_experts, "CHILD_PROCESS_BYTES", 0)
+    monkeypatch.setattr(early_experts.subprocess, "Popen", popen)
+    monkeypatch.setattr(exporter, "_trace", failing_trace)
+    with pytest.raises(InvalidInput, match="injected"):
+        export_onnx(load_moe_model(tiny_model_dirs["qwen2_moe"]), tmp_path / "model.onnx", target="onnxruntime")
+    assert len(processes) == 1 and processes[0].poll() is not None
+    assert list(tmp_path.iterdir()) == []

@@ -108,7 +108,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 STAGES = ["moe_compile.commands.lexi.make_plan", "moe_compile.commands.lexi.plot_plan",
-          "moe_compile.commands.export.load_moe_model", "moe_compile.export.exporter._save",
+          "moe_compile.commands.export.load_moe_model", "moe_compile.export.exporter._save_streamed",
           "moe_compile.commands.export.print_parity"]
 
 

@@ -99,11 +99,19 @@ def expert_layouts(target: str, nodes) -> dict[str, Callable]:
     ((domain, op_type, input names) each)."""
     if target != "onnxruntime":
         return {}
-    import functools
+    from .onnxruntime import OrtExpertLayout, ort_expert_inputs
 
-    from .onnxruntime import ort_expert_inputs, ort_expert_layout
+    return {name: OrtExpertLayout(fc1) for name, fc1 in ort_expert_inputs(nodes).items()}
 
-    return {name: functools.partial(ort_expert_layout, fc1=fc1) for name, fc1 in ort_expert_inputs(nodes).items()}
+
+def expert_field_layouts(target: str, lowering: Lowering) -> dict[str, Callable]:
+    """The layouts `expert_layouts` will find for a layer lowered as `lowering`, by ExpertWeights
+    field, known before the graph is traced: what a streamed export writes early."""
+    if target != "onnxruntime" or lowering.lowered_to != "com.microsoft.MoE":
+        return {}
+    from .onnxruntime import ORT_EXPERT_FIELDS, OrtExpertLayout
+
+    return {field: OrtExpertLayout(fc1) for field, fc1 in ORT_EXPERT_FIELDS.items()}
 
 
 def translation(target: str, report: LoweringReport, layers: list[int]) -> Callable:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import onnxscript
 import torch
@@ -133,6 +134,22 @@ def ort_expert_layout(weights: torch.Tensor, fc1: bool) -> Iterator[torch.Tensor
             half = rows.shape[0] // 2
             rows = torch.stack([rows[:half], rows[half:]], dim=1).reshape(rows.shape)
         yield rows
+
+
+@dataclass(frozen=True)
+class OrtExpertLayout:
+    """`ort_expert_layout` for fc1 or fc2 tensors: equal for the same kind, so that a streamed
+    export can tell a tensor written before its graph existed (export/early_experts.py) is the
+    one an initializer of the graph needs."""
+
+    fc1: bool
+
+    def __call__(self, weights: torch.Tensor) -> Iterator[torch.Tensor]:
+        return ort_expert_layout(weights, self.fc1)
+
+
+# com.microsoft.MoE's expert inputs by ExpertWeights field: fc1 (True) or fc2
+ORT_EXPERT_FIELDS = {"gate_up": True, "gate_up_bias": True, "down": False, "down_bias": False}
 
 
 def prepare_ort_moe_weights(onnx_model) -> None:
