@@ -39,15 +39,8 @@ from moe_compile.compiler.loader import load_moe_model
 from moe_compile.grouped_moe_op import grouped_moe_reference
 from moe_compile.validate.bench import cpu_model
 
-QWEN15_MOE_A27B = {
-    "model_type": "qwen2_moe", "hidden_size": 2048, "moe_intermediate_size": 1408, "num_experts": 60,
-    "num_experts_per_tok": 4, "shared_expert_intermediate_size": 5632, "intermediate_size": 5632,
-    "num_attention_heads": 16, "num_key_value_heads": 16, "norm_topk_prob": False, "decoder_sparse_step": 1,
-    "mlp_only_layers": [], "rms_norm_eps": 1e-6, "max_position_embeddings": 8192, "tie_word_embeddings": False,
-    "vocab_size": 1024,  # the real 151936 only adds embedding bytes, which LExI never reads
-    "torch_dtype": "bfloat16",
-}
-
+sys.path.insert(0, str(Path(__file__).parent))
+from checkpoint_shapes import QWEN15_MOE_A27B, layer_shapes  # noqa: E402
 
 class RandomPool:
     """Random bf16 weights without drawing 12 billion normals: each tensor is a window of one
@@ -71,26 +64,12 @@ def write_model(folder: Path, layers: int) -> float:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     pool = RandomPool()
-    hidden, inter, shared, experts = (config[k] for k in (
-        "hidden_size", "moe_intermediate_size", "shared_expert_intermediate_size", "num_experts"))
+    hidden = config["hidden_size"]
     weight_map = {}
     shards = layers + 1
     for layer in range(layers):
-        prefix = f"model.layers.{layer}."
-        tensors = {f"{prefix}input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-                   f"{prefix}post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16)}
-        for proj in ("q", "k", "v", "o"):
-            tensors[f"{prefix}self_attn.{proj}_proj.weight"] = pool.tensor(hidden, hidden)
-            if proj != "o":
-                tensors[f"{prefix}self_attn.{proj}_proj.bias"] = pool.tensor(hidden)
-        mlp = f"{prefix}mlp."
-        tensors[f"{mlp}gate.weight"] = pool.tensor(experts, hidden)
-        tensors[f"{mlp}shared_expert_gate.weight"] = pool.tensor(1, hidden)
-        for name, shape in (("gate_proj", (shared, hidden)), ("up_proj", (shared, hidden)), ("down_proj", (hidden, shared))):
-            tensors[f"{mlp}shared_expert.{name}.weight"] = pool.tensor(*shape)
-        for e in range(experts):
-            for name, shape in (("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)), ("down_proj", (hidden, inter))):
-                tensors[f"{mlp}experts.{e}.{name}.weight"] = pool.tensor(*shape)
+        tensors = {name: torch.ones(shape, dtype=torch.bfloat16) if name.endswith("norm.weight") else pool.tensor(*shape)
+                   for name, shape in layer_shapes(config, layer).items()}
         shard = f"model-{layer + 1:05d}-of-{shards:05d}.safetensors"
         save_file(tensors, folder / shard, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, shard))

@@ -126,7 +126,7 @@ def plot(rounds: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = plt.subplots(figsize=(7, 4.8))
     index = np.arange(len(rounds))
     series = [("best fp32 matrix product (peak)", "peak_gflops", "tab:gray"),
               ("PyTorch eager prefill", "eager_gflops", "tab:blue"),
@@ -138,7 +138,7 @@ def plot(rounds: list[dict], path: Path) -> None:
     axis.set_xticks(index, [f"round {i + 1}" for i in index])
     axis.set_ylabel(f"GFLOP/s, fp32, {THREADS} threads")
     axis.set_title(f"Prefill of {TOKENS} tokens against this CPU's matrix-product peak")
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2)  # below the bars
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 

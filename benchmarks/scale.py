@@ -5,9 +5,11 @@ top-8; `--shape qwen3-30b-a3b`, the default) or Qwen1.5-MoE-A2.7B (hidden 2048, 
 1408, top-4, a shared expert of 5632, attention with biases; `--shape qwen1.5-moe-a2.7b`), the
 real vocabulary and attention, random bf16 weights, one shard per decoder layer, one shard in
 memory at a time; then runs each command as a subprocess with --json and records its wall
-time and the peak memory the command itself reports (VmHWM, sampled RssAnon peak;
-moe_compile/process_memory.py). The disk is measured in the same run: one timed read of every
-shard and one timed write (+ fsync) of as many bytes as the export wrote.
+time and the peak memory the command itself reports (VmHWM, sampled RssAnon peak, and for
+export the helper process that writes the MoE weights: moe_compile/process_memory.py). The disk
+is measured in the same run: one timed read of every shard and two timed writes (+ fsync) of as
+many bytes as the export wrote, one through the page cache and one past it (O_DIRECT, as the
+export writes): `io_bound_s` and `io_bound_direct_s`, the floors export time is compared with.
 
     python benchmarks/scale.py --layers 4 --work /tmp/scale --out benchmarks/results/scale.json
     python benchmarks/scale.py --layers 2 --dtype fp16 --work /tmp/scale --out ...  # an fp16 export
@@ -29,14 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lexi_scale import QWEN15_MOE_A27B  # noqa: E402
+from checkpoint_shapes import QWEN3_30B_A3B, QWEN15_MOE_A27B, layer_shapes  # noqa: E402
 
-QWEN3_30B_A3B = dict(
-    model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], hidden_size=2048, intermediate_size=6144,
-    moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
-    num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=151936, rms_norm_eps=1e-6,
-    max_position_embeddings=40960, rope_theta=1000000.0, tie_word_embeddings=False, decoder_sparse_step=1,
-    mlp_only_layers=[], hidden_act="silu", torch_dtype="bfloat16", bos_token_id=151643, eos_token_id=151645)
 SHAPES = {"qwen3-30b-a3b": QWEN3_30B_A3B,
           "qwen1.5-moe-a2.7b": {**QWEN15_MOE_A27B, "architectures": ["Qwen2MoeForCausalLM"], "vocab_size": 151936,
                                 "rope_theta": 1000000.0, "hidden_act": "silu", "bos_token_id": 151643,
@@ -83,7 +79,7 @@ def write_checkpoint(folder: Path, config: dict) -> int:
     hidden, vocab = config["hidden_size"], config["vocab_size"]
     shards = [{"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
                "lm_head.weight": (vocab, hidden)}]
-    shards += [_layer_shapes(config, layer) for layer in range(config["num_hidden_layers"])]
+    shards += [layer_shapes(config, layer) for layer in range(config["num_hidden_layers"])]
     generator = torch.Generator().manual_seed(0)
     weight_map, total = {}, 0
     for number, shapes in enumerate(shards, 1):
@@ -124,7 +120,10 @@ def _parity(validate_report: dict) -> dict:
 
 
 def disk_throughput(files: list[Path], write_bytes: int, scratch: Path) -> dict:
-    """One timed sequential read of `files` and one timed write + fsync of `write_bytes`."""
+    """One timed sequential read of `files`, one timed write + fsync of `write_bytes` through the
+    page cache, and one past it (O_DIRECT, as the streamed export writes: moe_compile/direct_file.py)."""
+    from moe_compile.direct_file import DirectFile
+
     block = 16 << 20
     start, read = time.perf_counter(), 0
     for file in files:
@@ -140,8 +139,19 @@ def disk_throughput(files: list[Path], write_bytes: int, scratch: Path) -> dict:
         os.fsync(handle.fileno())
     write_s = time.perf_counter() - start
     scratch.unlink()
+    start = time.perf_counter()
+    with DirectFile(scratch) as handle:
+        for offset in range(0, write_bytes, block):
+            handle.write(zeros[: min(block, write_bytes - offset)])
+        direct = handle.direct
+    with open(scratch, "rb+") as handle:
+        os.fsync(handle.fileno())
+    direct_s = time.perf_counter() - start
+    scratch.unlink()
     return {"read_bytes": read, "read_s": round(read_s, 1), "read_MBps": round(read / read_s / 1e6),
-            "write_bytes": write_bytes, "write_s": round(write_s, 1), "write_MBps": round(write_bytes / write_s / 1e6)}
+            "write_bytes": write_bytes, "write_s": round(write_s, 1), "write_MBps": round(write_bytes / write_s / 1e6),
+            "direct_write_s": round(direct_s, 1), "direct_write_MBps": round(write_bytes / direct_s / 1e6),
+            "direct_write_used_o_direct": direct}
 
 
 def main() -> None:
@@ -157,7 +167,9 @@ def main() -> None:
     model = args.work / "model"
     start = time.perf_counter()
     checkpoint_bytes = write_checkpoint(model, config)
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+    from moe_compile.validate.bench import cpu_model
+
+    result = {"machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
                           "load_at_start": os.getloadavg()},
               "model": {"shape": f"{args.shape} layers", "layers": args.layers, "checkpoint_bytes": checkpoint_bytes,
                         "export_dtype": args.dtype,
@@ -176,6 +188,7 @@ def main() -> None:
     result["disk"] = disk
     result["export"]["onnx_bytes"] = onnx_bytes
     result["export"]["io_bound_s"] = round(disk["read_s"] + disk["write_s"], 1)
+    result["export"]["io_bound_direct_s"] = round(disk["read_s"] + disk["direct_write_s"], 1)
     result["machine"]["load_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
