@@ -39,35 +39,6 @@ SHAPES = {"qwen3-30b-a3b": QWEN3_30B_A3B,
                                 "eos_token_id": 151643}}
 
 
-def _layer_shapes(config: dict, layer: int) -> dict[str, tuple[int, ...]]:
-    hidden, heads, kv = (config[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads"))
-    head_dim = config.get("head_dim", hidden // heads)
-    prefix = f"model.layers.{layer}"
-    shapes = {f"{prefix}.input_layernorm.weight": (hidden,), f"{prefix}.post_attention_layernorm.weight": (hidden,),
-              f"{prefix}.self_attn.q_proj.weight": (heads * head_dim, hidden),
-              f"{prefix}.self_attn.k_proj.weight": (kv * head_dim, hidden),
-              f"{prefix}.self_attn.v_proj.weight": (kv * head_dim, hidden),
-              f"{prefix}.self_attn.o_proj.weight": (hidden, heads * head_dim),
-              f"{prefix}.mlp.gate.weight": (config["num_experts"], hidden)}
-    if config["model_type"] == "qwen3_moe":
-        shapes |= {f"{prefix}.self_attn.q_norm.weight": (head_dim,), f"{prefix}.self_attn.k_norm.weight": (head_dim,)}
-    else:  # qwen2_moe: biased q/k/v, a gated shared expert
-        shared = config["shared_expert_intermediate_size"]
-        shapes |= {f"{prefix}.self_attn.q_proj.bias": (heads * head_dim,),
-                   f"{prefix}.self_attn.k_proj.bias": (kv * head_dim,),
-                   f"{prefix}.self_attn.v_proj.bias": (kv * head_dim,),
-                   f"{prefix}.mlp.shared_expert_gate.weight": (1, hidden)}
-        shapes |= {f"{prefix}.mlp.shared_expert.{name}.weight": shape for name, shape in _mlp_shapes(hidden, shared)}
-    for expert in range(config["num_experts"]):
-        shapes |= {f"{prefix}.mlp.experts.{expert}.{name}.weight": shape
-                   for name, shape in _mlp_shapes(hidden, config["moe_intermediate_size"])}
-    return shapes
-
-
-def _mlp_shapes(hidden: int, inter: int) -> tuple[tuple[str, tuple[int, int]], ...]:
-    return ("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)), ("down_proj", (hidden, inter))
-
-
 def write_checkpoint(folder: Path, config: dict) -> int:
     """One safetensors shard per decoder layer (+ one for embeddings and head), written one at a
     time; -> bytes written."""
