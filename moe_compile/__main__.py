@@ -1,5 +1,5 @@
 import sys
 
-from moe_compile.cli import main
+from moe_compile.cli import run
 
-sys.exit(main())
+sys.exit(run())
