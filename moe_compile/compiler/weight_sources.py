@@ -29,10 +29,14 @@ MOE_FIELDS = {"router_weight": "router_weight", "router_bias": "router_bias", "w
 
 
 class LayerWeights:
-    """The MoE layers' `ExpertWeights`, read through the adapter; only the last one read is kept."""
+    """The MoE layers' `ExpertWeights`, read through the adapter; only the last one read is kept.
+    A score bias asked for alone is read alone (`read_score_bias`): the ONNX optimizer folds it
+    layer by layer, and reading each layer's experts for it would read the checkpoint again."""
 
-    def __init__(self, moe_model: MoEModel) -> None:
+    def __init__(self, moe_model: MoEModel, checkpoint: SafetensorsCheckpoint | None = None) -> None:
         self._specs = {spec.module_path: spec for spec in moe_model.layers}
+        self._adapter = moe_model.adapter
+        self._checkpoint = checkpoint or SafetensorsCheckpoint(moe_model.path)
         self._index: int | None = None
         self._weights: ExpertWeights | None = None
 
@@ -42,11 +46,16 @@ class LayerWeights:
 
     def read(self, module_path: str, field: str) -> torch.Tensor:
         spec = self._specs[module_path]
+        if field == "score_bias" and self._index != spec.index:
+            return self._present(spec, field, self._adapter.read_score_bias(self._checkpoint, spec.index))
         if self._index != spec.index:
             self._weights = None  # drop the previous layer before reading the next
             self._weights = spec.load_weights()
             self._index = spec.index
-        tensor = getattr(self._weights, field)
+        return self._present(spec, field, getattr(self._weights, field))
+
+    @staticmethod
+    def _present(spec, field: str, tensor: torch.Tensor | None) -> torch.Tensor:
         if tensor is None:
             raise InvalidInput(f"MoE layer {spec.index}: the checkpoint has no {field} for this layer")
         return tensor
@@ -106,7 +115,7 @@ class WeightSources:
     def __init__(self, skeleton: torch.nn.Module, moe_model: MoEModel) -> None:
         self._path = moe_model.path
         self._checkpoint = SafetensorsCheckpoint(moe_model.path)
-        self._layers = LayerWeights(moe_model)
+        self._layers = LayerWeights(moe_model, self._checkpoint)
         self._adapter = moe_model.adapter
         self._aliases: dict[int, list[str]] = {}
         for name, param in skeleton.named_parameters(remove_duplicate=False):

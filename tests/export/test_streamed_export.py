@@ -219,3 +219,23 @@ def test_a_failed_trace_stops_the_child_process(tiny_model_dirs, tmp_path, monke
         export_onnx(load_moe_model(tiny_model_dirs["qwen2_moe"]), tmp_path / "model.onnx", target="onnxruntime")
     assert len(processes) == 1 and processes[0].poll() is not None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_score_bias_is_read_without_its_layers_experts(tiny_model_dirs, monkeypatch):
+    """DeepSeek-V3's score bias, which the ONNX optimizer folds, is read by itself
+    (LayerWeights via the adapter's `read_score_bias`), not with the layer's experts: at real
+    sizes that would read every MoE layer of the checkpoint once more."""
+    from moe_compile.compiler.weight_sources import LayerWeights
+
+    read = SafetensorsCheckpoint.read
+    reads = []
+
+    def recording(self, name):
+        reads.append(name)
+        return read(self, name)
+
+    monkeypatch.setattr(SafetensorsCheckpoint, "read", recording)
+    ir = load_moe_model(tiny_model_dirs["deepseek_v3"])
+    spec = ir.layers[0]
+    bias = LayerWeights(ir).read(spec.module_path, "score_bias")
+    assert reads == [f"{spec.module_path}.gate.e_score_correction_bias"] and bias.shape == (spec.num_experts,)

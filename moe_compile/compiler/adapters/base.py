@@ -134,13 +134,15 @@ class MoEAdapter:
             gate_up[expert] = torch.cat([gate, up], dim=0)
             down[expert] = down_e
         return ExpertWeights(router_weight=router_weight, gate_up=gate_up, down=down,
-                             score_bias=self._read_score_bias(checkpoint, index))
+                             score_bias=self.read_score_bias(checkpoint, index))
 
     def has_score_bias(self) -> bool:
         """Whether the layers carry a score-correction bias (DeepSeek-V3): no tensor is read."""
         return False
 
-    def _read_score_bias(self, checkpoint: SafetensorsCheckpoint, index: int) -> torch.Tensor | None:
+    def read_score_bias(self, checkpoint: SafetensorsCheckpoint, index: int) -> torch.Tensor | None:
+        """The layer's score-correction bias alone (None without one): read by itself where a
+        graph needs only it (the ONNX optimizer folds it), not with the layer's experts."""
         return None
 
     # --- the live torch module ----------------------------------------------------------------

@@ -34,5 +34,5 @@ class DeepseekV3Adapter(DeepseekV2Adapter):
     def has_score_bias(self) -> bool:
         return True
 
-    def _read_score_bias(self, checkpoint: SafetensorsCheckpoint, index: int) -> torch.Tensor:
+    def read_score_bias(self, checkpoint: SafetensorsCheckpoint, index: int) -> torch.Tensor:
         return checkpoint.read(self._score_bias_key(index))
