@@ -10,8 +10,9 @@ O_DIRECT needs the buffer, the length and the file offset of every write to be m
 device's block size, so bytes are gathered in a page-aligned buffer of whole 4096-byte blocks and
 written a buffer at a time; the last block is written padded with zeros and the file truncated
 back to the bytes given. Two writers may fill one file at once, each from its own offset
-(`start`): a streamed export writes its MoE weights and the rest side by side. Where O_DIRECT is refused (tmpfs, macOS, some network or FUSE file
-systems: at open or at the first write), the same file is written through the page cache.
+(`start`): a streamed export writes its MoE weights and the rest side by side. Where O_DIRECT
+is refused (tmpfs, macOS, some network or FUSE file systems: at open or at the first write),
+the same file is written through the page cache.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ _DIRECT = getattr(os, "O_DIRECT", 0)
 
 
 class DirectFile:
-    """Appends bytes to a new file at `path`; `tell()` counts the bytes given, `close()` flushes.
+    """Appends bytes to a file at `path`; `tell()` is the offset of the next byte, `close()` flushes.
 
     Use as a context manager: leaving it with an exception closes the descriptor without writing
     what is still buffered (the caller removes the half-written file)."""
 
-    def __init__(self, path: Path, buffer_bytes: int = _BUFFER_BYTES, direct: bool = True, start: int | None = None) -> None:
+    def __init__(self, path: Path, buffer_bytes: int = _BUFFER_BYTES, direct: bool = True,
+                 start: int | None = None) -> None:
         """A new file at `path`; or with `start` (a multiple of BLOCK) the existing file, written
         from that offset on and not truncated at `close()` (another writer may own what follows:
         its owner, or whoever closes last, sets the file's size)."""

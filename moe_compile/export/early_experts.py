@@ -45,7 +45,7 @@ from moe_compile.direct_file import DirectFile
 from moe_compile.errors import InvalidInput
 
 from .lowering import choose_lowering, expert_field_layouts
-from .streamed_weights import ALIGNMENT, INLINE_LIMIT, StreamedTensor, append_tensors, recipe_key
+from .streamed_weights import ALIGNMENT, INLINE_LIMIT, StreamedTensor, append_tensors, external_tensor, recipe_key
 
 CHILD_PROCESS_BYTES = 256 << 20  # MoE tensors of at least this many bytes are written by a child process
 READ_THREAD = "export-moe-reads"  # the thread that reads and converts them
@@ -54,9 +54,9 @@ READ_THREAD = "export-moe-reads"  # the thread that reads and converts them
 _EARLY_FIELDS = ("router_weight", "router_bias", "gate_up", "down", "gate_up_bias", "down_bias")
 
 
-def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str) -> list[tuple[str, StreamedTensor]]:
-    """(module path, tensor) of every MoE-layer parameter the skeleton has, as the graph is
-    expected to hold it, layer by layer."""
+def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str) -> list[tuple[str, str, StreamedTensor]]:
+    """(module path, ExpertWeights field, tensor) of every MoE-layer parameter the skeleton has,
+    as the graph is expected to hold it, layer by layer."""
     sources = WeightSources(skeleton, moe_model)
     found = []
     for path, module in skeleton.named_modules():
@@ -70,7 +70,7 @@ def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str) ->
             recipe = sources.recipe(f"{path}.{attr}")
             if field in layouts:
                 recipe = replace(recipe, expert_layout=layouts[field])
-            found.append((path, StreamedTensor(recipe, f"{path}.{attr}")))
+            found.append((path, field, StreamedTensor(recipe, f"{path}.{attr}")))
     return found
 
 
@@ -82,10 +82,10 @@ class EarlyMoEWrites:
 
     def __init__(self, skeleton: torch.nn.Module, moe_model: MoEModel, target: str, data_path: Path) -> None:
         tensors = _moe_tensors(skeleton, moe_model, target)
-        self._keys = [recipe_key(tensor) for _, tensor in tensors]
+        self._keys = [recipe_key(tensor) for _, _, tensor in tensors]
         self.planned: dict[tuple, tuple[int, int] | None] = {}  # recipe key -> (offset, length); None: inline
         end = 0
-        for key, (_, tensor) in zip(self._keys, tensors):
+        for key, (_, _, tensor) in zip(self._keys, tensors):
             if tensor.nbytes < INLINE_LIMIT:
                 self.planned[key] = None
             else:
@@ -93,10 +93,10 @@ class EarlyMoEWrites:
                 self.planned[key], end = (offset, tensor.nbytes), offset + tensor.nbytes
         self.rest_start = -(-end // ALIGNMENT) * ALIGNMENT
         data_path.write_bytes(b"")  # the writers open it from their offsets
-        if sum(tensor.nbytes for _, tensor in tensors) >= CHILD_PROCESS_BYTES:
+        if sum(tensor.nbytes for _, _, tensor in tensors) >= CHILD_PROCESS_BYTES:
             self._writer = _ChildProcessWriter(moe_model.path, tensors, data_path)
         else:
-            self._writer = _ThreadWriter([tensor for _, tensor in tensors], data_path)
+            self._writer = _ThreadWriter([tensor for _, _, tensor in tensors], data_path)
 
     def finish(self) -> dict[tuple, ir.TensorProtocol]:
         """-> {recipe key: where that tensor is now: an ir.ExternalTensor at its planned offset,
@@ -144,13 +144,13 @@ class _ThreadWriter:
 
 
 class _ChildProcessWriter:
-    def __init__(self, model_path: Path, tensors: list[tuple[str, StreamedTensor]], data_path: Path) -> None:
-        self._tensors = [tensor for _, tensor in tensors]
+    def __init__(self, model_path: Path, tensors: list[tuple[str, str, StreamedTensor]], data_path: Path) -> None:
+        self._tensors = [tensor for _, _, tensor in tensors]
         self._data_path = data_path
         job = {"model": str(model_path), "data": str(data_path),
-               "tensors": [(module_path, tensor.name, tensor.recipe.source, _field(tensor.recipe), tensor.recipe.layer,
+               "tensors": [(module_path, tensor.name, tensor.recipe.source, field, tensor.recipe.layer,
                             tensor.recipe.source_shape, tensor.recipe.dtype, tensor.recipe.expert_layout)
-                           for module_path, tensor in tensors]}
+                           for module_path, field, tensor in tensors]}
         package_root = str(Path(__file__).resolve().parents[2])
         # one compute thread: the trace has the other core, and idle OpenMP workers spin on it
         env = dict(os.environ, OMP_NUM_THREADS="1",
@@ -184,18 +184,13 @@ class _ChildProcessWriter:
         if where[0] == "inline":
             return ir.tensor(where[1], name=tensor.name)
         _, offset, length = where
-        return ir.ExternalTensor(self._data_path.name, offset, length, tensor.dtype, shape=tensor.shape,
-                                 name=tensor.name, base_dir=self._data_path.parent)
+        return external_tensor(self._data_path, offset, length, tensor)
 
     def cancel(self) -> None:
         if self._process.poll() is None:
             self._process.terminate()
         self._process.wait()
         self._process.stdout.close()
-
-
-def _field(recipe: WeightRecipe) -> str:
-    return recipe.source.rsplit(" ", 1)[-1]  # "MoE layer 3 gate_up" -> "gate_up"
 
 
 def _write_job(job: dict) -> tuple:

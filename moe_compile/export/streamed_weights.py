@@ -124,7 +124,8 @@ def _tensor_parts(tensors: list[tuple[K, ir.TensorProtocol]]) -> Iterator[tuple[
 
 
 def append_tensors(data: DirectFile, tensors: list[tuple[K, ir.TensorProtocol]], data_path: Path,
-                   stop: threading.Event | None = None, thread_name: str = "export-weights") -> dict[K, ir.TensorProtocol]:
+                   stop: threading.Event | None = None,
+                   thread_name: str = "export-weights") -> dict[K, ir.TensorProtocol]:
     """Append each tensor of at least INLINE_LIMIT bytes to `data` (the file at `data_path`),
     4096-aligned; -> {key: where its values now are (an ir.ExternalTensor into `data_path`, or
     the values of a small one from the checkpoint)}. The checkpoint is read and converted a few
@@ -148,10 +149,15 @@ def append_tensors(data: DirectFile, tensors: list[tuple[K, ir.TensorProtocol]],
         length = data.tell() - start
         if length != const.nbytes:
             raise RuntimeError(f"initializer {const.name}: wrote {length} bytes, expected {const.nbytes}")
-        placed[key] = ir.ExternalTensor(data_path.name, start, length, const.dtype, shape=const.shape,
-                                        name=const.name, base_dir=data_path.parent)
+        placed[key] = external_tensor(data_path, start, length, const)
         start = None
     return placed
+
+
+def external_tensor(data_path: Path, offset: int, length: int, like: ir.TensorProtocol) -> ir.ExternalTensor:
+    """`like`'s dtype, shape and name, its bytes at `offset` in `data_path`."""
+    return ir.ExternalTensor(data_path.name, offset, length, like.dtype, shape=like.shape, name=like.name,
+                             base_dir=data_path.parent)
 
 
 def recipe_key(const: ir.TensorProtocol) -> tuple | None:
