@@ -14,6 +14,7 @@ export writes): `io_bound_s` and `io_bound_direct_s`, the floors export time is 
     python benchmarks/scale.py --layers 4 --work /tmp/scale --out benchmarks/results/scale.json
     python benchmarks/scale.py --layers 2 --dtype fp16 --work /tmp/scale --out ...  # an fp16 export
     python benchmarks/scale.py --shape qwen1.5-moe-a2.7b --layers 2 --work /tmp/scale --out ...
+    python benchmarks/scale.py --layers 4 --quantize int4 --work /tmp/scale --out ...  # export --quantize int4
 
 Prints the JSON it writes. The checkpoint needs about 1.25 GB per layer (Qwen1.5-MoE: 1.15) +
 1.25 GB, the fp32 export twice that: check `df -h` first.
@@ -133,7 +134,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                         help="the export's dtype (bf16 is not run: ONNX Runtime's CPU provider has no bf16 kernels)")
+    parser.add_argument("--quantize", choices=("int4", "int8"), help="export --quantize (fp32 activations)")
     args = parser.parse_args()
+    if args.quantize and args.dtype != "fp32":
+        parser.error("--quantize exports at --dtype fp32")
     config = dict(SHAPES[args.shape], num_hidden_layers=args.layers)
     model = args.work / "model"
     start = time.perf_counter()
@@ -143,7 +147,7 @@ def main() -> None:
     result = {"machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(),
                           "load_at_start": os.getloadavg()},
               "model": {"shape": f"{args.shape} layers", "layers": args.layers, "checkpoint_bytes": checkpoint_bytes,
-                        "export_dtype": args.dtype,
+                        "export_dtype": args.dtype, **({"quantize": args.quantize} if args.quantize else {}),
                         "write_checkpoint_s": round(time.perf_counter() - start, 1)}}
     profile, plan, onnx = args.work / "profile.json", args.work / "plan.json", args.work / "onnx" / "model.onnx"
     onnx.parent.mkdir(exist_ok=True)
@@ -152,7 +156,8 @@ def main() -> None:
     result["plan"] = run_command(["plan", str(model), "--profile", str(profile), "--budget", "0.75",
                                   "--out", str(plan)])
     result["export"] = run_command(["export", str(model), "--plan", str(plan), "--target", "onnxruntime",
-                                    "--dtype", args.dtype, "--out", str(onnx)])
+                                    "--dtype", args.dtype, *(["--quantize", args.quantize] if args.quantize else []),
+                                    "--out", str(onnx)])
     result["validate"] = run_command(["validate", str(model), "--plan", str(plan), "--onnx", str(onnx)])
     onnx_bytes = sum(p.stat().st_size for p in onnx.parent.iterdir())
     disk = disk_throughput(sorted(model.glob("*.safetensors")), onnx_bytes, args.work / "scratch.bin")

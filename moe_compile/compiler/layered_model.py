@@ -13,6 +13,8 @@ as the loaded model (tests/compiler/test_layered_model.py), but slower where the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .checkpoint import SafetensorsCheckpoint
@@ -36,14 +38,15 @@ def reference_lm(moe_model: MoEModel, dtype: str = "fp32", top_k: dict[int, int]
     return build(moe_model, dtype, top_k)[0]
 
 
-def layered_model(moe_model: MoEModel, dtype: str = "fp32",
-                  top_k: dict[int, int] | None = None) -> tuple[torch.nn.Module, dict]:
+def layered_model(moe_model: MoEModel, dtype: str = "fp32", top_k: dict[int, int] | None = None,
+                  on_fill: Callable[[torch.nn.Module], object] | None = None) -> tuple[torch.nn.Module, dict]:
     """The rewritten model at `top_k` (default: the base top-k) in `dtype`, its weights read unit
-    by unit during each forward."""
+    by unit during each forward; `on_fill(unit)` runs on each unit once its weights are in (the
+    reference of a quantized file dequantizes them there)."""
     model, top_k = skeleton_model(moe_model, dtype, top_k)
     sources = WeightSources(model, moe_model)
     for prefix, module, names in _units(model, moe_model):
-        _WeightsOnEntry(prefix, module, names, sources).attach()
+        _WeightsOnEntry(prefix, module, names, sources, on_fill).attach()
     return model, top_k
 
 
@@ -70,8 +73,9 @@ def _weight_names(module: torch.nn.Module, recurse: bool) -> list[str]:
 class _WeightsOnEntry:
     """Hooks that fill `module`'s weights before its forward and empty them after."""
 
-    def __init__(self, prefix: str, module: torch.nn.Module, names: list[str], sources: WeightSources) -> None:
-        self.module = module
+    def __init__(self, prefix: str, module: torch.nn.Module, names: list[str], sources: WeightSources,
+                 on_fill: Callable[[torch.nn.Module], object] | None = None) -> None:
+        self.module, self.on_fill = module, on_fill
         self.slots = []  # (owner module, attribute, is a parameter, the weight's recipe)
         for name in names:
             recipe = sources.recipe(f"{prefix}.{name}" if prefix else name)
@@ -91,6 +95,8 @@ class _WeightsOnEntry:
         for owner, attr, is_parameter, recipe in self.slots:
             self._set(owner, attr, is_parameter, recipe.tensor())
         self.sources.release()
+        if self.on_fill is not None:
+            self.on_fill(self.module)
 
     def _empty(self) -> None:
         for owner, attr, is_parameter, recipe in self.slots:

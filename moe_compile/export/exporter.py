@@ -3,8 +3,9 @@
     check --out -> load the model -> apply the plan (rewrite) -> wrap with its KV cache
     -> torch.onnx (dynamo), translating each GroupedMoE call for the target
     -> with --ort-fusions (onnxruntime target, fp32): attention and norms as ONNX Runtime's fused ops
-    -> name each layer's MoE output -> the target's weight pass (onnxruntime: reorder experts, interleave fc1)
+    -> the target's weight pass (onnxruntime: reorder experts, interleave fc1)
     -> with --quantize (onnxruntime target): experts to QMoE, dense projections to MatMulNBits
+       (their values computed as they are written) -> name each layer's MoE output
     -> onnxruntime, fp32 experts: com.microsoft.MoE for a few tokens, sorted experts for more
     -> strip trace metadata -> with --quantize: split by input length (decode steps compute in int8)
     -> add moe_compile metadata -> check -> staged save and rename
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx_ir as ir
 import torch
 
 from moe_compile import interrupts
@@ -116,9 +118,9 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
 
     Streamed (the default): trace a skeleton that holds no weights, then write every weight to
     `out`.data tensor by tensor from the checkpoint (export/streamed_weights.py). Not streamed:
-    load the whole model, trace it and save the whole proto, external data only past 2 GB; the
-    reference that the streamed export is tested against, and (for now) the path of a quantized
-    export, whose pass rewrites the weights of an in-memory proto (export/quantize_pass.py).
+    load the whole model, trace it and save the whole proto, external data only past 2 GB: the
+    reference that the streamed export is tested against. A quantized export's weights are
+    quantized as they are written, either way (export/quantize_pass.py).
     """
     if target not in TARGETS:
         raise InvalidInput(f"target '{target}' is not one of {', '.join(TARGETS)}")
@@ -138,10 +140,11 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     report = LoweringReport(target, quantized=quantize is not None, sorted_prompts=moe_prompts == SORTED and dtype == "fp32")
     layers = [spec.index for spec in moe_model.layers]
     quantized = None
-    if streamed and quantize is None:
+    if streamed:
         model, top_k = skeleton_model(moe_model, dtype, top_k)
         with _staging(out) as staging:
-            early = EarlyMoEWrites(model, moe_model, target, staging / f"{out.name}.data")
+            # A quantized file holds none of the experts as the trace uses them: nothing to write early.
+            early = None if quantize else EarlyMoEWrites(model, moe_model, target, staging / f"{out.name}.data")
             try:
                 program = _trace(model, DTYPES[dtype], report, layers, optimize=False, sdpa_form=ort_fusions)
                 bind_weights(program.model.graph, model, moe_model, prefix="model.")
@@ -152,11 +155,14 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
                 set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
                 if ort_fusions:
                     report.ort_fusions = fuse_for_onnxruntime(program.model)
+                if quantize:
+                    quantized = quantize_graph(program.model.graph, quantize)  # computed as it is written
                 del model
                 _save_streamed(program.model, out, staging, early,
-                               lambda onnx_model: _finish(onnx_model, moe_model, report, dtype, top_k, layers))
+                               lambda onnx_model: _finish(onnx_model, moe_model, report, dtype, top_k, layers, quantized))
             finally:
-                early.cancel()
+                if early is not None:
+                    early.cancel()
     else:
         model, top_k = compiled_model(moe_model, dtype, top_k)
         program = _trace(model, DTYPES[dtype], report, layers, sdpa_form=ort_fusions)
@@ -164,7 +170,11 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
             report.ort_fusions = fuse_for_onnxruntime(program.model)
         onnx_model = program.model_proto
         weight_pass(target)(onnx_model)
-        quantized = _finish(onnx_model, moe_model, report, dtype, top_k, layers, quantize)
+        if quantize:
+            onnx_ir_model = ir.serde.deserialize_model(onnx_model)
+            quantized = quantize_graph(onnx_ir_model.graph, quantize)
+            onnx_model = ir.serde.serialize_model(onnx_ir_model)
+        _finish(onnx_model, moe_model, report, dtype, top_k, layers, quantized)
         _save(onnx_model, out)
     return ExportResult(out, report, top_k, dtype, quantized)
 
@@ -185,15 +195,13 @@ def _optimize(program: torch.onnx.ONNXProgram) -> None:
 
 
 def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str, top_k: dict[int, int],
-            layers: list[int], quantize: QuantScheme | None = None) -> dict | None:
-    """The graph-level steps both paths share, on the ModelProto: MoE output names, the quantize
-    pass (after the names: they come from the translations' trace metadata), fp32
+            layers: list[int], quantized: dict | None = None) -> None:
+    """The graph-level steps both paths share, on the ModelProto: MoE output names, fp32
     com.microsoft.MoE nodes switched by token count (lowering/sorted_experts.py; the report says so
-    per layer), no trace metadata, a quantized graph split by input length
-    (export/length_dispatch.py), moe_compile metadata; -> what the quantize pass quantized."""
+    per layer), no trace metadata, a quantized graph (`quantized`: the quantize pass's summary)
+    split by input length (export/length_dispatch.py), moe_compile metadata."""
     target = report.target
     _name_moe_outputs(onnx_model, layers)
-    quantized = quantize_graph(onnx_model, quantize) if quantize else None
     sorted_experts = report.sorted_layers > 0
     if sorted_experts and sort_multi_token_experts(onnx_model) != report.sorted_layers:
         raise RuntimeError(f"expected {report.sorted_layers} fp32 com.microsoft.MoE nodes to sort by expert")
@@ -206,13 +214,12 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
                 "moe_compile.weights_sha256": moe_model.fingerprint["weights_sha256"],
                 "moe_compile.top_k": json.dumps({str(k): v for k, v in sorted(top_k.items())}),
                 "moe_compile.max_positions": str(moe_model.config.max_position_embeddings),  # the served context
-                **({QUANTIZE_METADATA_KEY: quantize.metadata()} if quantize else {}),
+                **({QUANTIZE_METADATA_KEY: quantized["scheme"]} if quantized else {}),
                 **({DECODE_COMPUTE_KEY: "int8"} if split else {}),
                 **({MOE_PROMPTS_KEY: SORTED} if sorted_experts else {}),
                 **({ORT_FUSIONS_KEY: json.dumps(report.ort_fusions)} if report.ort_fusions else {})}
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
-    return quantized
 
 
 @contextlib.contextmanager

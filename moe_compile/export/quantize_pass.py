@@ -17,131 +17,124 @@ experts, which ONNX Runtime 1.32 runs only with int8 activations (its schema: "B
 experts have no fp32 kernel"): an int8 file is therefore checked against its dequantized
 reference with a wider tolerance (validate/tolerances.py), an int4 file with fp32's.
 
-One initializer at a time: each weight is read, quantized and replaced before the next.
+The pass runs on the onnx_ir graph and computes nothing: each replaced weight becomes two
+initializers (export/quantized_weights.py) whose values are computed when they are written, slice
+by slice, so a streamed export quantizes as it writes and an in-memory one as it serializes.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-import numpy as np
-import torch
-from onnx import helper, numpy_helper
+import onnx_ir as ir
 
-from moe_compile.quantization import pack, quantize_blocks
 from moe_compile.quantization.scheme import QuantScheme
 
 from .lowering.onnxruntime import MS_DOMAIN, register_ms_schema
+from .quantized_weights import BlockQuantization, QuantizedTensor
 
 _MOE_ATTRS = ("k", "activation_type", "swiglu_fusion", "normalize_routing_weights", "activation_alpha",
               "activation_beta", "swiglu_limit")
 
 
-def quantize_graph(onnx_model, scheme: QuantScheme) -> dict:
-    """Quantize `onnx_model`'s experts and dense projections in place; -> what was quantized."""
+def quantize_graph(graph: ir.Graph, scheme: QuantScheme) -> dict:
+    """Quantize `graph`'s experts and dense projections in place; -> what was quantized."""
     for name in ("QMoE", "MatMulNBits"):
         register_ms_schema(name)
-    graph = onnx_model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    routers = _router_nodes(graph)
+    routers = _router_outputs(graph)
     summary = {"scheme": scheme.metadata(), "experts": 0, "dense": 0, "dense_kept_fp32": 0}
-    nodes, added = [], []
-    for node in graph.node:
-        new = None
+    for node in list(graph):
         if node.domain == MS_DOMAIN and node.op_type == "MoE":
-            new = _qmoe(node, initializers, added, scheme)
+            _replace(graph, node, _qmoe(graph, node, scheme))
             summary["experts"] += 1
-        elif node.op_type in ("MatMul", "Gemm") and not node.domain and node.output[0] not in routers:
-            new = _matmul_nbits(node, initializers, uses, added, scheme)
+        elif node.op_type in ("MatMul", "Gemm") and not node.domain and node.outputs[0] not in routers:
+            new = _matmul_nbits(graph, node, scheme)
+            if new is not None:
+                _replace(graph, node, new)
             summary["dense" if new is not None else "dense_kept_fp32"] += 1
-        nodes.append(new if new is not None else node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(added)
-    stale = {init.name for init in graph.initializer}  # value_info of a replaced weight still says float
-    kept = [info for info in graph.value_info if info.name not in stale]
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
-    if not any(opset.domain == MS_DOMAIN for opset in onnx_model.opset_import):
-        onnx_model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    graph.opset_imports.setdefault(MS_DOMAIN, 1)
     return summary
 
 
-def _router_nodes(graph) -> set[str]:
+def _router_outputs(graph: ir.Graph) -> set[ir.Value]:
     """The outputs of the MatMul/Gemm nodes upstream of an MoE node's router input (breadth-first,
     not past them)."""
-    producer = {out: node for node in graph.node for out in node.output}
-    found: set[str] = set()
-    for node in graph.node:
+    found: set[ir.Value] = set()
+    for node in graph:
         if node.domain != MS_DOMAIN or node.op_type != "MoE":
             continue
-        queue, seen = deque([node.input[1]]), set()
+        queue, seen = deque([node.inputs[1]]), set()
         while queue:
             value = queue.popleft()
-            source = producer.get(value)
+            source = value.producer() if value is not None else None
             if source is None or value in seen:
                 continue
             seen.add(value)
             if source.op_type in ("MatMul", "Gemm") and not source.domain:
-                found.add(source.output[0])
+                found.add(source.outputs[0])
             else:
-                queue.extend(name for name in source.input if name)
+                queue.extend(source.inputs)
     return found
 
 
-def _quantize_into(init, rows: np.ndarray, scheme: QuantScheme, added: list) -> str:
-    """Replace initializer `init` by `rows` [..., N, K] block-quantized and packed
-    ([..., N, K/block, block*bits/8] uint8, same name); add its scales [..., N, K/block]; -> their name."""
-    blocks = quantize_blocks(torch.from_numpy(np.array(rows, copy=True, order="C")), scheme.bits, scheme.block_size)
-    name, scales = init.name, f"{init.name}.scales"
-    init.CopyFrom(numpy_helper.from_array(pack(blocks), name))
-    added.append(numpy_helper.from_array(blocks.scales.numpy().astype(rows.dtype), scales))
-    return scales
+def _replace(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
+    """`new` in `old`'s place, its outputs taking over the names and uses of `old`'s; the trace
+    metadata kept (the exporter names each layer's MoE output from it)."""
+    new.metadata_props.update(old.metadata_props)
+    ir.convenience.replace_nodes_and_values(graph, old, [old], [new], list(old.outputs), list(new.outputs))
 
 
-def _qmoe(node, initializers: dict, added: list, scheme: QuantScheme):
+def _quantized(graph: ir.Graph, weight: ir.Value, scheme: QuantScheme, transposed: bool = False,
+               packed_shape: tuple[int, ...] | None = None) -> tuple[ir.Value, ir.Value]:
+    """The initializer `weight` replaced by its packed values (same name) and their scales
+    (`{name}.scales`); -> those two values."""
+    quantization = BlockQuantization(weight.const_value, scheme, transposed)
+    name = weight.name
+    graph.initializers.pop(name)
+    values = []
+    for part, value_name, shape in (("packed", name, packed_shape), ("scales", f"{name}.scales", None)):
+        tensor = QuantizedTensor(quantization, part, value_name, shape)
+        value = ir.Value(name=value_name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
+        graph.register_initializer(value)
+        values.append(value)
+    return values[0], values[1]
+
+
+def _qmoe(graph: ir.Graph, node: ir.Node, scheme: QuantScheme) -> ir.Node:
     """com.microsoft.MoE (input, router, fc1, fc1_bias, fc2, fc2_bias) -> QMoE, its experts'
     weights [E, N, K] as [E, N, K*bits/8]."""
-    hidden, router, fc1, fc1_bias, fc2, fc2_bias = (list(node.input) + [""] * 6)[:6]
-    new_inputs = [hidden, router]
+    hidden, router, fc1, fc1_bias, fc2, fc2_bias = (list(node.inputs) + [None] * 6)[:6]
+    inputs = [hidden, router]
     for weight, bias in ((fc1, fc1_bias), (fc2, fc2_bias)):
-        init = initializers[weight]
-        array = numpy_helper.to_array(init)  # [E, N, K]
-        scales = _quantize_into(init, array, scheme, added)
-        init.dims[:] = [array.shape[0], array.shape[1], array.shape[2] * scheme.bits // 8]
-        new_inputs += [weight, scales, bias]
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in _MOE_ATTRS}
-    return helper.make_node("QMoE", new_inputs, list(node.output), name=node.name, domain=MS_DOMAIN,
-                            expert_weight_bits=scheme.bits, block_size=scheme.block_size, weights_prepacked=0,
-                            **{k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()})
+        experts, n, k = weight.const_value.shape.numpy()
+        inputs += [*_quantized(graph, weight, scheme, packed_shape=(experts, n, k * scheme.bits // 8)), bias]
+    attributes = [ir.Attr(name, attr.type, attr.value) for name, attr in node.attributes.items() if name in _MOE_ATTRS]
+    attributes += [ir.AttrInt64("expert_weight_bits", scheme.bits), ir.AttrInt64("block_size", scheme.block_size),
+                   ir.AttrInt64("weights_prepacked", 0)]
+    return ir.Node(MS_DOMAIN, "QMoE", inputs, attributes, num_outputs=len(node.outputs), name=node.name)
 
 
-def _matmul_nbits(node, initializers: dict, uses: dict, added: list, scheme: QuantScheme):
+def _matmul_nbits(graph: ir.Graph, node: ir.Node, scheme: QuantScheme) -> ir.Node | None:
     """MatMul / Gemm with a constant 2D weight -> MatMulNBits, or None where it stays fp32."""
-    weight_name = node.input[1]
-    init = initializers.get(weight_name)
-    if init is None or len(init.dims) != 2 or uses.get(weight_name, 0) != 1:
+    weight = node.inputs[1]
+    if weight is None or not weight.is_initializer() or weight.const_value is None \
+            or len(weight.const_value.shape) != 2 or len(weight.uses()) != 1:
         return None
-    bias = ""
+    bias = None
     if node.op_type == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("transA", 0) or not attrs.get("transB", 0) or attrs.get("alpha", 1.0) != 1.0 \
-                or attrs.get("beta", 1.0) != 1.0:
+        def attr(name: str, default):
+            found = node.attributes.get(name)
+            return default if found is None else found.value
+        if attr("transA", 0) or not attr("transB", 0) or attr("alpha", 1.0) != 1.0 or attr("beta", 1.0) != 1.0:
             return None
-        bias = node.input[2] if len(node.input) > 2 else ""
-        n, k = init.dims
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        n, k = weight.const_value.shape.numpy()
     else:
-        k, n = init.dims
+        k, n = weight.const_value.shape.numpy()
     if n <= 1 or k % scheme.block_size:
         return None
-    array = numpy_helper.to_array(init)
-    scales = _quantize_into(init, array if node.op_type == "Gemm" else array.T, scheme, added)  # rows [N, K]
-    inputs = [node.input[0], weight_name, scales] + (["", "", bias] if bias else [])
-    return helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name, domain=MS_DOMAIN,
-                            K=k, N=n, bits=scheme.bits, block_size=scheme.block_size, accuracy_level=0)
-
-
+    packed, scales = _quantized(graph, weight, scheme, transposed=node.op_type == "MatMul")
+    inputs = [node.inputs[0], packed, scales] + ([None, None, bias] if bias is not None else [])
+    attributes = [ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", scheme.bits),
+                  ir.AttrInt64("block_size", scheme.block_size), ir.AttrInt64("accuracy_level", 0)]
+    return ir.Node(MS_DOMAIN, "MatMulNBits", inputs, attributes, num_outputs=1, name=node.name)

@@ -40,13 +40,41 @@ K = TypeVar("K")
 _FOLDED_FROM_KEY = "pkg.onnxscript.optimizer.folded_from"  # what onnxscript's folder records on a folded value
 
 
-class StreamedTensor(ir.LazyTensor):
+class SlicedTensor(ir.LazyTensor):
+    """An initializer computed when asked for, and written a slice at a time (`byte_parts`)."""
+
+    @property
+    def layer(self) -> int | None:
+        """The MoE layer it comes from (written with that layer), or None."""
+        return None
+
+    def byte_parts(self) -> Iterator[memoryview]:
+        """Its bytes in order, a slice at a time."""
+        raise NotImplementedError
+
+    def values(self) -> ir.TensorProtocol:
+        """All of it, in memory, named (what a small one is written inline as)."""
+        raise NotImplementedError
+
+
+class StreamedTensor(SlicedTensor):
     """An initializer whose values come from a `WeightRecipe` when asked for (or when written)."""
 
     def __init__(self, recipe: WeightRecipe, name: str) -> None:
         dtype = ir.DataType(element_type(torch=recipe.dtype).onnx)
-        super().__init__(lambda: ir.tensor(recipe.tensor()), dtype=dtype, shape=ir.Shape(recipe.shape), name=name)
+        super().__init__(self.values, dtype=dtype, shape=ir.Shape(recipe.shape), name=name)
         self.recipe = recipe
+
+    def values(self) -> ir.TensorProtocol:
+        return ir.tensor(self.recipe.tensor(), name=self.name)
+
+    @property
+    def layer(self) -> int | None:
+        return self.recipe.layer
+
+    def byte_parts(self) -> Iterator[memoryview]:
+        for part in self.recipe.slices():
+            yield memoryview(part.reshape(-1).view(torch.uint8).numpy())
 
 
 def bind_weights(graph: ir.Graph, skeleton: torch.nn.Module, moe_model: MoEModel, prefix: str) -> None:
@@ -99,9 +127,8 @@ def set_expert_layouts(graph: ir.Graph, layouts: dict[str, Callable[[torch.Tenso
 
 
 def _tensor_bytes(const: ir.TensorProtocol) -> Iterator[memoryview]:
-    if isinstance(const, StreamedTensor):
-        for part in const.recipe.slices():
-            yield memoryview(part.reshape(-1).view(torch.uint8).numpy())
+    if isinstance(const, SlicedTensor):
+        yield from const.byte_parts()
     else:
         yield memoryview(const.tobytes())
 
@@ -115,8 +142,8 @@ def _tensor_parts(tensors: list[tuple[K, ir.TensorProtocol]]) -> Iterator[tuple[
     then (key, tensor, _END)."""
     for key, const in tensors:
         if const.nbytes < INLINE_LIMIT:
-            if isinstance(const, StreamedTensor):
-                yield key, const, ir.tensor(const.recipe.tensor(), name=const.name)
+            if isinstance(const, SlicedTensor):
+                yield key, const, const.values()
             continue
         for chunk in _tensor_bytes(const):
             yield key, const, chunk
@@ -184,10 +211,10 @@ def write_external_data(graph: ir.Graph, data_path: Path, early=None) -> int:
     their bytes and the rest are written from `early.rest_start` meanwhile; if it holds one
     that no initializer is, it is stopped and the file written from the start without it (no
     unused bytes)."""
-    def layer_key(value: ir.Value) -> tuple[int, int]:
+    def layer_key(value: ir.Value) -> int:
         const = value.const_value
-        layer = const.recipe.layer if isinstance(const, StreamedTensor) else None
-        return (-1 if layer is None else layer, 0)
+        layer = const.layer if isinstance(const, SlicedTensor) else None
+        return -1 if layer is None else layer
 
     values = sorted((v for v in graph.initializers.values() if v.const_value is not None), key=layer_key)
     found: dict[tuple, ir.Value] = {}

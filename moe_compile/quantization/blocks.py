@@ -44,7 +44,14 @@ def quantize_blocks(weight: torch.Tensor, bits: int, block_size: int) -> Quantiz
 
 
 def dequantized(weight: torch.Tensor, bits: int, block_size: int) -> torch.Tensor:
-    """What the quantized op computes with in place of `weight` [..., N, K], in weight's dtype."""
+    """What the quantized op computes with in place of `weight` [..., N, K], in weight's dtype;
+    a stack of matrices (a layer's experts) one matrix at a time, so that the work tensors are
+    one expert's, not the layer's."""
+    if weight.dim() > 2:
+        out = torch.empty_like(weight)
+        for index, matrix in enumerate(weight):
+            out[index] = dequantized(matrix, bits, block_size)
+        return out
     blocks = quantize_blocks(weight, bits, block_size)
     *lead, n, k = weight.shape
     q = blocks.stored.float() - (1 << (bits - 1))

@@ -20,7 +20,7 @@ import torch
 
 from moe_compile.compiler.compiled import compiled_model
 from moe_compile.compiler.fingerprint import check_same_weights
-from moe_compile.compiler.layered_model import reference_lm
+from moe_compile.compiler.layered_model import layered_model, reference_lm, weights_fit
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.errors import InvalidInput
@@ -144,13 +144,16 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
 def reference_model(moe_model: MoEModel, metadata: dict, top_k: dict[int, int]) -> torch.nn.Module:
     """The PyTorch model a file is checked against, at its top-k and dtype: over 2 GiB, layer by
     layer (one decoder layer's weights resident at a time, compiler/layered_model.py); for a
-    quantized export, loaded whole with the weights it quantized replaced by their dequantized values."""
+    quantized export, with the weights it quantized replaced by their dequantized values (those of
+    each unit as it is read, where it runs layer by layer)."""
     dtype = metadata["moe_compile.dtype"]
     if QUANTIZE_KEY not in metadata:
         return reference_lm(moe_model, dtype, top_k)
+    scheme = QuantScheme.from_metadata(metadata[QUANTIZE_KEY])
+    if not weights_fit(moe_model):
+        return layered_model(moe_model, dtype, top_k, on_fill=lambda unit: dequantize_model(unit, scheme))[0]
     model, _ = compiled_model(moe_model, dtype, top_k)
-    dequantize_model(model, QuantScheme.from_metadata(metadata[QUANTIZE_KEY]))
-    return model
+    return dequantize_model(model, scheme)
 
 
 def tolerance_of(metadata: dict, step: str = "prefill") -> Tolerance:

@@ -52,3 +52,42 @@ def test_validate_runs_the_layered_reference_over_the_size_limit(tiny_model_dirs
     monkeypatch.setattr(layered, "layered_model", lambda *args: built.append(args) or layered_model(*args))
     assert main(["validate", str(tiny_model_dirs["qwen2_moe"]), "--onnx", str(tiny_onnx)]) == 0, capsys.readouterr()
     assert len(built) == 1
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_moe", pytest.param("deepseek_v3", marks=pytest.mark.slow)])
+def test_quantized_reference_layer_by_layer_is_the_loaded_one(model_type, tiny_model_dirs, monkeypatch):
+    """A quantized file's reference (its weights dequantized) run layer by layer, each unit
+    dequantized as it is read, computes what the loaded, dequantized model does."""
+    import moe_compile.compiler.layered_model as layered
+    from moe_compile.validate.parity import reference_model
+
+    moe_model = load_moe_model(tiny_model_dirs[model_type])
+    top_k = {spec.index: spec.base_top_k for spec in moe_model.layers}
+    metadata = {"moe_compile.dtype": "fp32", "moe_compile.quantize": "int4/16"}
+    loaded = reference_model(moe_model, metadata, top_k)
+    monkeypatch.setattr(layered, "LOADED_MAX_BYTES", 1024)
+    by_layer = reference_model(moe_model, metadata, top_k)
+    assert not [name for name, p in by_layer.named_parameters() if p.numel()]  # it is the layered one
+    unquantized = compiled_model(moe_model, "fp32", top_k)[0]
+    for expected, got, far in zip(_prefill_then_decode(loaded), _prefill_then_decode(by_layer),
+                                  _prefill_then_decode(unquantized)):
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        assert not np.allclose(far["logits"], expected["logits"], atol=1e-4)  # the dequantized weights differ
+
+
+def test_validate_of_a_quantized_file_over_the_size_limit_runs_layer_by_layer(tiny_model_dirs, tmp_path, monkeypatch,
+                                                                             capsys):
+    import moe_compile.compiler.layered_model as layered
+    from moe_compile.cli import main
+    from moe_compile.validate import parity
+
+    built = []
+    out = tmp_path / "model.onnx"
+    folder = str(tiny_model_dirs["qwen3_moe"])
+    assert main(["export", folder, "--target", "onnxruntime", "--quantize", "int4", "--block-size", "16",
+                 "--out", str(out)]) == 0, capsys.readouterr()
+    monkeypatch.setattr(layered, "LOADED_MAX_BYTES", 1024)
+    monkeypatch.setattr(parity, "layered_model", lambda *args, **kwargs: built.append(args) or layered_model(*args, **kwargs))
+    assert main(["validate", folder, "--onnx", str(out)]) == 0, capsys.readouterr()
+    assert len(built) == 1

@@ -39,6 +39,29 @@ def test_blocks_round_trip(bits):
     assert np.array_equal(unpacked, blocks.stored.numpy())
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_block_quantization_slices_are_the_whole_weights(transposed):
+    """export/quantized_weights.py: a weight's packed values and scales, computed slice by slice
+    (an expert at a time, or MatMul's [K, N] weight by its columns), are the whole weight's; the
+    scales asked for without the values are computed again, the same."""
+    import onnx_ir
+
+    from moe_compile.export.quantized_weights import BlockQuantization, QuantizedTensor
+
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(64, 24, generator=generator) if transposed else torch.randn(3, 24, 64, generator=generator)
+    rows = weight.T if transposed else weight  # [..., N, K]
+    expected = quantize_blocks(rows, 4, 16)
+    for first in ("packed", "scales"):
+        quantization = BlockQuantization(onnx_ir.tensor(weight.numpy()), QuantScheme("int4", 16), transposed)
+        tensors = {part: QuantizedTensor(quantization, part, part) for part in ("packed", "scales")}
+        order = [first, "scales" if first == "packed" else "packed"]
+        values = {part: tensors[part].values().numpy() for part in order}
+        assert np.array_equal(values["packed"], pack(expected)) and values["packed"].dtype == np.uint8
+        assert np.array_equal(values["scales"], expected.scales.numpy()) and values["scales"].dtype == np.float32
+        assert tensors["packed"].nbytes == values["packed"].nbytes
+
+
 @pytest.mark.parametrize("name, block, message", [
     ("int3", None, "--quantize int3: not a supported target (int8, int4)"),
     ("int4", 64, "--block-size 64 does not divide the hidden size 32"),

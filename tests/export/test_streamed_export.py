@@ -20,9 +20,20 @@ from moe_compile.export import early_experts, streamed_weights
 from moe_compile.export.exporter import export_onnx
 
 
+def _canonical(attribute) -> str:
+    """An attribute as text, a branch's value_info sorted by name (its order means nothing, and
+    the in-memory quantized export's round trip through onnx_ir changes it)."""
+    attribute = onnx.AttributeProto.FromString(attribute.SerializeToString())
+    if attribute.type == onnx.AttributeProto.GRAPH:
+        infos = sorted(attribute.g.value_info, key=lambda info: info.name)
+        del attribute.g.value_info[:]
+        attribute.g.value_info.extend(infos)
+    return str(attribute)
+
+
 def _graph_and_weights(path):
     model = onnx.load(str(path))  # external data loaded from beside the file
-    nodes = [(n.domain, n.op_type, list(n.input), list(n.output), [str(a) for a in n.attribute])
+    nodes = [(n.domain, n.op_type, list(n.input), list(n.output), [_canonical(a) for a in n.attribute])
              for n in model.graph.node]
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     metadata = {p.key: p.value for p in model.metadata_props}
@@ -43,6 +54,35 @@ def test_streamed_export_is_the_in_memory_export(model_type, target, tiny_model_
     starts = _record_rest_starts(monkeypatch)
     _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs[model_type]), target, tmp_path)
     assert len(starts) == 1 and starts[0] is not None
+
+
+@pytest.mark.parametrize("model_type, scheme", [
+    pytest.param("qwen2_moe", "int4", id="qwen2_moe-int4"),
+    *(pytest.param(m, s, id=f"{m}-{s}", marks=pytest.mark.slow)
+      for m, s in (("qwen2_moe", "int8"), ("qwen3_moe", "int4"), ("olmoe", "int4"), ("mixtral", "int8"),
+                   ("deepseek_v3", "int4"), ("gpt_oss", "int4"))),
+])
+def test_streamed_quantized_export_is_the_in_memory_one(model_type, scheme, tiny_model_dirs, tmp_path, monkeypatch):
+    """`export --quantize` streams too: every quantized weight is read once, its packed values
+    and scales computed from that one pass (export/quantized_weights.py) and written as they
+    come; nothing is written during the trace (a quantized file holds none of the experts as the
+    trace uses them)."""
+    from moe_compile.export.quantized_weights import BlockQuantization
+    from moe_compile.quantization.scheme import QuantScheme
+
+    starts = _record_rest_starts(monkeypatch)
+    passes = []
+    rows = BlockQuantization._rows
+
+    def counted(self):
+        passes.append(self.weight.name)
+        return rows(self)
+
+    monkeypatch.setattr(BlockQuantization, "_rows", counted)
+    _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs[model_type]), "onnxruntime", tmp_path,
+                                  quantize=QuantScheme(scheme, 16))
+    assert starts == [None]
+    assert len(passes) == 2 * len(set(passes))  # once for each export, scales from the same pass as the values
 
 
 def test_moe_tensors_written_early_but_laid_out_otherwise_are_written_again(tiny_model_dirs, tmp_path, monkeypatch):
@@ -80,9 +120,9 @@ def _assert_no_unused_bytes(path):
     assert (path.parent / f"{path.name}.data").stat().st_size == end
 
 
-def _assert_streamed_is_in_memory(ir, target, tmp_path):
-    export_onnx(ir, tmp_path / "streamed" / "model.onnx", target=target)
-    export_onnx(ir, tmp_path / "in_memory" / "model.onnx", target=target, streamed=False)
+def _assert_streamed_is_in_memory(ir, target, tmp_path, **options):
+    export_onnx(ir, tmp_path / "streamed" / "model.onnx", target=target, **options)
+    export_onnx(ir, tmp_path / "in_memory" / "model.onnx", target=target, streamed=False, **options)
     _assert_no_unused_bytes(tmp_path / "streamed" / "model.onnx")
     assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == ["model.onnx", "model.onnx.data"]
     nodes, weights, metadata, signature = _graph_and_weights(tmp_path / "streamed" / "model.onnx")

@@ -1,0 +1,105 @@
+"""A weight's block-quantized values and scales as two initializers, computed slice by slice.
+
+export/quantize_pass.py replaces a weight [..., N, K] (K the input features) by its packed values
+and their scales. Both come from one pass over the weight's rows: an expert at a time, or a block
+of rows (a streamed weight's own slices, compiler/weight_sources.py), so a quantized export holds
+one MoE layer's experts or one slice of a dense weight, never the model. The packed tensor is
+written first (streamed_weights.py writes a layer's tensors in the order they were added); the
+scales of that pass are kept, a fraction of its size (one fp32 per block), until the scales
+tensor is written right after it. Asked for alone, the scales are computed again from the weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from moe_compile.quantization import pack, quantize_blocks
+from moe_compile.quantization.scheme import QuantScheme
+
+from .streamed_weights import SlicedTensor, StreamedTensor
+
+
+class BlockQuantization:
+    """One weight, as its rows [..., N, K] quantized by `scheme`. `transposed`: the graph holds
+    it as [K, N] (MatMul's right operand), so its rows are that tensor's columns."""
+
+    def __init__(self, weight: ir.TensorProtocol, scheme: QuantScheme, transposed: bool = False) -> None:
+        self.weight, self.scheme, self.transposed = weight, scheme, transposed
+        self._kept_scales: list[np.ndarray] | None = None
+        dims = list(weight.shape.numpy())
+        if transposed:
+            dims = dims[::-1]
+        *lead, n, k = dims
+        blocks = k // scheme.block_size
+        self.layer = weight.layer if isinstance(weight, SlicedTensor) else None
+        self.packed_shape = (*lead, n, blocks, scheme.block_size * scheme.bits // 8)
+        self.scales_shape = (*lead, n, blocks)
+
+    def _rows(self) -> Iterator[torch.Tensor]:
+        """The weight's rows in order along its first axis: an expert, or a block of rows, at a time."""
+        if isinstance(self.weight, StreamedTensor):
+            recipe = self.weight.recipe
+            if self.transposed:
+                perm = recipe.perm or tuple(range(len(recipe.source_shape)))
+                recipe = replace(recipe, perm=perm[::-1])  # 2-D: back to the checkpoint's [N, K] when it was folded
+            yield from recipe.slices()
+            return
+        tensor = torch.from_numpy(np.array(self.weight.numpy()))  # a writable copy: an in-memory export's weight
+        if tensor.dim() == 3:
+            yield from tensor  # expert by expert
+        else:
+            yield tensor.T if self.transposed else tensor
+
+    def packed_slices(self) -> Iterator[np.ndarray]:
+        """The packed values, slice by slice; the scales of the same pass are kept for `scale_slices`."""
+        kept = []
+        for rows in self._rows():
+            blocks = quantize_blocks(rows, self.scheme.bits, self.scheme.block_size)
+            kept.append(blocks.scales.numpy().astype(np.float32))
+            yield pack(blocks)
+        self._kept_scales = kept
+
+    def scale_slices(self) -> Iterator[np.ndarray]:
+        """The scales: those of the last `packed_slices` pass (then dropped), or computed again."""
+        kept, self._kept_scales = self._kept_scales, None
+        if kept is not None:
+            yield from kept
+            return
+        for rows in self._rows():
+            yield quantize_blocks(rows, self.scheme.bits, self.scheme.block_size).scales.numpy().astype(np.float32)
+
+
+class QuantizedTensor(SlicedTensor):
+    """One of a `BlockQuantization`'s two initializers: the packed values (uint8, `shape` as the
+    op takes them) or the scales (fp32)."""
+
+    def __init__(self, quantization: BlockQuantization, part: str, name: str, shape: tuple[int, ...] | None = None) -> None:
+        if part not in ("packed", "scales"):
+            raise ValueError(part)
+        self.quantization, self.part = quantization, part
+        natural = quantization.packed_shape if part == "packed" else quantization.scales_shape
+        shape = shape or natural
+        if int(np.prod(shape)) != int(np.prod(natural)):
+            raise ValueError(f"{name}: shape {shape} does not hold {natural}")
+        dtype = ir.DataType.UINT8 if part == "packed" else ir.DataType.FLOAT
+        super().__init__(self.values, dtype=dtype, shape=ir.Shape(shape), name=name)
+
+    @property
+    def layer(self) -> int | None:
+        return self.quantization.layer
+
+    def parts(self) -> Iterator[np.ndarray]:
+        return self.quantization.packed_slices() if self.part == "packed" else self.quantization.scale_slices()
+
+    def byte_parts(self) -> Iterator[memoryview]:
+        for part in self.parts():
+            yield memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8))
+
+    def values(self) -> ir.TensorProtocol:
+        whole = np.concatenate([part.reshape(-1) for part in self.parts()])
+        return ir.tensor(whole.reshape(self.shape.numpy()), name=self.name)
