@@ -31,32 +31,38 @@ class QuantizedBlocks:
 
 def quantize_blocks(weight: torch.Tensor, bits: int, block_size: int) -> QuantizedBlocks:
     """weight [..., N, K] (any float dtype) -> its blocks quantized to `bits` (see the module docstring)."""
-    *lead, n, k = weight.shape
-    if k % block_size:
-        raise ValueError(f"block size {block_size} does not divide the input size {k}")
-    qmax = (1 << (bits - 1)) - 1
-    blocks = weight.float().reshape(*lead, n, k // block_size, block_size)
-    absmax = blocks.abs().amax(dim=-1)  # [..., N, K/B]
-    scales = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
-    q = torch.clamp(torch.round(blocks / scales[..., None]), -qmax - 1, qmax)
-    stored = (q + (1 << (bits - 1))).to(torch.uint8).reshape(*lead, n, k)
+    q, scales = _rounded(weight, bits, block_size)
+    stored = q.add_(1 << (bits - 1)).to(torch.uint8).reshape(weight.shape)
     return QuantizedBlocks(stored, scales, bits, block_size)
 
 
 def dequantized(weight: torch.Tensor, bits: int, block_size: int) -> torch.Tensor:
-    """What the quantized op computes with in place of `weight` [..., N, K], in weight's dtype;
-    a stack of matrices (a layer's experts) one matrix at a time, so that the work tensors are
-    one expert's, not the layer's."""
+    """What the quantized op computes with in place of `weight` [..., N, K], in weight's dtype:
+    q * scale, the same numbers as (stored - zero point) * scale. A stack of matrices (a layer's
+    experts) is done one matrix at a time, so that the work tensors are one expert's."""
     if weight.dim() > 2:
         out = torch.empty_like(weight)
         for index, matrix in enumerate(weight):
             out[index] = dequantized(matrix, bits, block_size)
         return out
-    blocks = quantize_blocks(weight, bits, block_size)
+    q, scales = _rounded(weight, bits, block_size)
+    return q.mul_(scales[..., None]).reshape(weight.shape).to(weight.dtype)
+
+
+def _rounded(weight: torch.Tensor, bits: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (q [..., N, K / block, block]: each value / its block's scale, rounded and clamped to
+    the signed range, as fp32; the scales [..., N, K / block]). In place where it can be: this
+    runs over every weight of a quantized export, and of its reference on every forward pass."""
     *lead, n, k = weight.shape
-    q = blocks.stored.float() - (1 << (bits - 1))
-    values = q.reshape(*lead, n, k // block_size, block_size) * blocks.scales[..., None]
-    return values.reshape(weight.shape).to(weight.dtype)
+    if k % block_size:
+        raise ValueError(f"block size {block_size} does not divide the input size {k}")
+    qmax = (1 << (bits - 1)) - 1
+    blocks = weight.float().reshape(*lead, n, k // block_size, block_size)
+    low, high = torch.aminmax(blocks, dim=-1)
+    absmax = torch.maximum(low.neg_(), high)  # max |w| of each block
+    scales = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
+    q = blocks / scales[..., None]
+    return q.round_().clamp_(-qmax - 1, qmax), scales
 
 
 def pack(blocks: QuantizedBlocks) -> np.ndarray:

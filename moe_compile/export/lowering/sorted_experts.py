@@ -120,21 +120,23 @@ class _SortedExperts:
         pairs = self.add("Reshape", [experts, self.const([-1])])  # [T·k]; pair p is token p // k
         count = self.add("Shape", [pairs])
         _, order = self.add("TopK", [self.add("Neg", [pairs]), count], 2, axis=0, largest=1, sorted=1)  # by expert
-        rows = self.add("Gather", [self.hidden, self.add("Div", [order, self.const(self.k)])], axis=0)  # [T·k, H]
+        tokens = self.add("Div", [order, self.const(self.k)])  # the token of each pair, in that order
+        scales = self.add("Gather", [self.add("Reshape", [weights, self.const([-1, 1])]), order], axis=0)  # [T·k, 1]
         per_expert = self.add("ReduceSum", [self.add("Cast", [self.add("Equal", [
             self.add("Unsqueeze", [pairs, self.const([-1])]), self.const(np.arange(self.count))])], to=TensorProto.INT64),
             self.const([0])], keepdims=0)  # [E]
-        ends = self.add("CumSum", [per_expert, self.const(0)])
-        starts = self.add("Sub", [ends, per_expert])
-        outputs = [self.expert(e, rows, starts, ends) for e in range(self.count)]
-        by_expert = self.add("Concat", outputs, axis=0)  # [T·k, H], pairs in `order`
+        # Each expert's tokens and routing weights: no copy of the hidden rows before its own Gather.
+        token_lists = self.add("Split", [tokens, per_expert], self.count, axis=0)
+        scale_lists = self.add("Split", [scales, per_expert], self.count, axis=0)
+        outputs = [self.expert(e, self.add("Gather", [self.hidden, token_lists[e]], axis=0), scale_lists[e])
+                   for e in range(self.count)]
+        by_expert = self.add("Concat", outputs, axis=0)  # [T·k, H], pairs in `order`, weighted
         inverse = self.add("ScatterElements", [
             self.add("ConstantOfShape", [count], value=helper.make_tensor("zero", TensorProto.INT64, [1], [0])),
             order, self.add("Range", [self.const(0), self.add("Squeeze", [count]), self.const(1)])], axis=0)
         per_slot = self.add("Reshape", [self.add("Gather", [by_expert, inverse], axis=0),
                                         self.add("Concat", [self.const([-1, self.k]), self.add("Shape", [self.hidden], start=1)], axis=0)])
-        weighted = self.add("Mul", [per_slot, self.add("Unsqueeze", [weights, self.const([-1])])])
-        self.add("ReduceSum", [weighted, self.const([1])], [self.output], keepdims=0)
+        self.add("ReduceSum", [per_slot, self.const([1])], [self.output], keepdims=0)
         return helper.make_graph(self.nodes, self.prefix, [], [helper.make_tensor_value_info(self.output, TensorProto.FLOAT, None)],
                                  initializer=self.constants)
 
@@ -150,13 +152,11 @@ class _SortedExperts:
             weights = self.add("Div", [weights, self.add("ReduceSum", [weights, self.const([-1])], keepdims=1)])
         return weights, self.add("Sub", [self.const(last), ranked])
 
-    def expert(self, e: int, rows: str, starts: str, ends: str) -> str:
-        """Expert e on its rows of the sorted pairs: fc1 (gate/up interleaved), the node's SwiGLU
-        (G = min(g, limit), L = clip(l, ±limit), G·sigmoid(alpha·G)·(L + beta)), fc2."""
-        first, after = self.const([e]), self.const([e + 1])
-        mine = self.add("Slice", [rows, self.add("Slice", [starts, first, after]), self.add("Slice", [ends, first, after]),
-                                  self.const([0])])
-        gate_up = self.add("Gemm", [mine, self.experts[_FC1][e], *self.bias(_FC1_BIAS, e)], transB=1)  # [n, 2I]: g0 u0 g1 u1 ...
+    def expert(self, e: int, rows: str, scale: str) -> str:
+        """Expert e on its rows [n, H], each weighted by its routing weight `scale` [n, 1]: fc1 (gate/up
+        interleaved), the node's SwiGLU (G = min(g, limit), L = clip(l, ±limit), G·sigmoid(alpha·G)·(L + beta)),
+        fc2. The weight multiplies fc2's input, which is narrower than its output, unless fc2 has a bias."""
+        gate_up = self.add("Gemm", [rows, self.experts[_FC1][e], *self.bias(_FC1_BIAS, e)], transB=1)  # [n, 2I]: g0 u0 g1 u1 ...
         # De-interleaved by one Transpose ([n, I, 2] -> [2, n, I]): strided Slices cost more than the Gemm.
         halves = self.add("Transpose", [self.add("Reshape", [gate_up, self.const([0, self.intermediate, 2])])], perm=[2, 0, 1])
         gate = self.add("Gather", [halves, self.const(0)], axis=0)
@@ -168,7 +168,9 @@ class _SortedExperts:
         if self.beta != 0.0:
             up = self.add("Add", [up, self.const(self.beta, np.float32)])
         act = self.add("Mul", [self.add("Mul", [gate, self.add("Sigmoid", [scaled])]), up])
-        return self.add("Gemm", [act, self.experts[_FC2][e], *self.bias(_FC2_BIAS, e)], transB=1)  # [n, H]
+        if _FC2_BIAS in self.experts:
+            return self.add("Mul", [self.add("Gemm", [act, self.experts[_FC2][e], self.experts[_FC2_BIAS][e]], transB=1), scale])
+        return self.add("Gemm", [self.add("Mul", [act, scale]), self.experts[_FC2][e]], transB=1)  # [n, H]
 
     def bias(self, position: int, e: int) -> list[str]:
         return [self.experts[position][e]] if position in self.experts else []
