@@ -9,7 +9,10 @@ in that node's expert layout (`lowering.expert_field_layouts`, from the same `ch
 the translation runs). So `EarlyMoEWrites` writes them to the external data file while the main
 thread traces; `write_external_data` then points every initializer whose recipe is one written
 early at those bytes and writes the rest after them, while the early writer may still be at work
-(their offsets are planned from their sizes before either starts).
+(their offsets are planned from their sizes before either starts). With `export --quantize`, a
+layer that becomes QMoE has its experts written as the quantize pass will hold them: packed
+values and scales (export/quantized_weights.py, both from one read), so that the slowest part of
+a quantized export, quantizing the experts, runs while the graph is traced.
 
 Past `CHILD_PROCESS_BYTES` the writing runs in a child process (`python -m
 moe_compile.export.early_experts`, the job and its result pickled over pipes). On a thread of
@@ -44,25 +47,33 @@ from moe_compile.compiler.weight_sources import MOE_FIELDS, LayerWeights, Weight
 from moe_compile.direct_file import DirectFile
 from moe_compile.errors import InvalidInput
 
+from moe_compile.quantization.scheme import QuantScheme
+
 from .lowering import choose_lowering, expert_field_layouts
-from .streamed_weights import ALIGNMENT, INLINE_LIMIT, StreamedTensor, append_tensors, external_tensor, recipe_key
+from .quantized_weights import QuantizedTensor, quantized_pair
+from .streamed_weights import (ALIGNMENT, INLINE_LIMIT, SlicedTensor, StreamedTensor, append_tensors, external_tensor,
+                               recipe_key)
 
 CHILD_PROCESS_BYTES = 256 << 20  # MoE tensors of at least this many bytes are written by a child process
 READ_THREAD = "export-moe-reads"  # the thread that reads and converts them
 # the ExpertWeights fields that reach the graph as they are read (cast, laid out): not the score
 # bias, which the optimizer folds into constants of its own
 _EARLY_FIELDS = ("router_weight", "router_bias", "gate_up", "down", "gate_up_bias", "down_bias")
+_QUANTIZED_FIELDS = ("gate_up", "down")  # what export --quantize makes QMoE's packed experts
 
 
-def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str) -> list[tuple[str, str, StreamedTensor]]:
-    """(module path, ExpertWeights field, tensor) of every MoE-layer parameter the skeleton has,
-    as the graph is expected to hold it, layer by layer."""
+def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str,
+                 quantize: QuantScheme | None = None) -> list[tuple[str, str, SlicedTensor]]:
+    """(module path, ExpertWeights field, tensor) of every MoE-layer tensor the graph is expected
+    to hold, layer by layer: each parameter as read, or for `quantize`, a QMoE layer's experts as
+    their packed values and scales."""
     sources = WeightSources(skeleton, moe_model)
     found = []
     for path, module in skeleton.named_modules():
         if not isinstance(module, StaticTopKMoE):
             continue
-        lowering = choose_lowering(target, module.attributes, has_score_bias=module.score_bias is not None)
+        lowering = choose_lowering(target, module.attributes, has_score_bias=module.score_bias is not None,
+                                   quantized=quantize is not None)
         layouts = expert_field_layouts(target, lowering)
         for attr, field in MOE_FIELDS.items():
             if field not in _EARLY_FIELDS or getattr(module, attr, None) is None:
@@ -70,8 +81,16 @@ def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str) ->
             recipe = sources.recipe(f"{path}.{attr}")
             if field in layouts:
                 recipe = replace(recipe, expert_layout=layouts[field])
-            found.append((path, field, StreamedTensor(recipe, f"{path}.{attr}")))
+            tensor = StreamedTensor(recipe, f"{path}.{attr}")
+            if quantize is not None and field in _QUANTIZED_FIELDS and lowering.lowered_to == "com.microsoft.QMoE":
+                found.extend((path, field, part) for part in _quantized_experts(tensor, quantize))
+            else:
+                found.append((path, field, tensor))
     return found
+
+
+def _quantized_experts(tensor: StreamedTensor, scheme: QuantScheme) -> tuple[QuantizedTensor, QuantizedTensor]:
+    return quantized_pair(tensor, scheme, (tensor.name, f"{tensor.name}.scales"))
 
 
 class EarlyMoEWrites:
@@ -80,8 +99,9 @@ class EarlyMoEWrites:
     be written from `rest_start` at the same time); `finish()` waits for the writer and says
     where each tensor is; `cancel()` stops it. The caller calls `cancel()` on its way out in any case."""
 
-    def __init__(self, skeleton: torch.nn.Module, moe_model: MoEModel, target: str, data_path: Path) -> None:
-        tensors = _moe_tensors(skeleton, moe_model, target)
+    def __init__(self, skeleton: torch.nn.Module, moe_model: MoEModel, target: str, data_path: Path,
+                 quantize: QuantScheme | None = None) -> None:
+        tensors = _moe_tensors(skeleton, moe_model, target, quantize)
         self._keys = [recipe_key(tensor) for _, _, tensor in tensors]
         self.planned: dict[tuple, tuple[int, int] | None] = {}  # recipe key -> (offset, length); None: inline
         end = 0
@@ -113,7 +133,7 @@ class EarlyMoEWrites:
 
 
 class _ThreadWriter:
-    def __init__(self, tensors: list[StreamedTensor], data_path: Path) -> None:
+    def __init__(self, tensors: list[SlicedTensor], data_path: Path) -> None:
         self._tensors = list(enumerate(tensors))
         self._data_path = data_path
         self._placed: dict[int, ir.TensorProtocol] = {}
@@ -144,13 +164,17 @@ class _ThreadWriter:
 
 
 class _ChildProcessWriter:
-    def __init__(self, model_path: Path, tensors: list[tuple[str, str, StreamedTensor]], data_path: Path) -> None:
+    def __init__(self, model_path: Path, tensors: list[tuple[str, str, SlicedTensor]], data_path: Path) -> None:
         self._tensors = [tensor for _, _, tensor in tensors]
         self._data_path = data_path
-        job = {"model": str(model_path), "data": str(data_path),
-               "tensors": [(module_path, tensor.name, tensor.recipe.source, field, tensor.recipe.layer,
-                            tensor.recipe.source_shape, tensor.recipe.dtype, tensor.recipe.expert_layout)
-                           for module_path, field, tensor in tensors]}
+        job = {"model": str(model_path), "data": str(data_path), "tensors": []}
+        for module_path, field, tensor in tensors:
+            quantized = None
+            if isinstance(tensor, QuantizedTensor):
+                quantized, tensor = (tensor.quantization.scheme, tensor.part), tensor.quantization.weight
+            recipe = tensor.recipe
+            job["tensors"].append((module_path, tensor.name, recipe.source, field, recipe.layer, recipe.source_shape,
+                                   recipe.dtype, recipe.expert_layout, quantized))
         package_root = str(Path(__file__).resolve().parents[2])
         # one compute thread: the trace has the other core, and idle OpenMP workers spin on it
         env = dict(os.environ, OMP_NUM_THREADS="1",
@@ -180,7 +204,7 @@ class _ChildProcessWriter:
         record_helper_peak(peak)
         return {index: self._placed(self._tensors[index], where) for index, where in placed.items()}
 
-    def _placed(self, tensor: StreamedTensor, where: tuple) -> ir.TensorProtocol:
+    def _placed(self, tensor: SlicedTensor, where: tuple) -> ir.TensorProtocol:
         if where[0] == "inline":
             return ir.tensor(where[1], name=tensor.name)
         _, offset, length = where
@@ -201,9 +225,15 @@ def _write_job(job: dict) -> tuple:
 
     start_sampling()
     layers = LayerWeights(load_moe_model(job["model"]))
-    tensors = [(index, StreamedTensor(WeightRecipe(source, functools.partial(layers.read, module_path, field), shape,
-                                                   dtype, layer=layer, expert_layout=layout), name))
-               for index, (module_path, name, source, field, layer, shape, dtype, layout) in enumerate(job["tensors"])]
+    tensors, pairs = [], {}
+    for index, (module_path, name, source, field, layer, shape, dtype, layout, quantized) in enumerate(job["tensors"]):
+        tensor = StreamedTensor(WeightRecipe(source, functools.partial(layers.read, module_path, field), shape, dtype,
+                                             layer=layer, expert_layout=layout), name)
+        if quantized is not None:  # both parts from one pass over the experts, as in the parent
+            scheme, part = quantized
+            pair = pairs.setdefault((module_path, field), _quantized_experts(tensor, scheme))
+            tensor = pair[0] if part == "packed" else pair[1]
+        tensors.append((index, tensor))
     data_path = Path(job["data"])
     with DirectFile(data_path, start=0) as data:
         placed = append_tensors(data, tensors, data_path, thread_name=READ_THREAD)

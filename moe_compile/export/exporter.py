@@ -143,8 +143,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     if streamed:
         model, top_k = skeleton_model(moe_model, dtype, top_k)
         with _staging(out) as staging:
-            # A quantized file holds none of the experts as the trace uses them: nothing to write early.
-            early = None if quantize else EarlyMoEWrites(model, moe_model, target, staging / f"{out.name}.data")
+            early = EarlyMoEWrites(model, moe_model, target, staging / f"{out.name}.data", quantize)
             try:
                 program = _trace(model, DTYPES[dtype], report, layers, optimize=False, sdpa_form=ort_fusions)
                 bind_weights(program.model.graph, model, moe_model, prefix="model.")
@@ -161,8 +160,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
                 _save_streamed(program.model, out, staging, early,
                                lambda onnx_model: _finish(onnx_model, moe_model, report, dtype, top_k, layers, quantized))
             finally:
-                if early is not None:
-                    early.cancel()
+                early.cancel()
     else:
         model, top_k = compiled_model(moe_model, dtype, top_k)
         program = _trace(model, DTYPES[dtype], report, layers, sdpa_form=ort_fusions)

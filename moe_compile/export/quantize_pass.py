@@ -31,7 +31,7 @@ import onnx_ir as ir
 from moe_compile.quantization.scheme import QuantScheme
 
 from .lowering.onnxruntime import MS_DOMAIN, register_ms_schema
-from .quantized_weights import BlockQuantization, QuantizedTensor
+from .quantized_weights import quantized_pair
 
 _MOE_ATTRS = ("k", "activation_type", "swiglu_fusion", "normalize_routing_weights", "activation_alpha",
               "activation_beta", "swiglu_limit")
@@ -84,20 +84,17 @@ def _replace(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
     ir.convenience.replace_nodes_and_values(graph, old, [old], [new], list(old.outputs), list(new.outputs))
 
 
-def _quantized(graph: ir.Graph, weight: ir.Value, scheme: QuantScheme, transposed: bool = False,
-               packed_shape: tuple[int, ...] | None = None) -> tuple[ir.Value, ir.Value]:
+def _quantized(graph: ir.Graph, weight: ir.Value, scheme: QuantScheme, transposed: bool = False) -> list[ir.Value]:
     """The initializer `weight` replaced by its packed values (same name) and their scales
     (`{name}.scales`); -> those two values."""
-    quantization = BlockQuantization(weight.const_value, scheme, transposed)
     name = weight.name
     graph.initializers.pop(name)
     values = []
-    for part, value_name, shape in (("packed", name, packed_shape), ("scales", f"{name}.scales", None)):
-        tensor = QuantizedTensor(quantization, part, value_name, shape)
-        value = ir.Value(name=value_name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
+    for tensor in quantized_pair(weight.const_value, scheme, (name, f"{name}.scales"), transposed):
+        value = ir.Value(name=tensor.name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
         graph.register_initializer(value)
         values.append(value)
-    return values[0], values[1]
+    return values
 
 
 def _qmoe(graph: ir.Graph, node: ir.Node, scheme: QuantScheme) -> ir.Node:
@@ -106,8 +103,7 @@ def _qmoe(graph: ir.Graph, node: ir.Node, scheme: QuantScheme) -> ir.Node:
     hidden, router, fc1, fc1_bias, fc2, fc2_bias = (list(node.inputs) + [None] * 6)[:6]
     inputs = [hidden, router]
     for weight, bias in ((fc1, fc1_bias), (fc2, fc2_bias)):
-        experts, n, k = weight.const_value.shape.numpy()
-        inputs += [*_quantized(graph, weight, scheme, packed_shape=(experts, n, k * scheme.bits // 8)), bias]
+        inputs += [*_quantized(graph, weight, scheme), bias]
     attributes = [ir.Attr(name, attr.type, attr.value) for name, attr in node.attributes.items() if name in _MOE_ATTRS]
     attributes += [ir.AttrInt64("expert_weight_bits", scheme.bits), ir.AttrInt64("block_size", scheme.block_size),
                    ir.AttrInt64("weights_prepacked", 0)]

@@ -103,3 +103,21 @@ class QuantizedTensor(SlicedTensor):
     def values(self) -> ir.TensorProtocol:
         whole = np.concatenate([part.reshape(-1) for part in self.parts()])
         return ir.tensor(whole.reshape(self.shape.numpy()), name=self.name)
+
+    def key(self) -> tuple | None:
+        quantization = self.quantization
+        weight = quantization.weight.key() if isinstance(quantization.weight, SlicedTensor) else None
+        return None if weight is None else (self.part, quantization.scheme, quantization.transposed, weight)
+
+
+def quantized_pair(weight: ir.TensorProtocol, scheme: QuantScheme, names: tuple[str, str],
+                   transposed: bool = False) -> tuple[QuantizedTensor, QuantizedTensor]:
+    """`weight`'s packed values and scales, named `names`, from one `BlockQuantization`. A stack
+    of experts [E, N, K] is packed as QMoE takes it, [E, N, K*bits/8]."""
+    quantization = BlockQuantization(weight, scheme, transposed)
+    packed_shape = None
+    if len(quantization.scales_shape) == 3:
+        experts, n, _ = quantization.scales_shape
+        packed_shape = (experts, n, int(np.prod(quantization.packed_shape[2:])))
+    return (QuantizedTensor(quantization, "packed", names[0], packed_shape),
+            QuantizedTensor(quantization, "scales", names[1]))

@@ -56,6 +56,10 @@ class SlicedTensor(ir.LazyTensor):
         """All of it, in memory, named (what a small one is written inline as)."""
         raise NotImplementedError
 
+    def key(self) -> tuple | None:
+        """What makes two such tensors hold the same bytes; None where nothing does (`recipe_key`)."""
+        return None
+
 
 class StreamedTensor(SlicedTensor):
     """An initializer whose values come from a `WeightRecipe` when asked for (or when written)."""
@@ -75,6 +79,10 @@ class StreamedTensor(SlicedTensor):
     def byte_parts(self) -> Iterator[memoryview]:
         for part in self.recipe.slices():
             yield memoryview(part.reshape(-1).view(torch.uint8).numpy())
+
+    def key(self) -> tuple:
+        recipe = self.recipe
+        return recipe.source, recipe.source_shape, recipe.perm, recipe.dtype, recipe.expert_layout
 
 
 def bind_weights(graph: ir.Graph, skeleton: torch.nn.Module, moe_model: MoEModel, prefix: str) -> None:
@@ -188,19 +196,19 @@ def external_tensor(data_path: Path, offset: int, length: int, like: ir.TensorPr
 
 
 def recipe_key(const: ir.TensorProtocol) -> tuple | None:
-    """What makes two streamed tensors hold the same bytes (their source, permutation, dtype and
-    layout); None for a tensor not read from the checkpoint."""
-    if not isinstance(const, StreamedTensor):
-        return None
-    recipe = const.recipe
-    return recipe.source, recipe.source_shape, recipe.perm, recipe.dtype, recipe.expert_layout
+    """What makes two streamed tensors hold the same bytes (for one read from the checkpoint: its
+    source, permutation, dtype and layout; for a quantized one, that and how it was quantized);
+    None for a tensor not computed from the checkpoint."""
+    return const.key() if isinstance(const, SlicedTensor) else None
 
 
-def _renamed(const: ir.TensorProtocol, name: str) -> ir.TensorProtocol:
+def _placed_as(const: ir.TensorProtocol, like: ir.TensorProtocol) -> ir.TensorProtocol:
+    """The bytes an early writer placed (`const`) as the graph's tensor `like`: its name and shape
+    (a packed QMoE weight's [E, N, K*bits/8] holds the same bytes as [E, N, K/block, block*bits/8])."""
     if isinstance(const, ir.ExternalTensor):
-        return ir.ExternalTensor(const.location, const.offset, const.length, const.dtype, shape=const.shape,
-                                 name=name, base_dir=const.base_dir)
-    return ir.tensor(const.numpy(), name=name)
+        return ir.ExternalTensor(const.location, const.offset, const.length, like.dtype, shape=like.shape,
+                                 name=like.name, base_dir=const.base_dir)
+    return ir.tensor(const.numpy().reshape(like.shape.numpy()), name=like.name)
 
 
 def write_external_data(graph: ir.Graph, data_path: Path, early=None) -> int:
@@ -232,7 +240,7 @@ def write_external_data(graph: ir.Graph, data_path: Path, early=None) -> int:
         placed = append_tensors(data, rest, data_path)
     if found:
         for key, const in early.finish().items():
-            placed[found[key]] = _renamed(const, found[key].name)
+            placed[found[key]] = _placed_as(const, found[key].const_value)
     for value, const in placed.items():
         value.const_value = const
     size = max((const.offset + const.length for const in placed.values() if isinstance(const, ir.ExternalTensor)),

@@ -65,8 +65,7 @@ def test_streamed_export_is_the_in_memory_export(model_type, target, tiny_model_
 def test_streamed_quantized_export_is_the_in_memory_one(model_type, scheme, tiny_model_dirs, tmp_path, monkeypatch):
     """`export --quantize` streams too: every quantized weight is read once, its packed values
     and scales computed from that one pass (export/quantized_weights.py) and written as they
-    come; nothing is written during the trace (a quantized file holds none of the experts as the
-    trace uses them)."""
+    come, the experts' while the graph is traced (export/early_experts.py), as they are used."""
     from moe_compile.export.quantized_weights import BlockQuantization
     from moe_compile.quantization.scheme import QuantScheme
 
@@ -81,8 +80,10 @@ def test_streamed_quantized_export_is_the_in_memory_one(model_type, scheme, tiny
     monkeypatch.setattr(BlockQuantization, "_rows", counted)
     _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs[model_type]), "onnxruntime", tmp_path,
                                   quantize=QuantScheme(scheme, 16))
-    assert starts == [None]
-    assert len(passes) == 2 * len(set(passes))  # once for each export, scales from the same pass as the values
+    assert len(starts) == 1 and starts[0] is not None
+    model = onnx.load(str(tmp_path / "in_memory" / "model.onnx"), load_external_data=False)
+    quantized = [init.name for init in model.graph.initializer if init.name.endswith(".scales")]
+    assert len(passes) == 2 * len(quantized)  # once in each export: the scales from the values' pass
 
 
 def test_moe_tensors_written_early_but_laid_out_otherwise_are_written_again(tiny_model_dirs, tmp_path, monkeypatch):
@@ -220,6 +221,16 @@ def test_moe_tensors_written_by_a_child_process_make_the_same_export(tiny_model_
     assert len(starts) == 1 and starts[0] is not None
     report = process_memory.peak_memory()
     assert report["helper_peak_rss_bytes"] > 0 and report["total_peak_anon_rss_bytes"] >= report["helper_peak_anon_rss_bytes"]
+
+
+def test_quantized_experts_written_by_a_child_process_make_the_same_export(tiny_model_dirs, tmp_path, monkeypatch):
+    from moe_compile.quantization.scheme import QuantScheme
+
+    monkeypatch.setattr(early_experts, "CHILD_PROCESS_BYTES", 0)
+    starts = _record_rest_starts(monkeypatch)
+    _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs["qwen3_moe"]), "onnxruntime", tmp_path,
+                                  quantize=QuantScheme("int4", 16))
+    assert len(starts) == 1 and starts[0] is not None
 
 
 def test_a_nonfinite_expert_weight_read_by_the_child_process_is_one_error(tiny_model_dirs, tmp_path, monkeypatch):

@@ -106,8 +106,9 @@ def expert_layouts(target: str, nodes) -> dict[str, Callable]:
 
 def expert_field_layouts(target: str, lowering: Lowering) -> dict[str, Callable]:
     """The layouts `expert_layouts` will find for a layer lowered as `lowering`, by ExpertWeights
-    field, known before the graph is traced: what a streamed export writes early."""
-    if target != "onnxruntime" or lowering.lowered_to != "com.microsoft.MoE":
+    field, known before the graph is traced: what a streamed export writes early. (A QMoE layer
+    is traced as com.microsoft.MoE and quantized after: the same layout.)"""
+    if target != "onnxruntime" or lowering.lowered_to not in ("com.microsoft.MoE", "com.microsoft.QMoE"):
         return {}
     from .onnxruntime import ORT_EXPERT_FIELDS, OrtExpertLayout
 
