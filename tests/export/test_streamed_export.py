@@ -86,12 +86,18 @@ def test_streamed_quantized_export_is_the_in_memory_one(model_type, scheme, tiny
     assert len(passes) == 2 * len(quantized)  # once in each export: the scales from the values' pass
 
 
-def test_moe_tensors_written_early_but_laid_out_otherwise_are_written_again(tiny_model_dirs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_moe_tensors_written_early_but_laid_out_otherwise_are_written_again(quantize, tiny_model_dirs, tmp_path,
+                                                                           monkeypatch):
     """Were the layouts predicted before the trace wrong, the file is written again from the
-    start: the same export, no unused bytes."""
+    start: the same export, no unused bytes (for a quantized export too, whose early experts are
+    then quantized from the wrong layout)."""
+    from moe_compile.quantization.scheme import QuantScheme
+
     monkeypatch.setattr(early_experts, "expert_field_layouts", lambda target, lowering: {})
     starts = _record_rest_starts(monkeypatch)
-    _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs["qwen2_moe"]), "onnxruntime", tmp_path)
+    options = {"quantize": QuantScheme(quantize, 16)} if quantize else {}
+    _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs["qwen2_moe"]), "onnxruntime", tmp_path, **options)
     assert starts == [None]
 
 
