@@ -31,11 +31,17 @@ def weights_fit(moe_model: MoEModel) -> bool:
     return SafetensorsCheckpoint(moe_model.path).nbytes("") <= LOADED_MAX_BYTES
 
 
-def reference_lm(moe_model: MoEModel, dtype: str = "fp32", top_k: dict[int, int] | None = None) -> torch.nn.Module:
+def reference_lm(moe_model: MoEModel, dtype: str = "fp32", top_k: dict[int, int] | None = None,
+                 prepare: Callable[[torch.nn.Module], object] | None = None) -> torch.nn.Module:
     """The rewritten model at `top_k` (default: the base top-k): loaded whole where `weights_fit`,
-    else layer by layer."""
-    build = compiled_model if weights_fit(moe_model) else layered_model
-    return build(moe_model, dtype, top_k)[0]
+    else layer by layer; `prepare` runs on the loaded model, or on each unit as it is read (the
+    reference of a quantized file dequantizes its weights there)."""
+    if not weights_fit(moe_model):
+        return layered_model(moe_model, dtype, top_k, on_fill=prepare)[0]
+    model = compiled_model(moe_model, dtype, top_k)[0]
+    if prepare is not None:
+        prepare(model)
+    return model
 
 
 def layered_model(moe_model: MoEModel, dtype: str = "fp32", top_k: dict[int, int] | None = None,

@@ -83,14 +83,10 @@ def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str,
                 recipe = replace(recipe, expert_layout=layouts[field])
             tensor = StreamedTensor(recipe, f"{path}.{attr}")
             if quantize is not None and field in _QUANTIZED_FIELDS and lowering.lowered_to == "com.microsoft.QMoE":
-                found.extend((path, field, part) for part in _quantized_experts(tensor, quantize))
+                found.extend((path, field, part) for part in quantized_pair(tensor, quantize, tensor.name))
             else:
                 found.append((path, field, tensor))
     return found
-
-
-def _quantized_experts(tensor: StreamedTensor, scheme: QuantScheme) -> tuple[QuantizedTensor, QuantizedTensor]:
-    return quantized_pair(tensor, scheme, (tensor.name, f"{tensor.name}.scales"))
 
 
 class EarlyMoEWrites:
@@ -231,8 +227,9 @@ def _write_job(job: dict) -> tuple:
                                              layer=layer, expert_layout=layout), name)
         if quantized is not None:  # both parts from one pass over the experts, as in the parent
             scheme, part = quantized
-            pair = pairs.setdefault((module_path, field), _quantized_experts(tensor, scheme))
-            tensor = pair[0] if part == "packed" else pair[1]
+            if (module_path, field) not in pairs:
+                pairs[module_path, field] = quantized_pair(tensor, scheme, tensor.name)
+            tensor = pairs[module_path, field][0 if part == "packed" else 1]
         tensors.append((index, tensor))
     data_path = Path(job["data"])
     with DirectFile(data_path, start=0) as data:

@@ -87,10 +87,9 @@ def _replace(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
 def _quantized(graph: ir.Graph, weight: ir.Value, scheme: QuantScheme, transposed: bool = False) -> list[ir.Value]:
     """The initializer `weight` replaced by its packed values (same name) and their scales
     (`{name}.scales`); -> those two values."""
-    name = weight.name
-    graph.initializers.pop(name)
+    graph.initializers.pop(weight.name)
     values = []
-    for tensor in quantized_pair(weight.const_value, scheme, (name, f"{name}.scales"), transposed):
+    for tensor in quantized_pair(weight.const_value, scheme, weight.name, transposed):
         value = ir.Value(name=tensor.name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor)
         graph.register_initializer(value)
         values.append(value)

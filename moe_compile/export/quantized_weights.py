@@ -19,6 +19,7 @@ import onnx_ir as ir
 import torch
 
 from moe_compile.quantization import pack, quantize_blocks
+from moe_compile.quantization.blocks import QuantizedBlocks
 from moe_compile.quantization.scheme import QuantScheme
 
 from .streamed_weights import SlicedTensor, StreamedTensor
@@ -55,12 +56,15 @@ class BlockQuantization:
         else:
             yield tensor.T if self.transposed else tensor
 
+    def _blocks(self) -> Iterator[QuantizedBlocks]:
+        for rows in self._rows():
+            yield quantize_blocks(rows, self.scheme.bits, self.scheme.block_size)
+
     def packed_slices(self) -> Iterator[np.ndarray]:
         """The packed values, slice by slice; the scales of the same pass are kept for `scale_slices`."""
         kept = []
-        for rows in self._rows():
-            blocks = quantize_blocks(rows, self.scheme.bits, self.scheme.block_size)
-            kept.append(blocks.scales.numpy().astype(np.float32))
+        for blocks in self._blocks():
+            kept.append(blocks.scales.numpy())  # fp32
             yield pack(blocks)
         self._kept_scales = kept
 
@@ -70,8 +74,8 @@ class BlockQuantization:
         if kept is not None:
             yield from kept
             return
-        for rows in self._rows():
-            yield quantize_blocks(rows, self.scheme.bits, self.scheme.block_size).scales.numpy().astype(np.float32)
+        for blocks in self._blocks():
+            yield blocks.scales.numpy()
 
 
 class QuantizedTensor(SlicedTensor):
@@ -110,14 +114,14 @@ class QuantizedTensor(SlicedTensor):
         return None if weight is None else (self.part, quantization.scheme, quantization.transposed, weight)
 
 
-def quantized_pair(weight: ir.TensorProtocol, scheme: QuantScheme, names: tuple[str, str],
+def quantized_pair(weight: ir.TensorProtocol, scheme: QuantScheme, name: str,
                    transposed: bool = False) -> tuple[QuantizedTensor, QuantizedTensor]:
-    """`weight`'s packed values and scales, named `names`, from one `BlockQuantization`. A stack
-    of experts [E, N, K] is packed as QMoE takes it, [E, N, K*bits/8]."""
+    """`weight`'s packed values (named `name`) and scales (`{name}.scales`), from one
+    `BlockQuantization`. A stack of experts [E, N, K] is packed as QMoE takes it, [E, N, K*bits/8]."""
     quantization = BlockQuantization(weight, scheme, transposed)
     packed_shape = None
     if len(quantization.scales_shape) == 3:
         experts, n, _ = quantization.scales_shape
         packed_shape = (experts, n, int(np.prod(quantization.packed_shape[2:])))
-    return (QuantizedTensor(quantization, "packed", names[0], packed_shape),
-            QuantizedTensor(quantization, "scales", names[1]))
+    return (QuantizedTensor(quantization, "packed", name, packed_shape),
+            QuantizedTensor(quantization, "scales", f"{name}.scales"))

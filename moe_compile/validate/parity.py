@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moe_compile.compiler.compiled import compiled_model
 from moe_compile.compiler.fingerprint import check_same_weights
-from moe_compile.compiler.layered_model import layered_model, reference_lm, weights_fit
+from moe_compile.compiler.layered_model import reference_lm
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.errors import InvalidInput
@@ -150,10 +149,7 @@ def reference_model(moe_model: MoEModel, metadata: dict, top_k: dict[int, int]) 
     if QUANTIZE_KEY not in metadata:
         return reference_lm(moe_model, dtype, top_k)
     scheme = QuantScheme.from_metadata(metadata[QUANTIZE_KEY])
-    if not weights_fit(moe_model):
-        return layered_model(moe_model, dtype, top_k, on_fill=lambda unit: dequantize_model(unit, scheme))[0]
-    model, _ = compiled_model(moe_model, dtype, top_k)
-    return dequantize_model(model, scheme)
+    return reference_lm(moe_model, dtype, top_k, prepare=lambda module: dequantize_model(module, scheme))
 
 
 def tolerance_of(metadata: dict, step: str = "prefill") -> Tolerance:

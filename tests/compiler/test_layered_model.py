@@ -49,7 +49,7 @@ def test_validate_runs_the_layered_reference_over_the_size_limit(tiny_model_dirs
 
     built = []
     monkeypatch.setattr(layered, "LOADED_MAX_BYTES", 1024)
-    monkeypatch.setattr(layered, "layered_model", lambda *args: built.append(args) or layered_model(*args))
+    monkeypatch.setattr(layered, "layered_model", lambda *args, **kwargs: built.append(args) or layered_model(*args, **kwargs))
     assert main(["validate", str(tiny_model_dirs["qwen2_moe"]), "--onnx", str(tiny_onnx)]) == 0, capsys.readouterr()
     assert len(built) == 1
 
@@ -80,7 +80,6 @@ def test_validate_of_a_quantized_file_over_the_size_limit_runs_layer_by_layer(ti
                                                                              capsys):
     import moe_compile.compiler.layered_model as layered
     from moe_compile.cli import main
-    from moe_compile.validate import parity
 
     built = []
     out = tmp_path / "model.onnx"
@@ -88,6 +87,6 @@ def test_validate_of_a_quantized_file_over_the_size_limit_runs_layer_by_layer(ti
     assert main(["export", folder, "--target", "onnxruntime", "--quantize", "int4", "--block-size", "16",
                  "--out", str(out)]) == 0, capsys.readouterr()
     monkeypatch.setattr(layered, "LOADED_MAX_BYTES", 1024)
-    monkeypatch.setattr(parity, "layered_model", lambda *args, **kwargs: built.append(args) or layered_model(*args, **kwargs))
+    monkeypatch.setattr(layered, "layered_model", lambda *args, **kwargs: built.append(args) or layered_model(*args, **kwargs))
     assert main(["validate", folder, "--onnx", str(out)]) == 0, capsys.readouterr()
     assert len(built) == 1
