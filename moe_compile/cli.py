@@ -11,6 +11,7 @@ import contextlib
 import errno
 import gc
 import importlib
+import math
 import os
 import shlex
 import signal
@@ -49,7 +50,7 @@ def _number(parse: Callable[[str], float], accept: Callable[[float], bool], requ
 
 
 _fraction = _number(float, lambda value: 0.0 < value <= 1.0, "is outside (0, 1]")
-_positive_float = _number(float, lambda value: value > 0, "must be positive")
+_positive_float = _number(float, lambda value: 0 < value < math.inf, "must be positive and finite")
 _positive_int = _number(int, lambda value: value >= 1, "must be at least 1")
 _non_negative_int = _number(int, lambda value: value >= 0, "must be 0 or more")
 _port = _number(int, lambda value: 1 <= value <= 65535, "is not a TCP port (1 to 65535)")
@@ -95,6 +96,8 @@ def _profile_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--calibration", help="plain UTF-8 text for --estimator calibration (the model's tokenizer.json)")
     group.add_argument("--samples", type=_positive_int, default=defaults.samples,
                        help="self-kl/calibration: sequences (windows of --seq-len tokens) scored")
+    group.add_argument("--temperature", type=_positive_float, default=defaults.temperature,
+                       help="self-kl: the temperature the model samples its sequences at (docs/lexi.md)")
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:

@@ -231,6 +231,8 @@ FAST_PROFILE = ["--batch", "1", "--seq-len", "8", "--draws", "1"]
     (["--sum-k", "9", "--objective", "latency"], "--sum-k goes with --objective sum-k"),
     ([], "give --budget FRACTION, --sum-k N or (with --objective latency) --target-ms MS"),
     (["--budget", "0.5", "--scale", "0"], "--scale: 0 must be positive"),
+    (["--budget", "0.5", "--temperature", "0"], "--temperature: 0 must be positive"),
+    (["--budget", "0.5", "--temperature", "inf"], "--temperature: inf must be positive and finite"),
 ])
 def test_bad_plan_request(argv, message, tmp_path, capsys):
     out = tmp_path / "plan.json"

@@ -36,7 +36,8 @@ def profile_options(args: argparse.Namespace, moe_model: MoEModel) -> ProfileOpt
     estimator = args.estimator or default_estimator(moe_model, args.calibration)
     return ProfileOptions(batch=args.batch, seq_len=args.seq_len, draws=args.draws, seed=args.seed,
                           scale=args.scale, k_min=args.k_min,
-                          estimator=estimator, calibration=args.calibration, samples=args.samples)
+                          estimator=estimator, calibration=args.calibration, samples=args.samples,
+                          temperature=args.temperature)
 
 
 def _plot_path(out: str) -> Path:

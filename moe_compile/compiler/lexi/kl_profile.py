@@ -27,14 +27,14 @@ from .options import ProfileOptions
 
 
 def self_generated_tokens(lm, vocab_size: int, options: ProfileOptions) -> torch.Tensor:
-    """`options.samples` sequences [S, seq_len] sampled from the model (temperature 1), each
-    started from a seeded random token."""
+    """`options.samples` sequences [S, seq_len] sampled from the model at `options.temperature`
+    (all tokens, no top-k or top-p), each started from a seeded random token."""
     generator = torch.Generator().manual_seed(options.seed)
     start = torch.randint(vocab_size, (options.samples, 1), generator=generator)
     torch.manual_seed(options.seed)  # generate() samples from torch's global generator
     with torch.no_grad():
         out = lm.generate(input_ids=start, attention_mask=torch.ones_like(start), do_sample=True, top_k=0,
-                          top_p=1.0, temperature=1.0, max_new_tokens=options.seq_len - 1,
+                          top_p=1.0, temperature=options.temperature, max_new_tokens=options.seq_len - 1,
                           min_new_tokens=options.seq_len - 1, pad_token_id=0, eos_token_id=None)
     return out[:, : options.seq_len]
 

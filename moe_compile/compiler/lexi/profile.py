@@ -158,7 +158,7 @@ def profile_from_json(doc: object, moe_model: MoEModel, source: str, options: Pr
         raise InvalidInput(f"{source} is not a moe-compile profile (schema {PROFILE_SCHEMA!r} expected)")
     check_same_model(doc.get("model"), moe_model, source)
     try:
-        saved = ProfileOptions(**doc["options"])
+        saved = ProfileOptions(**{"temperature": 1.0, **doc["options"]})  # recorded since it became 1.5
         layers = [LayerSensitivity(int(layer["index"]), int(layer["base_top_k"]),
                                    {int(k): float(d) for k, d in layer["sensitivity"].items()})
                   for layer in doc["layers"]]

@@ -109,6 +109,31 @@ def test_self_kl_is_zero_at_the_base_and_positive_below(tiny_model_dirs):
     assert objective.kl({}) == pytest.approx(0.0, abs=1e-6)  # every layer set back to its base k
 
 
+def test_self_kl_samples_at_its_temperature_and_records_it(tiny_model_dirs):
+    """Sequences sampled hotter are less likely under the model: the mean log-probability of each
+    sampled token given its prefix falls as the temperature rises."""
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    likelihood = {}
+    for temperature in (0.25, 1.5, 4.0):
+        options = ProfileOptions(seq_len=16, samples=8, estimator="self-kl", temperature=temperature)
+        objective = OutputObjective(ir, options)
+        log_probs = objective.lm(input_ids=objective.tokens).logits[:, :-1].float().log_softmax(-1)
+        likelihood[temperature] = log_probs.gather(-1, objective.tokens[:, 1:, None]).mean().item()
+        if temperature == 1.5:
+            doc = profile_model(ir, options, show_progress=False, objective=objective).to_json()
+            assert doc["options"]["temperature"] == 1.5
+    assert likelihood[0.25] > likelihood[1.5] > likelihood[4.0], likelihood
+
+
+def test_a_profile_saved_before_the_temperature_was_recorded_reads_as_sampled_at_1(tiny_model_dirs):
+    from moe_compile.compiler.lexi.profile import profile_from_json
+
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    doc = profile_model(ir, ProfileOptions(batch=1, seq_len=4, draws=1), show_progress=False).to_json()
+    del doc["options"]["temperature"]
+    assert profile_from_json(doc, ir, "old.json", ProfileOptions()).options.temperature == 1.0
+
+
 def test_plan_prints_the_guard_and_records_it(tmp_path, capsys, tiny_model_dirs):
     out = tmp_path / "plan.json"
     argv = ["plan", tiny_model_dirs["qwen2_moe"], "--budget", "0.5", "--estimator", "self-kl", "--seq-len", "8",
