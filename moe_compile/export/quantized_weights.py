@@ -31,7 +31,7 @@ class BlockQuantization:
 
     def __init__(self, weight: ir.TensorProtocol, scheme: QuantScheme, transposed: bool = False) -> None:
         self.weight, self.scheme, self.transposed = weight, scheme, transposed
-        self._kept_scales: list[np.ndarray] | None = None
+        self._kept_scales: np.ndarray | None = None
         dims = list(weight.shape.numpy())
         if transposed:
             dims = dims[::-1]
@@ -61,10 +61,17 @@ class BlockQuantization:
             yield quantize_blocks(rows, self.scheme.bits, self.scheme.block_size)
 
     def packed_slices(self) -> Iterator[np.ndarray]:
-        """The packed values, slice by slice; the scales of the same pass are kept for `scale_slices`."""
-        kept = []
+        """The packed values, slice by slice; the scales of the same pass are kept for `scale_slices`,
+        in one array allocated before the pass. (Kept as an array per slice, they sat between the
+        pass's large temporaries in the allocator's heaps and kept those from being returned: the
+        helper process of a Qwen3-30B-A3B-shaped int4 export peaked at 2.1-3.0 GB, 1.7 GB with this.)"""
+        kept = np.empty(self.scales_shape, np.float32)
+        rows = kept.reshape(-1, kept.shape[-1])
+        done = 0
         for blocks in self._blocks():
-            kept.append(blocks.scales.numpy())  # fp32
+            scales = blocks.scales.numpy().reshape(-1, rows.shape[-1])
+            rows[done:done + len(scales)] = scales
+            done += len(scales)
             yield pack(blocks)
         self._kept_scales = kept
 
@@ -72,7 +79,7 @@ class BlockQuantization:
         """The scales: those of the last `packed_slices` pass (then dropped), or computed again."""
         kept, self._kept_scales = self._kept_scales, None
         if kept is not None:
-            yield from kept
+            yield kept
             return
         for blocks in self._blocks():
             yield blocks.scales.numpy()
