@@ -24,7 +24,7 @@ perplexity increase from lowering only layer j to k, as Spearman rank correlatio
 additivity: for every plan scored, the sum of the per-layer perplexity increases against the
 plan's real increase.
 
-    python benchmarks/quality.py [--model demo|FOLDER]  # -> benchmarks/results/quality[-NAME].json, .png
+    python benchmarks/quality.py [--model demo|FOLDER]  # -> benchmarks/results/quality-NAME.json, .png
 """
 
 from __future__ import annotations
@@ -428,9 +428,9 @@ def main() -> None:
                     "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
         "wall_seconds": round(time.time() - started, 1),
     }
-    name = "" if args.model == "demo" else f"-{Path(args.model).name}"
-    write_text_atomic(args.results / f"quality{name}.json", json.dumps(doc, indent=1) + "\n")
-    plot(doc, args.results / f"quality{name}.png")
+    name = Path(args.model).name  # quality.json itself is the first study, of LExI's plan alone (docs/demo.md)
+    write_text_atomic(args.results / f"quality-{name}.json", json.dumps(doc, indent=1) + "\n")
+    plot(doc, args.results / f"quality-{name}.png")
     print(json.dumps({"base": doc["base"], "delta_vs_loss": {e: v["spearman_all_pairs"] for e, v in doc["delta_vs_loss"].items()},
                       "wall_seconds": doc["wall_seconds"]}))
 
