@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -346,13 +347,16 @@ def main() -> None:
                         "onnxruntime's ThirdPartyNotices.txt)")
     parser.add_argument("--refine", type=int, default=2, help="`plan --refine`: rounds of local search")
     args = parser.parse_args()
+    if args.windows is not None and args.windows < DECODE_BATCH:
+        parser.error(f"--windows: at least {DECODE_BATCH} (the cost is counted on decode steps of {DECODE_BATCH} windows)")
     torch.set_num_threads(args.threads)
     started = time.time()
     corpus = load_corpus(args.cache)
     study = Study(corpus, args.model, args.windows, args.unseen)
     base_sum = sum(study.base)
     args.results.mkdir(parents=True, exist_ok=True)
-    calibration_file = args.results / ".calibration.txt"
+    scratch = tempfile.TemporaryDirectory()  # not in --results: two runs side by side would share it
+    calibration_file = Path(scratch.name) / "calibration.txt"
     calibration_file.write_text(Corpus.joined(corpus.calibration), encoding="utf-8")
     options = {e: ProfileOptions(estimator=e, calibration=str(calibration_file) if e == "calibration" else None)
                for e in ESTIMATORS}
@@ -366,7 +370,7 @@ def main() -> None:
         profiles[e] = profile_model(study.moe_model, options[e], show_progress=False,
                                     objective=objective_of[e] if options[e].measures_output else None)
         profile_seconds[e] = round(time.time() - tick, 2)
-    calibration_file.unlink()
+    scratch.cleanup()
     base = {text: study.perplexity(study.base, text=text) for text in study.texts}
     base_cost = study.decode_cost(study.base)
     usage = study.usage()
