@@ -9,9 +9,11 @@ baseline to count expert use) when it is 1, and to training otherwise.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,19 +42,29 @@ def _split_of(path: str) -> int:
 
 
 def fetch_sdist(cache: Path) -> Path:
-    """Download (once) and unpack the pinned sdist; refuse it if its hash differs."""
+    """Download (once) and unpack the pinned sdist; refuse it if its hash differs. Both land in
+    the cache by a rename from a folder of their own, so runs started side by side never read a
+    half-downloaded archive or a half-unpacked tree."""
     cache.mkdir(parents=True, exist_ok=True)
     archive = cache / f"{PACKAGE}-{VERSION}.tar.gz"
     if not archive.is_file():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                        f"{PACKAGE}=={VERSION}", "-d", str(cache)], check=True)
+        with tempfile.TemporaryDirectory(dir=cache) as scratch:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                            f"{PACKAGE}=={VERSION}", "-d", scratch], check=True)
+            os.replace(Path(scratch) / archive.name, archive)
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:
         raise SystemExit(f"{archive}: sha256 {digest}, expected {SDIST_SHA256}")
     root = cache / f"{PACKAGE}-{VERSION}"
     if not root.is_dir():
-        with tarfile.open(archive) as tar:
-            tar.extractall(cache, filter="data")
+        with tempfile.TemporaryDirectory(dir=cache) as scratch:
+            with tarfile.open(archive) as tar:
+                tar.extractall(scratch, filter="data")
+            try:
+                os.rename(Path(scratch) / root.name, root)
+            except OSError:
+                if not root.is_dir():  # else another run unpacked it first: the same files
+                    raise
     return root
 
 
