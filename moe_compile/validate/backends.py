@@ -73,13 +73,14 @@ class BenchModel:
 
     @functools.cached_property
     def _past_shapes(self) -> list[tuple[int, ...]]:
-        """[heads, 0, head_dim] of each cache tensor, from one short pass of the unmodified model."""
+        """[heads, 0, head_dim] of each cache tensor, from one short pass of the model's skeleton:
+        the shapes do not depend on the weights, so none is read (as the streamed export traces)."""
         import torch
 
-        from moe_compile.compiler.loader import load_causal_lm
+        from moe_compile.compiler.compiled import skeleton_model
         from moe_compile.export.decoder import empty_past
 
-        return [tuple(t.shape[1:]) for t in empty_past(load_causal_lm(self.ir), 1, torch.float32)]
+        return [tuple(t.shape[1:]) for t in empty_past(skeleton_model(self.ir)[0], 1, torch.float32)]
 
     def empty_past(self, batch: int, length: int = 0) -> list[np.ndarray]:
         """A cache of `length` positions (zeros) for `batch` sequences, as runners take it."""

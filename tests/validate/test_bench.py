@@ -89,6 +89,22 @@ def _row(backend, setting, prefill, decode):
             "prefill_tokens_per_s": {"median": prefill}, "decode_tokens_per_s": {"median": decode}}
 
 
+def test_cache_shapes_come_from_the_skeleton_as_from_the_loaded_model(tiny_model_dirs):
+    """bench's runners get their empty caches from a pass of the weightless skeleton, which
+    reads no weight: the same shapes as the loaded model's, for every architecture."""
+    from moe_compile.compiler.loader import load_causal_lm
+    from moe_compile.export.decoder import empty_past
+    from moe_compile.validate.backends import BenchModel
+
+    for model_type, folder in tiny_model_dirs.items():
+        ir = load_moe_model(folder)
+        loaded = [tuple(t.shape) for t in empty_past(load_causal_lm(ir), 3, torch.float32)]
+        bench_model = BenchModel(ir, "fp32", threads=1)
+        assert [past.shape for past in bench_model.empty_past(3)] == loaded, model_type
+        assert all(past.dtype == np.float32 and past.shape[2] == 0 for past in bench_model.empty_past(3))
+        assert [past.shape[2] for past in bench_model.empty_past(2, 5)] == [5] * len(loaded)
+
+
 def test_speedups_are_against_the_baseline_and_the_base_top_k():
     rows = [_row("transformers", "base", 100, 10), _row("onnxruntime-cpu", "base", 200, 40),
             _row("onnxruntime-cpu", "plan", 300, 60)]
