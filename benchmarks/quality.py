@@ -325,10 +325,10 @@ def memoised(function):
     return lambda ks: cache[tuple(ks)] if tuple(ks) in cache else cache.setdefault(tuple(ks), function(ks))
 
 
-def verdict(point: dict, method: str) -> dict:
-    """The issue's done-when for one plan at one budget, on both texts."""
+def verdict(point: dict, method: str, texts: tuple[str, ...] = ("held_out", "unseen")) -> dict:
+    """The issue's done-when for one plan at one budget, on each of `texts`."""
     result = {}
-    for text in ("held_out", "unseen"):
+    for text in texts:
         value, randoms = point[text][method], point[text]["random"]
         result[text] = {"no_worse_than_uniform": value <= point[text]["uniform"],
                         "random_plans_beaten": sum(value < r for r in randoms), "random_plans": len(randoms)}

@@ -83,9 +83,7 @@ def main() -> None:
             scores = {name: study.perplexity(ks, text=text_name) for name, ks in point["plans"].items()}
             scores["random"] = [study.perplexity(ks, text=text_name) for ks in point["random_plans"]]
             point[label] = scores
-        point["done_when"] = {name: {label: {"no_worse_than_uniform": point[label][name] <= point[label]["uniform"],
-                                             "random_plans_beaten": sum(point[label][name] < r for r in point[label]["random"])}
-                                     for label in ("held_out", "dev")}
+        point["done_when"] = {name: quality.verdict(point, name, texts=("held_out", "dev"))
                               for name in point["plans"] if name != "uniform"}
     doc = {"model": args.model,
            "dev_text": {"source": f"Python {sys.version.split()[0]} pydoc_data.topics, topics joined in name order",

@@ -11,6 +11,7 @@ name), checked against the model and the plan the same way; the comparison sees 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,11 +146,10 @@ def reference_model(moe_model: MoEModel, metadata: dict, top_k: dict[int, int]) 
     layer (one decoder layer's weights resident at a time, compiler/layered_model.py); for a
     quantized export, with the weights it quantized replaced by their dequantized values (those of
     each unit as it is read, where it runs layer by layer)."""
-    dtype = metadata["moe_compile.dtype"]
-    if QUANTIZE_KEY not in metadata:
-        return reference_lm(moe_model, dtype, top_k)
-    scheme = QuantScheme.from_metadata(metadata[QUANTIZE_KEY])
-    return reference_lm(moe_model, dtype, top_k, prepare=lambda module: dequantize_model(module, scheme))
+    prepare = None
+    if QUANTIZE_KEY in metadata:
+        prepare = functools.partial(dequantize_model, scheme=QuantScheme.from_metadata(metadata[QUANTIZE_KEY]))
+    return reference_lm(moe_model, metadata["moe_compile.dtype"], top_k, prepare=prepare)
 
 
 def tolerance_of(metadata: dict, step: str = "prefill") -> Tolerance:

@@ -23,8 +23,8 @@ class ProfileOptions:
     k_min: int = 1
     estimator: str = "lexi"
     calibration: str | None = None  # a UTF-8 text file (estimator "calibration")
-    # self-kl samples its sequences at this temperature: 1.5 widens them past the model's most likely text,
-    # which gave plans no worse on text unlike the training text (benchmarks/sampling_temperature.py)
+    # self-kl samples its sequences at this temperature: 1.5 widens them past the model's most likely text;
+    # chosen on a development text no reported result uses (benchmarks/sampling_temperature.py, docs/lexi.md)
     temperature: float = 1.5
     samples: int = 32  # sequences of seq_len tokens, sampled or from --calibration (enough for verify.py's tests)
 
