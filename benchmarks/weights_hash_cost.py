@@ -4,9 +4,9 @@ bytes without hashing, in one run on one machine.
 A checkpoint of --gib GiB of fp16 tensors (4 shards, seeded random values, 64 MiB tensors) is
 written to a temporary folder; then, each --repeats times, best of: a plain sequential read of
 every shard in 16 MiB chunks (the floor: one read of the checkpoint) and `weights_sha256` over
-the same files. Both read from the page cache once the files are written (the files are smaller
-than memory), so the hash's extra cost over the read is its CPU time. Prints JSON; saves it
-under benchmarks/results/weights_hash_cost.json.
+the same files, with its digest cache off (compiler/digest_cache.py). Both read from the page
+cache once the files are written (the files are smaller than memory), so the hash's extra cost
+over the read is its CPU time. Prints JSON; saves it under benchmarks/results/weights_hash_cost.json.
 
     python benchmarks/weights_hash_cost.py [--gib 4] [--repeats 3]
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    os.environ["MOE_COMPILE_CACHE"] = "off"  # every repeat hashes: remembered digests would skip the work measured
     with tempfile.TemporaryDirectory() as tmp:
         files = write_checkpoint(Path(tmp), args.gib)
         size = sum(file.stat().st_size for file in files)

@@ -10,6 +10,13 @@ from marker_requirements import tensorrt_missing, tensorrt_rtx_missing  # noqa: 
 
 
 def pytest_configure(config):
+    # Remembered weight digests (compiler/digest_cache.py) go to a folder of this run's own, not
+    # the user's cache; every command a test starts inherits it.
+    if "MOE_COMPILE_CACHE_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["MOE_COMPILE_CACHE_DIR"] = tempfile.mkdtemp(prefix="moe-compile-test-cache-")
+        config._moe_compile_cache_dir = os.environ["MOE_COMPILE_CACHE_DIR"]
     # Without a GPU the grouped-MoE Triton kernels run in Triton's CPU interpreter; triton reads
     # the switch when a kernel module is imported, so it is set before any test module loads.
     if not _has_cuda():
@@ -22,6 +29,14 @@ def pytest_configure(config):
 
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_moe_compile_cache_dir", None)
+    if folder:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _has_cuda() -> bool:

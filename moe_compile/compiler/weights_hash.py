@@ -4,10 +4,12 @@ A plan, a profile and an exported model carry it (`weights_sha256` in the finger
 made for some weights is refused for others with the same config and tensor shapes.
 
 It is computed from the safetensors files themselves, one read of each byte in 16 MiB chunks
-(nothing of it is kept, nothing is written beside the model): every tensor's data gets its own
-SHA-256, on a few threads at once, and the hash is the SHA-256 over (name, dtype, shape, data
-digest) in name order. So it depends on the tensors alone, not on how they are split into shards or ordered
-inside a file, nor on a file's free-form metadata.
+(nothing is written beside the model): every tensor's data gets its own SHA-256, on a few
+threads at once, and the hash is the SHA-256 over (name, dtype, shape, data digest) in name
+order. So it depends on the tensors alone, not on how they are split into shards or ordered
+inside a file, nor on a file's free-form metadata. Each file's tensor digests are remembered in
+the user's cache folder while the file stays unchanged (digest_cache.py), so the commands that
+follow one another on a checkpoint read it for its hash once.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import json
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from moe_compile.errors import InvalidInput
+
+from .digest_cache import Digests, cached_digests, remember_digests
 
 _CHUNK_BYTES = 16 << 20
 _HEADER_LIMIT = 100 << 20  # safetensors' own limit on the JSON header
@@ -76,23 +81,37 @@ def weights_sha256(files: list[Path], show_progress: bool = True) -> str:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+    started = time.time()
+    digests: Digests = {}
+    hashed = {}  # file -> its stat when its hashing began
+    for file in files:
+        remembered = cached_digests(file)
+        if remembered is None:
+            hashed[file] = file.stat()
+        else:
+            digests.update(remembered)
     console = Console(stderr=True)  # stdout may carry --json
     buffers = threading.local()
     columns = (TextColumn("weights sha256"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=console, transient=True,
-                  disable=not (show_progress and console.is_terminal)) as progress, \
+                  disable=not (show_progress and hashed and console.is_terminal)) as progress, \
             contextlib.ExitStack() as open_files, ThreadPoolExecutor(max_workers=_workers()) as pool:
-        task = progress.add_task("hash", total=sum(file.stat().st_size for file in files))
+        task = progress.add_task("hash", total=sum(stat.st_size for stat in hashed.values()))
         jobs = {}
-        for file in files:
+        for file in hashed:
             fd = os.open(file, os.O_RDONLY)
             open_files.callback(os.close, fd)
             with open(file, "rb") as handle:
                 ranges = _tensor_ranges(file, handle)
             for name, dtype, shape, start, end in ranges:  # by offset: each file is read front to back
-                jobs[name] = (dtype, shape, pool.submit(_tensor_digest, fd, file, name, start, end, buffers,
-                                                        lambda count: progress.advance(task, count)))
-        digests = {name: (dtype, shape, job.result()) for name, (dtype, shape, job) in jobs.items()}
+                jobs[file, name] = (dtype, shape, pool.submit(_tensor_digest, fd, file, name, start, end, buffers,
+                                                              lambda count: progress.advance(task, count)))
+        per_file: dict[Path, Digests] = {file: {} for file in hashed}
+        for (file, name), (dtype, shape, job) in jobs.items():
+            per_file[file][name] = (dtype, shape, job.result())
+    for file, file_digests in per_file.items():
+        remember_digests(file, hashed[file], started, file_digests)
+        digests.update(file_digests)
     combined = hashlib.sha256()
     for name in sorted(digests):
         dtype, shape, digest = digests[name]
