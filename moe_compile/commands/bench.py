@@ -12,7 +12,7 @@ from rich.table import Table
 
 from moe_compile.atomic import all_or_none, check_writable
 from moe_compile.compiler.loader import load_moe_model
-from moe_compile.errors import InvalidInput
+from moe_compile.errors import BackendUnavailable, InvalidInput
 from moe_compile.jsonio import print_report
 
 
@@ -96,7 +96,7 @@ def _check_workload(ir, args: argparse.Namespace, backends: list) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from moe_compile.validate.backends import BenchModel, select_backends
+    from moe_compile.validate.backends import BenchModel, memory_shortfall, select_backends
     from moe_compile.validate.bench import (
         Workload,
         add_speedups,
@@ -122,17 +122,27 @@ def run_bench(args: argparse.Namespace) -> int:
                        export=export_for_onnxruntime)
     workloads = [Workload(b, p, args.new_tokens) for b in sorted(args.batch) for p in sorted(args.prompt)]
     runs = [(backend, setting) for backend in backends for setting in settings if backend.runs(setting, model)]
-    rows = []
+    rows, skipped = [], []
     console = Console(stderr=True)
     try:
         with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task("bench", total=len(runs) * len(workloads))
             for backend, setting in runs:
                 progress.update(task, description=f"bench: {backend.name} ({setting.name})")
+                shortfall = memory_shortfall(backend, model, setting)
+                if shortfall:
+                    skipped.append({"backend": backend.name, "setting": setting.name, "reason": shortfall})
+                    console.print(f"bench: {backend.name} ({setting.name}) not run: it {shortfall}", highlight=False)
+                    progress.advance(task, len(workloads))
+                    continue
                 rows += measure(backend, setting, model, workloads, args.repeats,
                                 progress=lambda: progress.advance(task))
     finally:
         model.close()
+    if not rows:
+        first = skipped[0]
+        raise BackendUnavailable(f"nothing to bench in this machine's memory: {first['backend']} ({first['setting']}) "
+                                 f"{first['reason']}" + (f", and {len(skipped) - 1} more" if len(skipped) > 1 else ""))
     add_speedups(rows)
     report = {
         "model": {"name": str(args.model), "model_type": ir.model_type, "sha256": ir.fingerprint["sha256"]},
@@ -142,6 +152,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "workload": {"batch": sorted(args.batch), "prompt": sorted(args.prompt), "new_tokens": args.new_tokens,
                      "repeats": args.repeats, "warmup_runs": 1},
         "rows": rows,
+        "skipped": skipped,  # runs that would not fit in memory: backend, setting, why
         "command": args.command_line,
     }
     _write_outputs(report, args)
@@ -174,7 +185,9 @@ def bench_table(report: dict) -> Table:
     machine = report["machine"]
     table = Table(title=f"{report['model']['name']} ({report['precision']}), {machine['cpu']}, "
                         f"{machine['threads']} threads" + (f", {machine['gpu']}" if "gpu" in machine else ""),
-                  caption="± : half the min-max range over the runs; speed-ups are prefill / decode")
+                  caption="± : half the min-max range over the runs; speed-ups are prefill / decode" + "".join(
+                      f"\nnot run: {skip['backend']} ({skip['setting']}), {skip['reason']}"
+                      for skip in report.get("skipped", [])))
     for column in ("backend", "top-k", "batch x prompt", "prefill tok/s", "TTFT ms", "decode tok/s",
                    "step ms p50/p99", "peak MB", "MoE share", "x transformers", "x base top-k"):
         table.add_column(column, justify="left" if column in ("backend", "top-k") else "right")

@@ -13,6 +13,7 @@ Which exist is decided when `bench` runs; asking for one that is not there is on
 from __future__ import annotations
 
 import functools
+import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,6 +87,18 @@ class BenchModel:
         """A cache of `length` positions (zeros) for `batch` sequences, as runners take it."""
         return [np.zeros((batch, heads, length, dim), dtype=np.float32) for heads, _, dim in self._past_shapes]
 
+    @functools.cached_property
+    def weight_bytes(self) -> int:
+        """The checkpoint's tensors at the bench precision (from the headers): what a PyTorch
+        backend holds."""
+        import torch
+
+        from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
+        from moe_compile.dtypes import torch_dtype
+
+        itemsize = torch.finfo(torch_dtype(self.dtype)).bits // 8
+        return sum(math.prod(info.shape) for info in SafetensorsCheckpoint(self.ir.path).index.values()) * itemsize
+
     def close(self) -> None:
         if self._exports is not None:
             self._exports.cleanup()
@@ -99,6 +112,8 @@ class Backend:
     base_only: bool = False  # the transformers baseline knows no plan
     runs_onnx: bool = False  # its ONNX file is exported before the backend is measured
     runs_engine: bool = False  # it runs only the settings an engine was given for
+    # the host memory its runner will take, estimated before it is built; None: not estimated (GPU backends)
+    host_bytes: Callable[[BenchModel, TopKSetting], int] | None = None
 
     def runs(self, setting: TopKSetting, model: BenchModel) -> bool:
         if setting.quantize is not None:  # QMoE / MatMulNBits: measured on ONNX Runtime's CPU provider only
@@ -106,6 +121,39 @@ class Backend:
         if self.base_only:
             return setting.name == "base"
         return setting.name in model.engine_files if self.runs_engine else True
+
+
+# What an ONNX Runtime CPU session takes beyond nothing: it reads the weights into memory and
+# prepacks the matrix products' ones. On Qwen3-30B-A3B-shaped exports (2026-12-05), after loading
+# and a 16-token prefill: 10.9 GB anonymous for a 12.5 GB fp32 file, 3.5 GB for a 3.0 GB int4 one;
+# bench's own rows (resident set growth, file pages included) 13.7 and 4.8-5.3 GB for the same files.
+ORT_SESSION_PER_FILE_BYTE = 1.2
+ORT_SESSION_EXTRA_BYTES = 1 << 30
+
+
+def _onnx_session_bytes(model: BenchModel, setting: TopKSetting) -> int:
+    from moe_compile.onnx_files import external_data_files, read_onnx_graph
+
+    path = model.onnx_for(setting)
+    files = [path, *(path.parent / name for name in external_data_files(read_onnx_graph(path), path))]
+    return int(ORT_SESSION_PER_FILE_BYTE * sum(file.stat().st_size for file in files)) + ORT_SESSION_EXTRA_BYTES
+
+
+def _weight_bytes(model: BenchModel, setting: TopKSetting) -> int:
+    return model.weight_bytes
+
+
+def memory_shortfall(backend: Backend, model: BenchModel, setting: TopKSetting) -> str | None:
+    """Why `backend` cannot run `setting` in the memory this machine has now, or None."""
+    from .memory import available_bytes
+
+    available = available_bytes()
+    if backend.host_bytes is None or available is None:
+        return None
+    needed = backend.host_bytes(model, setting)
+    if needed <= available:
+        return None
+    return f"needs about {needed / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB available"
 
 
 def _torch_model(model: BenchModel, setting: TopKSetting):
@@ -164,10 +212,12 @@ def _onnxruntime_providers() -> list[str]:
 def available_backends(engine: str | None = None) -> dict[str, Backend]:
     """Every backend this machine can run now, in the order they are reported (tensorrt: when
     an engine is given, which select_backends has checked TensorRT and a GPU for)."""
-    backends = [Backend("transformers", "cpu", _transformers, base_only=True), Backend("pytorch", "cpu", _pytorch("cpu"))]
+    backends = [Backend("transformers", "cpu", _transformers, base_only=True, host_bytes=_weight_bytes),
+                Backend("pytorch", "cpu", _pytorch("cpu"), host_bytes=_weight_bytes)]
     providers = _onnxruntime_providers()
     if "CPUExecutionProvider" in providers:
-        backends.append(Backend("onnxruntime-cpu", "cpu", _onnxruntime("CPUExecutionProvider"), runs_onnx=True))
+        backends.append(Backend("onnxruntime-cpu", "cpu", _onnxruntime("CPUExecutionProvider"), runs_onnx=True,
+                                host_bytes=_onnx_session_bytes))
     if _cuda_available():
         backends.append(Backend("pytorch-cuda", "cuda", _pytorch("cuda")))
     if "CUDAExecutionProvider" in providers:

@@ -23,7 +23,7 @@ from moe_compile.dtypes import torch_dtype
 
 from .backends import Backend, BenchModel, TopKSetting
 from .generation import decoder_feed
-from .memory import PeakMemory
+from .memory import PeakMemory, return_freed_memory
 from .timing import DecodeTiming, PrefillTiming, Spread, time_decode, time_prefill
 
 
@@ -158,6 +158,8 @@ def measure(backend: Backend, setting: TopKSetting, model: BenchModel, workloads
                          **_moe_fields(runner, model, setting, workload)})
             if progress is not None:
                 progress()
+    del runner
+    return_freed_memory()  # before the next backend is built
     return rows
 
 

@@ -274,3 +274,72 @@ def test_bad_bench_input_is_one_line(case, tiny_model_dirs, half_plan, cached_ex
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_run_that_would_not_fit_in_memory_is_skipped_and_said(tiny_model_dirs, cached_exports, tmp_path, capsys,
+                                                                  monkeypatch):
+    """Room for the PyTorch model, not for an ONNX Runtime session (its file x 1.2 + 1 GiB): the
+    session is not built, the report and the table say why, the rest runs."""
+    from moe_compile.validate import memory
+
+    model = str(tiny_model_dirs["qwen2_moe"])
+    ir = load_moe_model(model)
+    room = sum(p.numel() * p.element_size() for p in compiled_model(ir)[0].parameters()) * 2
+    monkeypatch.setattr(memory, "available_bytes", lambda: room)
+    common = ["bench", model, "--backends", "pytorch,onnxruntime-cpu", "--batch", "1", "--prompt", "3",
+              "--new-tokens", "1", "--repeats", "1"]
+    assert main([*common, "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert [(r["backend"], r["setting"]) for r in report["rows"]] == [("pytorch", "base")]
+    [skip] = report["skipped"]
+    assert skip["backend"] == "onnxruntime-cpu" and skip["setting"] == "base"
+    assert skip["reason"].startswith("needs about 1.0 GiB of memory, 0.0 GiB available"), skip
+    assert "onnxruntime-cpu (base) not run: it needs about" in captured.err
+    assert main(common) == 0
+    assert "not run: onnxruntime-cpu (base), needs about" in capsys.readouterr().out
+
+
+def test_nothing_that_fits_in_memory_is_one_line(tiny_model_dirs, cached_exports, tmp_path, capsys, monkeypatch):
+    from moe_compile.validate import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1024)
+    out = tmp_path / "bench.json"
+    argv = ["bench", str(tiny_model_dirs["qwen2_moe"]), "--backends", "transformers,pytorch", "--prompt", "3",
+            "--new-tokens", "1", "--repeats", "1", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("moe-compile: error: nothing to bench in this machine's memory: transformers (base) "
+                              "needs about"), err
+    assert err[-1].endswith("and 1 more") and not out.exists()
+
+
+def test_the_pytorch_estimate_covers_the_loaded_model(tiny_model_dirs):
+    from moe_compile.validate.backends import BenchModel
+
+    for model_type in ("qwen2_moe", "deepseek_v3"):
+        ir = load_moe_model(tiny_model_dirs[model_type])
+        loaded = sum(p.numel() * p.element_size() for p in compiled_model(ir, "fp16")[0].parameters())
+        assert BenchModel(ir, "fp16").weight_bytes >= loaded > 0
+
+
+def test_freed_heap_memory_goes_back_to_the_system():
+    """The glibc behaviour bench works around: once a 16 MiB block is freed, 1 MiB blocks come from
+    the heap; freed between small blocks still in use, they stay resident until return_freed_memory()."""
+    import subprocess
+    import sys
+
+    script = (
+        "from moe_compile.process_memory import status_bytes\n"
+        "from moe_compile.validate.memory import return_freed_memory\n"
+        "big = bytearray(b'x') * (16 << 20); del big\n"
+        "chunks, kept = [], []\n"
+        "for _ in range(256):\n"
+        "    chunks.append(bytearray(b'x') * (1 << 20)); kept.append(bytearray(b'x') * 1024)\n"
+        "before = status_bytes('RssAnon'); del chunks\n"
+        "freed = status_bytes('RssAnon'); return_freed_memory()\n"
+        "print(before >> 20, freed >> 20, status_bytes('RssAnon') >> 20)\n")
+    before, freed, trimmed = map(int, subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                                     check=True).stdout.split())
+    assert freed > before - 64, (before, freed, trimmed)  # freed, yet still resident
+    assert trimmed < freed - 192, (before, freed, trimmed)
