@@ -131,7 +131,8 @@ class MoEAdapter:
             if gate_up is None:
                 gate_up = gate.new_empty(self.num_experts(), 2 * gate.shape[0], gate.shape[1])  # [E, 2I, H]
                 down = down_e.new_empty(self.num_experts(), *down_e.shape)  # [E, H, I]
-            gate_up[expert] = torch.cat([gate, up], dim=0)
+            gate_up[expert, :gate.shape[0]] = gate  # into place: a torch.cat of the two first cost a copy more
+            gate_up[expert, gate.shape[0]:] = up
             down[expert] = down_e
         return ExpertWeights(router_weight=router_weight, gate_up=gate_up, down=down,
                              score_bias=self.read_score_bias(checkpoint, index))
