@@ -10,6 +10,10 @@ export the helper process that writes the MoE weights: moe_compile/process_memor
 is measured in the same run: one timed read of every shard and two timed writes (+ fsync) of as
 many bytes as the export wrote, one through the page cache and one past it (O_DIRECT, as the
 export writes): `io_bound_s` and `io_bound_direct_s`, the floors export time is compared with.
+The commands share a digest cache of the run's own (compiler/digest_cache.py, under --work), so
+plan, export and validate find the weights' hash that profile computed, as they do for a user;
+`export_without_digest_cache` is the same export again with the cache off (the first command on
+a checkpoint).
 
     python benchmarks/scale.py --layers 4 --work /tmp/scale --out benchmarks/results/scale.json
     python benchmarks/scale.py --layers 2 --dtype fp16 --work /tmp/scale --out ...  # an fp16 export
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -68,9 +73,10 @@ def write_checkpoint(folder: Path, config: dict) -> int:
     return total
 
 
-def run_command(argv: list[str]) -> dict:
-    """`python -m moe_compile ARGV --json` -> wall seconds and the command's own peak_memory."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+def run_command(argv: list[str], **environment: str) -> dict:
+    """`python -m moe_compile ARGV --json` (with `environment` added) -> wall seconds and the
+    command's own peak_memory."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), **environment)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "moe_compile", *argv, "--json"], capture_output=True, text=True,
                           env=env)
@@ -139,6 +145,8 @@ def main() -> None:
     if args.quantize and args.dtype != "fp32":
         parser.error("--quantize exports at --dtype fp32")
     config = dict(SHAPES[args.shape], num_hidden_layers=args.layers)
+    shutil.rmtree(args.work / "digest-cache", ignore_errors=True)
+    os.environ["MOE_COMPILE_CACHE_DIR"] = str(args.work / "digest-cache")  # every command below inherits it
     model = args.work / "model"
     start = time.perf_counter()
     checkpoint_bytes = write_checkpoint(model, config)
@@ -159,6 +167,13 @@ def main() -> None:
                                     "--dtype", args.dtype, *(["--quantize", args.quantize] if args.quantize else []),
                                     "--out", str(onnx)])
     result["validate"] = run_command(["validate", str(model), "--plan", str(plan), "--onnx", str(onnx)])
+    # The export above found the weights' digests that profile remembered (compiler/digest_cache.py);
+    # the same export once more without them, as the first command on a checkpoint runs.
+    cold = args.work / "onnx-cold" / "model.onnx"
+    cold.parent.mkdir(exist_ok=True)
+    result["export_without_digest_cache"] = run_command(
+        [*result["export"]["argv"][:-1], str(cold)], MOE_COMPILE_CACHE="off")
+    shutil.rmtree(cold.parent)
     onnx_bytes = sum(p.stat().st_size for p in onnx.parent.iterdir())
     disk = disk_throughput(sorted(model.glob("*.safetensors")), onnx_bytes, args.work / "scratch.bin")
     result["disk"] = disk

@@ -1,4 +1,5 @@
-"""Greedy decoding through any runner: the prompt once, then one token at a time.
+"""Greedy decoding through any runner: the prompt once, then one token at a time; and checking
+another runner's greedy tokens against a runner's own choices in one forward pass.
 
 A runner that can keep its outputs where it made them (`infer_keeping`: ONNX Runtime through
 IOBinding) gets its KV cache back as its own values at every step, so the cache is not copied
@@ -66,3 +67,17 @@ def greedy_generate(runner, prompt: np.ndarray, new_tokens: int, empty_past: lis
     """prompt [B, S] int64 -> the generated tokens [B, new_tokens], within `max_positions`."""
     check_context(prompt.shape[1], new_tokens, max_positions)
     return np.concatenate(list(itertools.islice(greedy_steps(runner, prompt, empty_past), new_tokens)), axis=1)
+
+
+def greedy_choices(runner, prompt: np.ndarray, tokens: np.ndarray, empty_past: list[np.ndarray]) -> np.ndarray:
+    """What `runner` picks greedily after the prompt and after each prefix of `tokens` [B, N]
+    (another runner's greedy run), from one forward over the prompt and tokens[:, :-1] -> [B, N].
+
+    Up to the first position where the choices differ from `tokens`, they are the tokens
+    `runner`'s own greedy run would make (each is chosen after the same prefix), and at that
+    position they are its own token: so `tokens` equals `runner`'s greedy run exactly where
+    the choices equal `tokens`, up to the first difference. One forward instead of N: what makes
+    validate's layer-by-layer reference, which reads every layer's weights per forward, affordable."""
+    ids = np.concatenate([prompt, tokens[:, :-1]], axis=1)
+    outputs, _ = cached_step(runner, ids, dict(zip(past_names(len(empty_past) // 2), empty_past)), 0)
+    return np.asarray(outputs["logits"])[:, prompt.shape[1] - 1:].argmax(-1).astype(np.int64)

@@ -2,8 +2,10 @@
 PyTorch reference, end to end.
 
     prefill (empty past) -> decode one step -> greedy generation of N tokens
-    each compared with the dtype's tolerance; on an ONNX mismatch, a debug export with every MoE
-    block's output exposed names the first layer that diverges.
+    prefill and decode compared with the dtype's tolerance; the candidate generates its N tokens
+    step by step, and the reference checks them in one forward over prompt + tokens (its greedy
+    choice after each prefix: validate/generation.py, greedy_choices); on an ONNX mismatch, a
+    debug export with every MoE block's output exposed names the first layer that diverges.
 
 Both files carry moe-compile's metadata (the ONNX file in metadata_props, an engine in its
 name), checked against the model and the plan the same way; the comparison sees only runners.
@@ -33,7 +35,7 @@ from moe_compile.quantization.scheme import METADATA_KEY as QUANTIZE_KEY
 from moe_compile.quantization.scheme import QuantScheme, dequantize_model
 
 from .compare import OutputDiff, compare_outputs
-from .generation import greedy_generate
+from .generation import greedy_choices, greedy_generate
 from .runners import OnnxRuntimeRunner, TensorRTRunner, TorchRunner
 from .tolerances import INT8_ACTIVATIONS, TOLERANCES, Tolerance
 
@@ -197,9 +199,10 @@ def _compare_runners(model: torch.nn.Module, candidate, path: Path, metadata: di
 
     empty = [t.float().numpy() for t in nothing]
     context = getattr(model.config, "max_position_embeddings", None)
-    tokens_ref = greedy_generate(reference, prompt.numpy(), new_tokens, empty, context)
     tokens_candidate = greedy_generate(candidate, prompt.numpy(), new_tokens, empty, context)
-    differs = np.flatnonzero((tokens_ref != tokens_candidate).any(axis=0))
+    # the reference's greedy run, checked in one forward pass (generation.py: greedy_choices)
+    differs = np.flatnonzero((greedy_choices(reference, prompt.numpy(), tokens_candidate, empty)
+                              != tokens_candidate).any(axis=0))
     report = ParityReport(
         file=str(path), runtime=candidate.name, target=metadata["moe_compile.target"], dtype=dtype,
         tolerance=asdict(tolerance), prefill=prefill, decode=decode, generated_tokens=new_tokens,
