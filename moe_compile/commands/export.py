@@ -87,6 +87,7 @@ def run_compile(args: argparse.Namespace) -> int:
                                       dtype=args.precision)
         Console().print(_lowering_table({**result.to_json(), "onnx": str(out)}))
         report = validate_onnx(moe_model, staging.path(out), plan=plan)
+        report.file = str(out)  # where the file will be, not where it is staged while checked
         print_parity(report, as_json=False)
         if report.passed:  # a failed check, an error or a signal: nothing is left, not even the plan
             staging.commit()

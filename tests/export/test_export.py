@@ -167,6 +167,7 @@ def test_the_readme_pipeline_on_the_demo(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "LExI plan: Σk 24 of 32" in stdout and "com.microsoft.MoE" in stdout
     assert "greedy generation of 32 tokens: identical" in stdout
+    assert ".staging" not in stdout  # the parity table names the file where it ends up
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.lexi-plan.json", "demo.lexi-plan.png", "demo.onnx",
                                                           "demo.onnx.data"]
     assert out.stat().st_size < (tmp_path / "demo.onnx.data").stat().st_size  # the weights are in the .data file
