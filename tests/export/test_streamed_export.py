@@ -296,3 +296,11 @@ def test_a_score_bias_is_read_without_its_layers_experts(tiny_model_dirs, monkey
     spec = ir.layers[0]
     bias = LayerWeights(ir).read(spec.module_path, "score_bias")
     assert reads == [f"{spec.module_path}.gate.e_score_correction_bias"] and bias.shape == (spec.num_experts,)
+
+
+@pytest.mark.parametrize("cores, threads", [({0}, 1), ({0, 1}, 1), (set(range(16)), 15)])
+def test_the_writing_process_computes_on_every_core_but_the_traces(cores, threads, monkeypatch):
+    from moe_compile.export import early_experts
+
+    monkeypatch.setattr(early_experts.os, "sched_getaffinity", lambda pid: cores, raising=False)
+    assert early_experts._compute_threads() == threads
