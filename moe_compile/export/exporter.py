@@ -2,6 +2,7 @@
 
     check --out -> load the model -> apply the plan (rewrite) -> wrap with its KV cache
     -> torch.onnx (dynamo), translating each GroupedMoE call for the target
+    -> onnxruntime target, fp32: tables only Gather reads (the embedding) kept at the checkpoint's bf16/fp16
     -> with --ort-fusions (onnxruntime target, fp32): attention and norms as ONNX Runtime's fused ops
     -> the target's weight pass (onnxruntime: reorder experts, interleave fc1)
     -> with --quantize (onnxruntime target): experts to QMoE, dense projections to MatMulNBits
@@ -42,6 +43,7 @@ from .early_experts import EarlyMoEWrites
 from .grouped_attention import grouped_attention
 from .length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
 from .length_dispatch import split_by_length
+from .narrow_tables import checkpoint_dtypes, narrow_lookup_tables
 from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
 from .lowering.sorted_experts import METADATA_KEY as MOE_PROMPTS_KEY
 from .lowering.sorted_experts import MOE_PROMPTS, SORTED, sort_multi_token_experts
@@ -149,6 +151,8 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
                 bind_weights(program.model.graph, model, moe_model, prefix="model.")
                 fold_weight_transposes(program.model.graph)
                 _optimize(program)  # what torch.onnx.export(optimize=True) runs, on the bound weights
+                if target == "onnxruntime" and dtype == "fp32":
+                    narrow_lookup_tables(program.model.graph, checkpoint_dtypes(model, moe_model, "model."))
                 nodes = [(node.domain, node.op_type, [value.name if value is not None else "" for value in node.inputs])
                          for node in program.model.graph]
                 set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
@@ -164,6 +168,8 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     else:
         model, top_k = compiled_model(moe_model, dtype, top_k)
         program = _trace(model, DTYPES[dtype], report, layers, sdpa_form=ort_fusions)
+        if target == "onnxruntime" and dtype == "fp32":
+            narrow_lookup_tables(program.model.graph, checkpoint_dtypes(model, moe_model, "model."))
         if ort_fusions:
             report.ort_fusions = fuse_for_onnxruntime(program.model)
         onnx_model = program.model_proto

@@ -304,3 +304,64 @@ def test_the_writing_process_computes_on_every_core_but_the_traces(cores, thread
 
     monkeypatch.setattr(early_experts.os, "sched_getaffinity", lambda pid: cores, raising=False)
     assert early_experts._compute_threads() == threads
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tmp_path_factory):
+    """The tiny qwen2_moe saved as bf16, as real checkpoints are."""
+    import torch
+    from tiny_models import tiny_model
+
+    folder = tmp_path_factory.mktemp("bf16") / "qwen2_moe"
+    tiny_model("qwen2_moe", 0).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("quantize", [None, "int4"])
+def test_the_embedding_is_kept_as_the_checkpoint_stores_it(quantize, bf16_checkpoint, tmp_path):
+    """An fp32 export of a bf16 checkpoint stores the table only Gather reads in bf16, casts the
+    rows it looks up to fp32 (the same numbers), streamed as in memory; validate passes."""
+    from moe_compile.quantization.scheme import quant_scheme
+    from moe_compile.validate.parity import validate_onnx
+
+    ir = load_moe_model(bf16_checkpoint)
+    scheme = quant_scheme(quantize, None, int(ir.config.hidden_size), [s.intermediate for s in ir.layers]) \
+        if quantize else None
+    _assert_streamed_is_in_memory(ir, "onnxruntime", tmp_path, quantize=scheme)
+    path = tmp_path / "streamed" / "model.onnx"
+    graph = onnx.load(str(path), load_external_data=False).graph
+    [table] = [init for init in graph.initializer if init.name == "model.model.embed_tokens.weight"]
+    assert table.data_type == onnx.TensorProto.BFLOAT16
+    nodes = list(_all_nodes(graph))  # an int4 file's body is in the branches of its split by length
+    gathers = [node for node in nodes if table.name in node.input]
+    assert gathers and all(node.op_type == "Gather" for node in gathers)
+    for gather in gathers:
+        readers = [node for node in nodes if gather.output[0] in node.input]  # (a branch's copy has its own)
+        assert readers and all(node.op_type == "Cast" and [a.i for a in node.attribute if a.name == "to"]
+                               == [onnx.TensorProto.FLOAT] for node in readers)
+    report = validate_onnx(ir, path)
+    assert report.passed, report.to_json()
+
+
+def _all_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attribute.g)
+
+
+def test_a_table_that_something_besides_gather_reads_stays_fp32():
+    import onnx_ir as ir
+    import torch
+
+    from moe_compile.export.narrow_tables import narrow_lookup_tables
+
+    table = ir.Value(name="table", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([4, 2]),
+                     const_value=ir.tensor(np.ones((4, 2), np.float32), name="table"))
+    ids = ir.Value(name="ids", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([3]))
+    gather = ir.node("Gather", [table, ids])
+    tied = ir.node("MatMul", [gather.outputs[0], table])
+    graph = ir.Graph([ids], tied.outputs, nodes=[gather, tied], initializers=[table])
+    assert narrow_lookup_tables(graph, lambda name: torch.bfloat16) == []
+    assert table.dtype == ir.DataType.FLOAT
