@@ -2,10 +2,12 @@
 
 A weight that only Gather reads is only ever looked up row by row. Stored as the checkpoint
 stores it (bf16 or fp16) and cast to fp32 after the lookup, it gives the same numbers (the cast
-is exact) at half the bytes, in the file and in ONNX Runtime's memory. For a model with a large
-vocabulary that is much of an int4 export: Qwen3-30B-A3B's embedding (151,936 x 2048) is 1.24 GB
-in fp32, 0.62 GB as stored. ONNX Runtime's CPU provider runs Gather on bf16 and fp16 tables.
-A table that anything else reads (an lm_head tied to the embedding) stays fp32.
+is exact) in half the bytes of the file. For a model with a large vocabulary that is much of an
+int4 export: Qwen3-30B-A3B's embedding (151,936 x 2048) is 1.24 GB in fp32, 0.62 GB as stored.
+(ONNX Runtime maps an external table from the file rather than copying it, so its anonymous
+memory does not change; the page cache holds the rows looked up.) ONNX Runtime's CPU provider
+runs Gather on bf16 and fp16 tables. A table that anything else reads (an lm_head tied to the
+embedding) stays fp32.
 """
 
 from __future__ import annotations

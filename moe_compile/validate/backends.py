@@ -123,8 +123,8 @@ class Backend:
         return setting.name in model.engine_files if self.runs_engine else True
 
 
-# What an ONNX Runtime CPU session takes beyond nothing: it reads the weights into memory and
-# prepacks the matrix products' ones. On Qwen3-30B-A3B-shaped exports (2026-12-05), after loading
+# What an ONNX Runtime CPU session takes beyond nothing: it maps the weights from the file and
+# holds a prepacked copy of the matrix products' ones. On Qwen3-30B-A3B-shaped exports (2026-12-05), after loading
 # and a 16-token prefill: 10.9 GB anonymous for a 12.5 GB fp32 file, 3.5 GB for a 3.0 GB int4 one;
 # bench's own rows (resident set growth, file pages included) 13.7 and 4.8-5.3 GB for the same files.
 ORT_SESSION_PER_FILE_BYTE = 1.2
