@@ -27,7 +27,7 @@ from moe_compile.dtypes import element_type
 
 from .streamed_weights import StreamedTensor
 
-_NARROW = {torch.bfloat16: ir.DataType.BFLOAT16, torch.float16: ir.DataType.FLOAT16}
+_NARROW = ("bf16", "fp16")  # the stored dtypes a table is kept in (moe_compile/dtypes.py's short names)
 
 
 def checkpoint_dtypes(model: torch.nn.Module, moe_model: MoEModel, prefix: str) -> Callable[[str], torch.dtype | None]:
@@ -55,12 +55,13 @@ def narrow_lookup_tables(graph: ir.Graph, stored_dtype: Callable[[str], torch.dt
         if any(use.node.domain or use.node.op_type != "Gather" or use.idx != 0 for use in uses):
             continue
         dtype = stored_dtype(table.name)
-        if dtype not in _NARROW:
+        stored = element_type(torch=dtype) if dtype is not None else None
+        if stored is None or stored.short not in _NARROW:
             continue
         table.const_value = _narrowed(table.const_value, dtype)
-        table.dtype = _NARROW[dtype]
+        table.dtype = ir.DataType(stored.onnx)
         for gather in {use.node for use in uses}:
-            _cast_output_to_float(graph, gather, _NARROW[dtype])
+            _cast_output_to_float(graph, gather, table.dtype)
         narrowed.append(table.name)
     return narrowed
 
