@@ -65,6 +65,36 @@ class LayerWeights:
         self._index, self._weights = None, None
 
 
+def reader_without_layer(moe_model: MoEModel, checkpoint: SafetensorsCheckpoint, module_path: str, field: str,
+                         shape: tuple[int, ...]) -> Callable[[], object] | None:
+    """A reader of one MoE layer's `field` that does not assemble the layer (the router's weight
+    as stored; the experts one at a time, `ExpertsOnDemand`), or None where the field is not
+    one of those or the architecture lays its experts out itself (it overrides `read_weights`)."""
+    adapter = moe_model.adapter
+    if not adapter.reads_one_expert():
+        return None
+    index = next(spec.index for spec in moe_model.layers if spec.module_path == module_path)
+    if field == "router_weight":
+        return lambda: checkpoint.read(adapter.router_key(index))
+    if field in ("gate_up", "down"):
+        return lambda: ExpertsOnDemand(adapter, checkpoint, index, field, shape)
+    return None
+
+
+class ExpertsOnDemand:
+    """An MoE layer's `gate_up` or `down` [E, ...] read one expert at a time (`[expert]`): what a
+    recipe with an expert layout slices, without the layer-sized tensor `LayerWeights` assembles
+    (1.2 GB of bf16 for a Qwen3-30B-A3B layer, its pages faulted in afresh for every layer)."""
+
+    def __init__(self, adapter, checkpoint: SafetensorsCheckpoint, index: int, field: str,
+                 shape: tuple[int, ...]) -> None:
+        self._adapter, self._checkpoint, self._index, self._field = adapter, checkpoint, index, field
+        self.shape = torch.Size(shape)
+
+    def __getitem__(self, expert: int) -> torch.Tensor:
+        return self._adapter.read_expert(self._checkpoint, self._index, expert, self._field)
+
+
 @dataclass(frozen=True)
 class WeightRecipe:
     """One initializer's values: `read()` the source (as stored), permute, cast, lay out."""

@@ -43,7 +43,9 @@ import torch
 
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.rewrite import StaticTopKMoE
-from moe_compile.compiler.weight_sources import MOE_FIELDS, LayerWeights, WeightRecipe, WeightSources
+from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
+from moe_compile.compiler.weight_sources import (MOE_FIELDS, LayerWeights, WeightRecipe, WeightSources,
+                                                  reader_without_layer)
 from moe_compile.direct_file import DirectFile
 from moe_compile.errors import InvalidInput
 
@@ -229,11 +231,15 @@ def _write_job(job: dict) -> tuple:
     from moe_compile.process_memory import peak_memory, start_sampling
 
     start_sampling()
-    layers = LayerWeights(load_moe_model(job["model"]))
+    moe_model = load_moe_model(job["model"])
+    checkpoint = SafetensorsCheckpoint(moe_model.path)
+    layers = LayerWeights(moe_model, checkpoint)
     tensors, pairs = [], {}
     for index, (module_path, name, source, field, layer, shape, dtype, layout, quantized) in enumerate(job["tensors"]):
-        tensor = StreamedTensor(WeightRecipe(source, functools.partial(layers.read, module_path, field), shape, dtype,
-                                             layer=layer, expert_layout=layout), name)
+        # experts laid out one at a time are read one at a time, not as the whole layer
+        read = (reader_without_layer(moe_model, checkpoint, module_path, field, shape) if layout is not None
+                or field == "router_weight" else None) or functools.partial(layers.read, module_path, field)
+        tensor = StreamedTensor(WeightRecipe(source, read, shape, dtype, layer=layer, expert_layout=layout), name)
         if quantized is not None:  # both parts from one pass over the experts, as in the parent
             scheme, part = quantized
             if (module_path, field) not in pairs:

@@ -112,9 +112,8 @@ class MoEAdapter:
 
     def checkpoint_keys(self, index: int) -> list[str]:
         """Every tensor `read_weights` will read for this layer."""
-        prefix = self.checkpoint_prefix(index)
         experts = range(self.num_experts())
-        return [f"{prefix}{self.router_name}.weight"] + [
+        return [self.router_key(index)] + [
             self._expert_key(index, e, which) for e in experts for which in range(3)]
 
     def check_checkpoint(self, checkpoint: SafetensorsCheckpoint, index: int) -> None:
@@ -123,8 +122,7 @@ class MoEAdapter:
 
     def read_weights(self, checkpoint: SafetensorsCheckpoint, index: int) -> ExpertWeights:
         """Read one layer and assemble the GroupedMoE layout, one expert at a time."""
-        prefix = self.checkpoint_prefix(index)
-        router_weight = checkpoint.read(f"{prefix}{self.router_name}.weight")
+        router_weight = checkpoint.read(self.router_key(index))
         gate_up = down = None
         for expert in range(self.num_experts()):
             gate, up, down_e = (checkpoint.read(self._expert_key(index, expert, which)) for which in range(3))
@@ -136,6 +134,20 @@ class MoEAdapter:
             down[expert] = down_e
         return ExpertWeights(router_weight=router_weight, gate_up=gate_up, down=down,
                              score_bias=self.read_score_bias(checkpoint, index))
+
+    def router_key(self, index: int) -> str:
+        return f"{self.checkpoint_prefix(index)}{self.router_name}.weight"
+
+    def reads_one_expert(self) -> bool:
+        """Whether `read_expert` gives what `read_weights` lays out (it does where an architecture
+        keeps the per-expert tensors this class reads; not where it overrides `read_weights`)."""
+        return type(self).read_weights is MoEAdapter.read_weights
+
+    def read_expert(self, checkpoint: SafetensorsCheckpoint, index: int, expert: int, field: str) -> torch.Tensor:
+        """One expert's `gate_up` [2I, H] or `down` [H, I], as `read_weights` lays it out."""
+        if field == "down":
+            return checkpoint.read(self._expert_key(index, expert, 2))
+        return torch.cat([checkpoint.read(self._expert_key(index, expert, which)) for which in range(2)])
 
     def has_score_bias(self) -> bool:
         """Whether the layers carry a score-correction bias (DeepSeek-V3): no tensor is read."""
