@@ -54,15 +54,10 @@ def test_the_whole_context_is_allowed(triton_server):
     assert tokens.shape == (1, CONTEXT - 99)
 
 
-def _decoder_steps(server) -> int:
-    """How many requests the decoder model has executed so far (each decode step is one)."""
-    import tritonclient.http as http
-
-    client = http.InferenceServerClient(server.http_url)
-    try:
-        return int(client.get_inference_statistics(MODEL)["model_stats"][0]["inference_count"])
-    finally:
-        client.close()
+def _decoder_steps(statistics) -> int:
+    """How many requests the decoder model has executed so far (each decode step is one), asked
+    on an open tritonclient `statistics` client."""
+    return int(statistics.get_inference_statistics(MODEL)["model_stats"][0]["inference_count"])
 
 
 def test_a_long_request_does_not_make_a_short_one_wait(triton_server):
@@ -71,23 +66,31 @@ def test_a_long_request_does_not_make_a_short_one_wait(triton_server):
     The short request goes out only once the decoder has run steps of the long one (its
     inference count moved), on a client opened before the long one started, so that what races
     the long one's remaining 125 steps is one short generation, not also a client's start-up
-    (which, on a loaded CI machine, once took longer than those steps)."""
+    (which, on a loaded CI machine, once took longer than those steps). The count is watched on
+    a client opened before too: a client opened per look once let the long request finish
+    between two looks (CI, 2026-12-05)."""
+    import tritonclient.http as http
+
     finished = {}
 
     def run_long():
         _generate(triton_server, 1, CONTEXT)
         finished["long"] = time.monotonic()
 
-    with TritonRunner(triton_server.http_url, f"{MODEL}_generate") as short:
-        before = _decoder_steps(triton_server)
-        long = threading.Thread(target=run_long)
-        long.start()
-        while _decoder_steps(triton_server) < before + 2 and long.is_alive():
-            time.sleep(0.001)
-        assert long.is_alive(), "the long request ended before the short one could be sent"
-        generate(short, np.ones((1, 1), np.int64), 1)
-        finished["short"] = time.monotonic()
-        long.join()
+    statistics = http.InferenceServerClient(triton_server.http_url)
+    try:
+        with TritonRunner(triton_server.http_url, f"{MODEL}_generate") as short:
+            before = _decoder_steps(statistics)
+            long = threading.Thread(target=run_long)
+            long.start()
+            while _decoder_steps(statistics) < before + 2 and long.is_alive():
+                time.sleep(0.001)
+            assert long.is_alive(), "the long request ended before the short one could be sent"
+            generate(short, np.ones((1, 1), np.int64), 1)
+            finished["short"] = time.monotonic()
+            long.join()
+    finally:
+        statistics.close()
     assert finished["short"] < finished["long"]
 
 
