@@ -65,19 +65,20 @@ class LayerWeights:
         self._index, self._weights = None, None
 
 
-def reader_without_layer(moe_model: MoEModel, checkpoint: SafetensorsCheckpoint, module_path: str, field: str,
-                         shape: tuple[int, ...]) -> Callable[[], object] | None:
-    """A reader of one MoE layer's `field` that does not assemble the layer (the router's weight
-    as stored; the experts one at a time, `ExpertsOnDemand`), or None where the field is not
-    one of those or the architecture lays its experts out itself (it overrides `read_weights`)."""
+def reader_without_layer(moe_model: MoEModel, checkpoint: SafetensorsCheckpoint, layer: int, field: str,
+                         shape: tuple[int, ...], per_expert: bool) -> Callable[[], object] | None:
+    """A reader of MoE layer `layer`'s `field` that does not assemble the layer: the router's
+    weight as stored; with `per_expert` (a consumer that takes the experts `[expert]` by
+    `[expert]`, as an expert layout does), the experts one at a time (`ExpertsOnDemand`). None for
+    any other field, or where the architecture lays its experts out itself (it overrides
+    `read_weights`)."""
     adapter = moe_model.adapter
     if not adapter.reads_one_expert():
         return None
-    index = next(spec.index for spec in moe_model.layers if spec.module_path == module_path)
     if field == "router_weight":
-        return lambda: checkpoint.read(adapter.router_key(index))
-    if field in ("gate_up", "down"):
-        return lambda: ExpertsOnDemand(adapter, checkpoint, index, field, shape)
+        return lambda: checkpoint.read(adapter.router_key(layer))
+    if per_expert and field in ("gate_up", "down"):
+        return lambda: ExpertsOnDemand(adapter, checkpoint, layer, field, shape)
     return None
 
 
@@ -156,6 +157,14 @@ class WeightSources:
     def release(self) -> None:
         """Drop the MoE layer's ExpertWeights kept for the next field of the same layer."""
         self._layers.release()
+
+    def stored_dtype(self, name: str) -> torch.dtype | None:
+        """The dtype the checkpoint stores `name`'s tensor in; None where `name` is not one
+        checkpoint tensor (an MoE layer's assembled fields, a buffer the model computes)."""
+        recipe = self.recipe(name)
+        info = self._checkpoint.index.get(recipe.source) if recipe is not None else None
+        known = element_type(safetensors=info.dtype) if info is not None else None
+        return known.torch if known is not None else None
 
     def recipe(self, name: str) -> WeightRecipe | None:
         tensor = self._params.get(name, self._buffers.get(name))

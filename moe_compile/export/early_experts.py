@@ -237,8 +237,8 @@ def _write_job(job: dict) -> tuple:
     tensors, pairs = [], {}
     for index, (module_path, name, source, field, layer, shape, dtype, layout, quantized) in enumerate(job["tensors"]):
         # experts laid out one at a time are read one at a time, not as the whole layer
-        read = (reader_without_layer(moe_model, checkpoint, module_path, field, shape) if layout is not None
-                or field == "router_weight" else None) or functools.partial(layers.read, module_path, field)
+        read = (reader_without_layer(moe_model, checkpoint, layer, field, shape, per_expert=layout is not None)
+                or functools.partial(layers.read, module_path, field))
         tensor = StreamedTensor(WeightRecipe(source, read, shape, dtype, layer=layer, expert_layout=layout), name)
         if quantized is not None:  # both parts from one pass over the experts, as in the parent
             scheme, part = quantized

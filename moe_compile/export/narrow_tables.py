@@ -20,7 +20,6 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.weight_sources import WeightSources
 from moe_compile.dtypes import element_type
@@ -33,15 +32,7 @@ _NARROW = ("bf16", "fp16")  # the stored dtypes a table is kept in (moe_compile/
 def checkpoint_dtypes(model: torch.nn.Module, moe_model: MoEModel, prefix: str) -> Callable[[str], torch.dtype | None]:
     """initializer name -> the dtype its checkpoint tensor is stored in (None: not a checkpoint tensor)."""
     sources = WeightSources(model, moe_model)
-    index = SafetensorsCheckpoint(moe_model.path).index
-
-    def stored(name: str) -> torch.dtype | None:
-        recipe = sources.recipe(name.removeprefix(prefix)) if name.startswith(prefix) else None
-        info = index.get(recipe.source) if recipe is not None else None
-        known = element_type(safetensors=info.dtype) if info is not None else None
-        return known.torch if known is not None else None
-
-    return stored
+    return lambda name: sources.stored_dtype(name.removeprefix(prefix)) if name.startswith(prefix) else None
 
 
 def narrow_lookup_tables(graph: ir.Graph, stored_dtype: Callable[[str], torch.dtype | None]) -> list[str]:

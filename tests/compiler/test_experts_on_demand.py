@@ -17,7 +17,8 @@ def test_one_expert_at_a_time_is_the_layer_read_whole(model_type, tiny_model_dir
     checkpoint = SafetensorsCheckpoint(ir.path)
     spec = ir.layers[-1]
     whole = spec.load_weights()
-    readers = {field: reader_without_layer(ir, checkpoint, spec.module_path, field, tuple(getattr(whole, field).shape))
+    readers = {field: reader_without_layer(ir, checkpoint, spec.index, field, tuple(getattr(whole, field).shape),
+                                           per_expert=True)
                for field in ("router_weight", "gate_up", "down")}
     if model_type == "gpt_oss":  # its experts are stored fused and laid out by its own read_weights
         assert set(readers.values()) == {None}
@@ -28,4 +29,5 @@ def test_one_expert_at_a_time_is_the_layer_read_whole(model_type, tiny_model_dir
         assert experts.shape == getattr(whole, field).shape
         for expert in range(experts.shape[0]):
             assert torch.equal(experts[expert], getattr(whole, field)[expert]), (field, expert)
-    assert reader_without_layer(ir, checkpoint, spec.module_path, "score_bias", (1,)) is None
+    assert reader_without_layer(ir, checkpoint, spec.index, "score_bias", (1,), per_expert=True) is None
+    assert reader_without_layer(ir, checkpoint, spec.index, "down", experts.shape, per_expert=False) is None
