@@ -108,6 +108,10 @@ class DriverLauncher:
 
         self.driver, self.kernels, self.functions = driver, kernels, {}
         self._check(driver.cuInit(0))
+        # The driver API needs a current context, and torch makes its own current only at its
+        # first CUDA call: make the device's primary context (the one torch uses) current here.
+        device = self._check(driver.cuDeviceGet(torch.cuda.current_device()))
+        self._check(driver.cuCtxSetCurrent(self._check(driver.cuDevicePrimaryCtxRetain(device))))
         for plugin, kernel in kernels.items():
             module = self._check(driver.cuModuleLoadData(kernel.ptx.encode() + b"\0"))
             function = self._check(driver.cuModuleGetFunction(module, kernel.kernel_name.encode()))

@@ -4,8 +4,11 @@ A Qwen3-30B-A3B-shaped decoder (its real layer shape: hidden 2048, 128 experts o
 32/4 heads of 128, its vocabulary) with only `--layers` layers and random weights, built by
 transformers and rewritten as `moe-compile` rewrites a model: every MoE block becomes a
 `StaticTopKMoE` (compiler/rewrite.static_block) calling `moe_compile::grouped_moe`, which runs
-the Triton kernels on CUDA. First the rewritten model's logits are checked against the
-transformers model's own at the base top-k. Then, bf16, for the base top-k and for a plan at
+the Triton kernels on CUDA. First each rewritten block, at the base top-k, is checked against the
+transformers block it replaces on the hidden states that block saw (largest difference over the
+block output's largest magnitude; a whole-model comparison is reported beside it, not judged: in
+bf16 with random weights, near-tied router scores flip experts and the difference grows layer
+after layer). Then, bf16, for the base top-k and for a plan at
 75 % of its sum of k (LExI's shape: layers at 8, 6, 6, 4):
 
     prefill  one sequence of --prefill-tokens tokens, no cache        -> tokens/s of the model
@@ -49,7 +52,7 @@ TINY = dict(hidden_size=32, moe_intermediate_size=16, intermediate_size=48, num_
             norm_topk_prob=True, num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=96,
             decoder_sparse_step=1, max_position_embeddings=128)
 PLAN_FRACTIONS = (1.0, 0.75, 0.75, 0.5)  # of the base k, layer by layer (repeated): 75 % of the sum
-PARITY_TOLERANCE = {torch.bfloat16: 5e-2, torch.float32: 1e-4}  # of the reference logits' largest magnitude
+PARITY_TOLERANCE = {torch.bfloat16: 4e-2, torch.float32: 1e-4}  # of the reference block output's largest magnitude
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,37 @@ def build_model(setting: Setting, seed: int = 0):
             else:
                 param.normal_(0.0, param.shape[-1] ** -0.5, generator=generator)
     return model.eval()
+
+
+def moe_blocks(model) -> list:
+    """transformers' own MoE blocks, layer by layer."""
+    from moe_compile.compiler.adapters import adapter_class
+
+    adapter = adapter_class(model.config.model_type)(model.config)
+    return [model.get_submodule(adapter.block_path(i)) for i in range(model.config.num_hidden_layers)
+            if adapter.is_moe_layer(i)]
+
+
+def block_calls(blocks: list, run: Callable) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input, output) of each block in one `run()`."""
+    seen = []
+
+    def keep(_module, args, output):
+        seen.append((args[0].detach().clone(), (output[0] if isinstance(output, tuple) else output).detach().clone()))
+
+    hooks = [block.register_forward_hook(keep) for block in blocks]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def relative_diff(got, want: torch.Tensor) -> float:
+    """Largest |got - want| over want's largest magnitude."""
+    got = got[0] if isinstance(got, tuple) else got
+    return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
 
 
 def rewrite(model) -> list:
@@ -227,20 +261,24 @@ def main(argv=None) -> dict:
     plans = {"base": [base_k] * setting.layers, "plan": plan_top_k(base_k, setting.layers)}
     ids = torch.randint(0, model.config.vocab_size, (1, 64), device=setting.device,
                         generator=torch.Generator(device=setting.device).manual_seed(1))
+    originals = moe_blocks(model)
     with torch.no_grad():
-        want = model(ids, use_cache=False).logits.float()  # transformers' own MoE blocks
+        seen = block_calls(originals, lambda: model(ids, use_cache=False))  # transformers' own MoE blocks
+        want = model(ids, use_cache=False).logits.float()
         blocks = rewrite(model)
         got = model(ids, use_cache=False).logits.float()  # the GroupedMoE op at the base k
-    scale = want.abs().max().item()
-    diff = (got - want).abs().max().item()
+        per_block = [relative_diff(block(x), y) for block, (x, y) in zip(blocks, seen, strict=True)]
+    tolerance = PARITY_TOLERANCE[setting.dtype]
+    logits_diff = relative_diff(got, want)
     report = {"device": device, "versions": package_versions("torch", "triton", "transformers"), "command": command,
               "model": {"shape": "qwen3-30b-a3b" if not args.dry_run else "tiny-qwen3-moe", "layers": setting.layers,
                         **{k: setting.shape[k] for k in ("hidden_size", "moe_intermediate_size", "num_experts")},
                         "dtype": str(setting.dtype).removeprefix("torch."), "prefill_tokens": setting.prefill_tokens,
                         "decode_batch": setting.batch, "decode_past": setting.past},
               "plans": plans | {"plan_fraction_of_base_sum_k": sum(plans["plan"]) / sum(plans["base"])},
-              "parity": {"tokens": 64, "max_abs_diff": diff, "scale": scale,
-                         "passed": diff <= PARITY_TOLERANCE[setting.dtype] * scale},
+              "parity": {"tokens": 64, "tolerance": tolerance, "per_block": per_block,
+                         "logits": logits_diff,
+                         "passed": max(per_block) <= tolerance},
               "rows": [], "summary": {}}
     slug = re.sub(r"[^A-Za-z0-9]+", "_", device).strip("_")
     path = args.out / f"e2e-{slug}.json"

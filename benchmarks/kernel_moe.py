@@ -309,8 +309,9 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SHAPES), figsize=(4.5 * len(SHAPES), 4), squeeze=False)
-    for ax, name in zip(axes[0], SHAPES):
+    shapes = [name for name in SHAPES if any(r["shape"] == name for r in report["rows"])] or list(SHAPES)
+    fig, axes = plt.subplots(1, len(shapes), figsize=(4.5 * len(shapes), 4), squeeze=False)
+    for ax, name in zip(axes[0], shapes):
         rows = [r for r in report["rows"] if r["shape"] == name]
         names = ["ours"] + sorted({p for r in rows for p in r["peers_us"]})
         for impl in names:
@@ -321,8 +322,8 @@ def plot(report: dict, path: Path) -> None:
         ax.set(xscale="log", yscale="log", title=f"{name} (E={rows[0]['E']}, k={rows[0]['k']})" if rows else name,
                xlabel="tokens", ylabel="us per MoE layer")
         ax.grid(True, which="both", alpha=0.3)
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"grouped MoE, {report.get('dtype', 'bfloat16')}, {report['rows'][0]['timing']['ours'] if report['rows'] else ''}"
                  f" timing: {report['device']}")
     fig.tight_layout()

@@ -1,8 +1,9 @@
-"""benchmarks/gpu_evidence.py: its dry run (the five steps on CPU, the same scripts) and its parts."""
+"""benchmarks/gpu_evidence.py: its dry run (the six steps on CPU, the same scripts) and its parts."""
 
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,17 @@ def test_dry_run_writes_each_steps_result(dry_run):
     out, _ = dry_run
     tests = json.loads((out / "tests-dry_run.json").read_text())
     assert tests["passed"] >= 1 and tests["failed"] == 0 and tests["skipped"] >= 2  # the GPU cases skip on CPU
-    tables = sorted(p.name for p in (out / "configs").glob("*.json"))
+    tables = sorted(p.name for p in (out / "configs").glob("*device_name=cpu.json"))  # beside the committed ones
     assert tables == ["E=128,N=16,device_name=cpu.json", "E=60,N=16,device_name=cpu.json"]
     assert set(json.loads((out / "configs" / tables[0]).read_text())) == {"1", "5"}
     kernel = json.loads((out / "kernel-dry_run.json").read_text())
     assert [r["tokens"] for r in kernel["rows"]] == [1, 5] and all(r["ours_us"] > 0 for r in kernel["rows"])
     assert kernel["lexi"]["tokens"]["1"]["speedup"] > 0
+    peers = json.loads((out / "peers" / "kernel-dry_run.json").read_text())
+    assert [r["shape"] for r in peers["rows"]] == ["qwen1.5-moe-a2.7b"]
+    with tarfile.open(out / "evidence-bundle.tar.gz") as archive:
+        assert {"evidence-dry_run.json", "e2e-dry_run.json", "configs/E=60,N=16,device_name=cpu.json"} <= set(
+            archive.getnames())
     aot = json.loads((out / "aot-dry_run.json").read_text())
     assert aot["cases"] and aot["device"] == "dry-run"
     e2e = json.loads((out / "e2e-dry_run.json").read_text())
@@ -82,7 +88,7 @@ def test_a_missed_target_says_by_how_much(evidence):
 def test_a_step_past_its_time_box_is_killed_and_its_log_kept(evidence, tmp_path):
     argv = ["-c", "import time; print('started', flush=True); time.sleep(60)"]
     result = evidence.run_step("slow", argv, 2, tmp_path / "slow.log", {})
-    assert result["status"] == "timed_out" and result["seconds"] < 30 and result["log_tail"] == ["started"]
+    assert result["status"] == "timed_out" and result["seconds"] < 30 and result["log_tail"][0] == "started"
 
 
 def test_pytest_outcomes_are_read_from_a_log_cut_short(evidence, tmp_path):
@@ -99,3 +105,34 @@ def test_the_gpu_steps_fit_nine_minutes_and_name_the_issue_shapes(evidence):
     assert names[0] == "tests" and names[-2:] == ["aot", "e2e"] and names.index("kernel") > names.index(
         "tune-qwen3-30b-a3b")
     assert evidence.TUNED_SHAPES == {"qwen1.5-moe-a2.7b": (60, 2048, 1408, 4), "qwen3-30b-a3b": (128, 2048, 768, 8)}
+
+
+def test_a_step_past_its_time_box_is_interrupted_first_so_that_it_can_report(evidence, tmp_path):
+    argv = ["-c", "import time\ntry:\n    print('started', flush=True); time.sleep(60)\n"
+                  "except KeyboardInterrupt:\n    print('1 failed, 3 passed (interrupted)')"]
+    result = evidence.run_step("slow", argv, 2, tmp_path / "slow.log", {})
+    assert result["status"] == "timed_out" and result["log_tail"] == ["started", "1 failed, 3 passed (interrupted)"]
+
+
+def test_the_bundle_holds_every_result_under_its_own_name(evidence, tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "E=60,N=1408,device_name=X.json").write_text("{}")
+    (tmp_path / "kernel-X.json").write_text("[]")
+    evidence.bundle(tmp_path)
+    evidence.bundle(tmp_path)  # rewritten after every step, never holding itself
+    with tarfile.open(tmp_path / evidence.BUNDLE) as archive:
+        assert sorted(archive.getnames()) == ["configs/E=60,N=1408,device_name=X.json", "kernel-X.json"]
+    assert {p.name for p in tmp_path.iterdir()} == {evidence.BUNDLE, "configs", "kernel-X.json"}
+
+
+def test_the_gpu_tests_named_exist_and_are_gpu_marked(evidence):
+    pytest.importorskip("triton")
+    import importlib.util
+
+    path = Path(__file__).parents[2] / evidence.TESTS
+    spec = importlib.util.spec_from_file_location("grouped_moe_triton_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for node in evidence.GPU_TESTS:
+        test = getattr(module, node.rpartition("::")[2])
+        assert "gpu" in {mark.name for mark in getattr(test, "pytestmark", [])}, node
