@@ -61,6 +61,7 @@ READ_THREAD = "export-moe-reads"  # the thread that reads and converts them
 # the ExpertWeights fields that reach the graph as they are read (cast, laid out): not the score
 # bias, which the optimizer folds into constants of its own
 _EARLY_FIELDS = ("router_weight", "router_bias", "gate_up", "down", "gate_up_bias", "down_bias")
+_ROUTER_FIELDS = ("router_weight", "router_bias")
 _QUANTIZED_FIELDS = ("gate_up", "down")  # what export --quantize makes QMoE's packed experts
 
 
@@ -78,8 +79,11 @@ def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str,
                                    quantized=quantize is not None)
         layouts = expert_field_layouts(target, lowering)
         for attr, field in MOE_FIELDS.items():
-            if field not in _EARLY_FIELDS or getattr(module, attr, None) is None:
+            weight = getattr(module, attr, None)
+            if field not in _EARLY_FIELDS or weight is None:
                 continue
+            if field in _ROUTER_FIELDS and module.router_in_fp32 and weight.dtype != torch.float32:
+                continue  # the graph casts it to fp32, and the optimizer folds that cast into a constant of its own
             recipe = sources.recipe(f"{path}.{attr}")
             if field in layouts:
                 recipe = replace(recipe, expert_layout=layouts[field])
