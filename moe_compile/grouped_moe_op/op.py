@@ -4,7 +4,8 @@ The op is opaque to torch.export / torch.compile (they see only its fake kernel)
 what lets the ONNX exporter emit one GroupedMoE node per MoE layer. The reference kernel
 serves every device; on CUDA the Triton kernel (plugins/grouped_moe/launcher.py) takes over. It is imported on
 the first CUDA call, so importing this module needs neither triton nor a GPU; without triton
-installed, CUDA calls fall back to the reference with one warning.
+installed, CUDA calls fall back to the reference with one warning, and so does a layer whose
+routing the kernels got wrong on a GPU (plugins/grouped_moe/gpu_failures.py).
 """
 
 from __future__ import annotations
@@ -57,11 +58,24 @@ def _cuda_implementation():
     return grouped_moe_triton
 
 
+@functools.cache
+def _kernels_avoided(reason: str) -> None:
+    warnings.warn(f"moe_compile::grouped_moe runs the PyTorch reference on CUDA for this layer: {reason}",
+                  stacklevel=3)
+
+
 @grouped_moe.register_kernel("cuda")
 def _grouped_moe_cuda(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias, *attributes):
     """The dispatcher passes the schema's arguments in order; its attributes are in the field order."""
     attrs = GroupedMoEAttributes(*attributes)
-    return _cuda_implementation()(hidden, router_logits, w_gate_up, w_down, attrs, b_gate_up, b_down, score_bias)
+    implementation = _cuda_implementation()
+    if implementation is not grouped_moe_reference:
+        from moe_compile.plugins.grouped_moe.gpu_failures import REASON, failed_on_gpu
+
+        if failed_on_gpu(attrs):
+            _kernels_avoided(REASON)
+            implementation = grouped_moe_reference
+    return implementation(hidden, router_logits, w_gate_up, w_down, attrs, b_gate_up, b_down, score_bias)
 
 
 @grouped_moe.register_fake

@@ -135,6 +135,7 @@ def test_a_model_without_grouped_moe_is_returned_unchanged():
     ({"n_group": 4, "topk_group": 5}, "topk_group=5 is outside 1..n_group=4"),
     ({"n_group": 4, "topk_group": 1, "top_k": 3}, r"top_k=3 is outside 1..2 \(group-limited routing leaves 2"),
     ({"group_scoring": "mean"}, "group_scoring 'mean' is not one of"),
+    ({"scoring": "sigmoid"}, "sigmoid routing without group-limited routing gave wrong results in the Triton kernels"),
 ])
 def test_unsupported_attributes_are_refused_by_node_before_any_change(change, message):
     good = attribute_values(GroupedMoEAttributes(top_k=2))

@@ -24,6 +24,7 @@ from moe_compile.errors import InvalidInput
 from moe_compile.export.schema import DOMAIN, INPUTS, OP_TYPE
 from moe_compile.grouped_moe_op.attributes import GroupedMoEAttributes
 from moe_compile.dtypes import PRECISIONS, element_type
+from moe_compile.plugins.grouped_moe.gpu_failures import REASON, failed_on_gpu
 
 from .stages import (ATTRIBUTE_TYPES, NODE_INPUTS, NODE_OUTPUT, PLUGIN_NAMESPACE, PLUGIN_VERSION, STAGES, StageLayer,
                      engine_block_m)
@@ -99,6 +100,8 @@ def _checked_layer(node: onnx.NodeProto, shapes: dict, max_tokens: int) -> tuple
         attrs.validate(experts)
     except (InvalidInput, TypeError) as exc:
         raise refuse(str(exc)) from exc
+    if failed_on_gpu(attrs):
+        raise refuse(f"{REASON}; not built into an engine until that is understood")
     block_m = engine_block_m(experts, attrs.top_k, max_tokens)
     present = {name: bool(inputs.get(name)) for name in ("score_bias", "b_gate_up", "b_down")}
     return StageLayer(attrs, experts, hidden, two_inter // 2, block_m, has_score_bias=present["score_bias"],
