@@ -206,7 +206,6 @@ def test_cuda_kernel_of_the_op_keeps_routing_that_failed_on_a_gpu_off_the_kernel
     """Sigmoid routing without groups failed on an H100 (plugins/grouped_moe/gpu_failures.py):
     the op's CUDA function runs the reference for it, with a warning, and the kernels otherwise."""
     from moe_compile.grouped_moe_op import op
-    from moe_compile.plugins.grouped_moe import launcher
 
     calls = []
     monkeypatch.setattr(op, "_cuda_implementation", lambda: lambda *args: calls.append(args) or "kernels")
@@ -220,7 +219,6 @@ def test_cuda_kernel_of_the_op_keeps_routing_that_failed_on_a_gpu_off_the_kernel
     torch.testing.assert_close(got, grouped_moe_reference(**inputs, attrs=sigmoid))
     grouped = GroupedMoEAttributes(top_k=2, scoring="sigmoid", n_group=4, topk_group=2)
     assert op._grouped_moe_cuda(*args, *grouped.as_dict().values()) == "kernels" and len(calls) == 1
-    assert launcher.grouped_moe_triton is not None  # the kernels stay importable for the gpu tests
 
 
 # ---- GPU: the full grid of issue #6 item 3, the op under torch.compile and CUDA graphs ----
