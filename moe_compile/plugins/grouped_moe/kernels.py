@@ -174,7 +174,12 @@ def _route_kernel(logits_ptr, hidden_ptr, score_bias_ptr,
         scores = exp / tl.sum(exp, axis=1)[:, None]
     choice = scores
     if HAS_SCORE_BIAS:
-        choice = choice + tl.load(score_bias_ptr + experts, mask=expert_ok, other=0.0).to(tl.float32)[None, :]
+        # Loaded as a [BLOCK_T, BLOCK_E] tile (each token's row the same), not as one row broadcast:
+        # on an H100 this routing failed at BLOCK_E <= 64 and passed at 128 and 256, which fits a
+        # broadcast from a 1-D layout smaller than the program's 128 threads (a hypothesis, not
+        # yet run on a GPU; plugins/grouped_moe/gpu_failures.py keeps such layers off the kernels).
+        bias = tl.load(score_bias_ptr + experts[None, :] + 0 * tokens[:, None], mask=expert_ok[None, :], other=0.0)
+        choice = choice + bias.to(tl.float32)
     if N_GROUP > 1:
         choice = _group_limited(choice, experts, num_experts, N_GROUP, TOPK_GROUP, GROUP_SUM_TOP2, BLOCK_E, BLOCK_G)
     slot_of = _top_k_slots(choice, expert_ok, K, BLOCK_E)
