@@ -19,6 +19,10 @@ result as soon as it has one, then the issue's targets checked. First run on an 
               OUT/evidence-bundle.tar.gz: all of OUT, rewritten after every step (the device tool
               returns eight files at most, and not the tuned tables, whose names hold '=' and ',').
 
+`--steps` runs the named steps only, in the order given, among them tuning of the three shapes the
+default run leaves untuned (`tune-olmoe-1b-7b`, `tune-mixtral-8x7b`, `tune-deepseek-v3`, 35 s each):
+a later, shorter GPU window can take what an earlier one missed.
+
 Each step is its own process (a kernel fault in one cannot take the next down), interrupted at its
 time box (SIGINT, so that pytest prints its failures; SIGKILL 15 s later); the boxes add up to
 STEPS_SECONDS (under nine minutes). Later steps read the tables step 2 wrote
@@ -120,6 +124,11 @@ STEPS = (
     Step("e2e", 85, ("benchmarks/e2e_moe.py", "--out", "{out}"), ("benchmarks/e2e_moe.py", "--dry-run", "--out", "{out}")),
 )
 STEPS_SECONDS = sum(step.seconds for step in STEPS)
+# Run only when named (--steps): tables for the shapes the default run leaves on the default config.
+UNTUNED_SHAPES = {"olmoe-1b-7b": (64, 2048, 1024, 8), "mixtral-8x7b": (8, 4096, 14336, 2),
+                  "deepseek-v3": (256, 7168, 2048, 8)}  # E, H, I, k
+OPTIONAL_STEPS = tuple(_tune_step(name, shape, 35) for name, shape in UNTUNED_SHAPES.items())
+ALL_STEPS = {step.name: step for step in (*STEPS, *OPTIONAL_STEPS)}
 INTERRUPT_GRACE_S = 15
 BUNDLE = "evidence-bundle.tar.gz"
 DRY_RUN_SECONDS = 900  # a shared CI machine: generous, the dry run takes 1.5 CPU-minutes
@@ -232,7 +241,7 @@ def device_name(dry_run: bool) -> str:
     return torch.cuda.get_device_name()
 
 
-def run(out: Path, dry_run: bool, command: str) -> dict:
+def run(out: Path, dry_run: bool, command: str, steps: tuple[Step, ...] = STEPS) -> dict:
     device = device_name(dry_run)
     tag = slug(device)
     (out / "configs").mkdir(parents=True, exist_ok=True)
@@ -244,8 +253,8 @@ def run(out: Path, dry_run: bool, command: str) -> dict:
                                                              "liger-kernel", "moe-ops", "pytest"),
               "command": command, "steps": [], "targets": {}}
     path = out / f"evidence-{tag}.json"
-    deadline = time.monotonic() + (DRY_RUN_SECONDS if dry_run else STEPS_SECONDS)
-    for step in STEPS:
+    deadline = time.monotonic() + (DRY_RUN_SECONDS if dry_run else sum(step.seconds for step in steps))
+    for step in steps:
         argv = [arg.format(out=out) for arg in (step.dry_argv if dry_run else step.argv)]
         seconds = min(step.seconds, deadline - time.monotonic()) if not dry_run else deadline - time.monotonic()
         print(f"gpu_evidence: {step.name} (up to {seconds:.0f} s): python {' '.join(argv)}", file=sys.stderr)
@@ -281,6 +290,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for every result, configs/ and logs/")
     parser.add_argument("--dry-run", action="store_true", help="the same steps on CPU at tiny shapes")
     parser.add_argument("--render", type=Path, metavar="FOLDER", help="only draw the PNGs of FOLDER's kernel-*.json")
+    parser.add_argument("--steps", nargs="+", choices=list(ALL_STEPS), default=[step.name for step in STEPS],
+                        metavar="STEP", help="these steps, in this order (default: the six; also: "
+                        + ", ".join(step.name for step in OPTIONAL_STEPS) + ")")
     return parser.parse_args(argv)
 
 
@@ -289,7 +301,7 @@ def main(argv=None) -> dict | list:
     if args.render is not None:
         return render(args.render)
     command = "python benchmarks/gpu_evidence.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = run(args.out.resolve(), args.dry_run, command)
+    report = run(args.out.resolve(), args.dry_run, command, tuple(ALL_STEPS[name] for name in args.steps))
     print(json.dumps({"steps": {s["step"]: s["status"] for s in report["steps"]}, "targets": report["targets"]},
                      indent=2))
     return report

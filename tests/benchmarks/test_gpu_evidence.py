@@ -136,3 +136,14 @@ def test_the_gpu_tests_named_exist_and_are_gpu_marked(evidence):
     for node in evidence.GPU_TESTS:
         test = getattr(module, node.rpartition("::")[2])
         assert "gpu" in {mark.name for mark in getattr(test, "pytestmark", [])}, node
+
+
+def test_named_steps_run_alone_in_the_order_given(tmp_path):
+    """--steps: what a later GPU window runs when an earlier one missed some (here a tuning of a
+    shape the default run leaves untuned, then the AOT check)."""
+    done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path), "--steps",
+                           "tune-mixtral-8x7b", "aot"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "evidence-dry_run.json").read_text())
+    assert [(s["step"], s["status"]) for s in report["steps"]] == [("tune-mixtral-8x7b", "passed"), ("aot", "passed")]
+    assert (tmp_path / "configs" / "E=8,N=16,device_name=cpu.json").is_file()
