@@ -290,6 +290,23 @@ def test_full_grid_on_gpu(experts, base_k, tokens, routing, dtype, variant):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("experts", [8, 60, 64, 128])
+def test_sigmoid_routing_on_gpu(experts):
+    """The grid's sigmoid-bias-scaled cases failed on an H100 at E = 8, 60, 64 and passed at 128
+    (2026-12-05, messages lost): routing buffers first, then the output, so that a failure says
+    which part is wrong."""
+    attrs = GroupedMoEAttributes(top_k=2, scoring="sigmoid", routed_scaling=2.5)
+    inputs = make_inputs(3, experts, top_k=2, hidden=200, inter=136, score_bias=True, seed=2)
+    want_weights, want_experts = route(inputs["router_logits"], attrs, inputs["score_bias"])
+    plan = launch_plan(inputs["hidden"], inputs["w_gate_up"], attrs, SMALL)
+    buf = allocate(plan, inputs["hidden"].dtype, inputs["hidden"].device)
+    route_and_align(inputs["hidden"], inputs["router_logits"], attrs, plan, buf, inputs["score_bias"])
+    assert buf["topk_ids"].view(3, -1).tolist() == want_experts.tolist()
+    torch.testing.assert_close(buf["topk_weights"].view(3, -1), want_weights, rtol=1e-5, atol=1e-6)
+    assert_matches_reference(inputs, attrs, config=None)
+
+
+@pytest.mark.gpu
 def test_group_limited_on_gpu():
     attrs = GroupedMoEAttributes(top_k=8, scoring="sigmoid", normalize_topk=True, routed_scaling=2.5, n_group=8,
                                  topk_group=4, group_scoring="sum_top2")
