@@ -8,8 +8,8 @@ the Triton kernels on CUDA. First each rewritten block, at the base top-k, is ch
 transformers block it replaces on the hidden states that block saw (largest difference over the
 block output's largest magnitude, over the tokens both route alike: `block_parity`). A
 whole-model comparison is reported beside it, not judged: in bf16 a tie in the router's scores
-sends a token to another expert and the difference grows layer after layer. Then, bf16, for the base top-k and for a plan at
-75 % of its sum of k (LExI's shape: layers at 8, 6, 6, 4):
+sends a token to another expert and the difference grows layer after layer. Then, bf16, for the
+base top-k and for a plan at 75 % of its sum of k (LExI's shape: layers at 8, 6, 6, 4):
 
     prefill  one sequence of --prefill-tokens tokens, no cache        -> tokens/s of the model
     decode   --batch sequences, one new token each after --past tokens -> tokens/s of the model
