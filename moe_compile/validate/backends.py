@@ -2,6 +2,9 @@
 
     transformers      the unmodified model, eager PyTorch: the baseline (base top-k only)
     pytorch           the rewritten model with the GroupedMoE op (reference op on the CPU)
+    pytorch-layered   the same, one decoder layer's weights resident at a time (compiler/layered_model.py),
+                      for a model larger than memory; named only (--backends): each forward rereads
+                      the checkpoint
     pytorch-cuda      the same on the GPU (the op's CUDA implementation, where one is registered)
     onnxruntime-cpu   the onnxruntime-target ONNX in ONNX Runtime, CPU provider
     onnxruntime-cuda  the same ONNX with ONNX Runtime's CUDA provider
@@ -99,6 +102,25 @@ class BenchModel:
         itemsize = torch.finfo(torch_dtype(self.dtype)).bits // 8
         return sum(math.prod(info.shape) for info in SafetensorsCheckpoint(self.ir.path).index.values()) * itemsize
 
+    @functools.cached_property
+    def largest_unit_bytes(self) -> int:
+        """The largest of the units a layered forward holds at a time (a decoder layer, or a
+        module outside the layers such as the embedding), at the bench precision, from the headers."""
+        import re
+
+        import torch
+
+        from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
+        from moe_compile.dtypes import torch_dtype
+
+        itemsize = torch.finfo(torch_dtype(self.dtype)).bits // 8
+        units: dict[str, int] = {}
+        for name, info in SafetensorsCheckpoint(self.ir.path).index.items():
+            layer = re.match(r"(.*\.layers\.\d+)\.", name)
+            unit = layer.group(1) if layer else name.rpartition(".")[0]
+            units[unit] = units.get(unit, 0) + math.prod(info.shape) * itemsize
+        return max(units.values(), default=0)
+
     def close(self) -> None:
         if self._exports is not None:
             self._exports.cleanup()
@@ -112,6 +134,8 @@ class Backend:
     base_only: bool = False  # the transformers baseline knows no plan
     runs_onnx: bool = False  # its ONNX file is exported before the backend is measured
     runs_engine: bool = False  # it runs only the settings an engine was given for
+    named_only: bool = False  # run only when --backends names it, not among "every backend here"
+    too_big_hint: str = ""  # said after the shortfall when it does not fit
     # the host memory its runner will take, estimated before it is built; None: not estimated (GPU backends)
     host_bytes: Callable[[BenchModel, TopKSetting], int] | None = None
 
@@ -143,6 +167,15 @@ def _weight_bytes(model: BenchModel, setting: TopKSetting) -> int:
     return model.weight_bytes
 
 
+# A layered forward holds one unit's weights, and a second while a layer's experts are converted;
+# the activations and the KV cache come on top (small beside a layer at bench's workloads).
+LAYERED_EXTRA_BYTES = 1 << 30
+
+
+def _layered_bytes(model: BenchModel, setting: TopKSetting) -> int:
+    return 2 * model.largest_unit_bytes + LAYERED_EXTRA_BYTES
+
+
 def memory_shortfall(backend: Backend, model: BenchModel, setting: TopKSetting) -> str | None:
     """Why `backend` cannot run `setting` in the memory this machine has now, or None."""
     from .memory import available_bytes
@@ -153,13 +186,22 @@ def memory_shortfall(backend: Backend, model: BenchModel, setting: TopKSetting) 
     needed = backend.host_bytes(model, setting)
     if needed <= available:
         return None
-    return f"needs about {needed / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB available"
+    return f"needs about {needed / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB available" + (
+        f" ({backend.too_big_hint})" if backend.too_big_hint else "")
 
 
 def _torch_model(model: BenchModel, setting: TopKSetting):
     from moe_compile.compiler.compiled import compiled_model
 
     return compiled_model(model.ir, model.dtype, setting.top_k)[0]
+
+
+def _pytorch_layered(model: BenchModel, setting: TopKSetting):
+    from moe_compile.compiler.layered_model import layered_model
+
+    from .runners import TorchRunner
+
+    return TorchRunner(layered_model(model.ir, model.dtype, setting.top_k)[0])
 
 
 def _transformers(model: BenchModel, setting: TopKSetting):
@@ -212,8 +254,10 @@ def _onnxruntime_providers() -> list[str]:
 def available_backends(engine: str | None = None) -> dict[str, Backend]:
     """Every backend this machine can run now, in the order they are reported (tensorrt: when
     an engine is given, which select_backends has checked TensorRT and a GPU for)."""
+    layered = "--backends pytorch-layered runs it one decoder layer at a time"
     backends = [Backend("transformers", "cpu", _transformers, base_only=True, host_bytes=_weight_bytes),
-                Backend("pytorch", "cpu", _pytorch("cpu"), host_bytes=_weight_bytes)]
+                Backend("pytorch", "cpu", _pytorch("cpu"), host_bytes=_weight_bytes, too_big_hint=layered),
+                Backend("pytorch-layered", "cpu", _pytorch_layered, host_bytes=_layered_bytes, named_only=True)]
     providers = _onnxruntime_providers()
     if "CPUExecutionProvider" in providers:
         backends.append(Backend("onnxruntime-cpu", "cpu", _onnxruntime("CPUExecutionProvider"), runs_onnx=True,
@@ -227,7 +271,8 @@ def available_backends(engine: str | None = None) -> dict[str, Backend]:
     return {backend.name: backend for backend in backends}
 
 
-KNOWN_BACKENDS = ("transformers", "pytorch", "onnxruntime-cpu", "pytorch-cuda", "onnxruntime-cuda", "tensorrt")
+KNOWN_BACKENDS = ("transformers", "pytorch", "pytorch-layered", "onnxruntime-cpu", "pytorch-cuda", "onnxruntime-cuda",
+                  "tensorrt")
 _NEEDS = {"onnxruntime-cpu": "onnxruntime (pip install onnxruntime)", "pytorch-cuda": "a CUDA GPU visible to torch",
           "onnxruntime-cuda": "onnxruntime-gpu and a CUDA GPU"}
 
@@ -244,7 +289,7 @@ def select_backends(names: list[str] | None, engine: str | None) -> list[Backend
         require_tensorrt("bench --engine")
     available = available_backends(engine)
     if not names:
-        return list(available.values())
+        return [backend for backend in available.values() if not backend.named_only]
     unknown = [name for name in names if name not in KNOWN_BACKENDS]
     if unknown:
         raise InvalidInput(f"unknown backend '{unknown[0]}' (known: {', '.join(KNOWN_BACKENDS)})")

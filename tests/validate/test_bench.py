@@ -343,3 +343,39 @@ def test_freed_heap_memory_goes_back_to_the_system():
                                                      check=True).stdout.split())
     assert freed > before - 64, (before, freed, trimmed)  # freed, yet still resident
     assert trimmed < freed - 192, (before, freed, trimmed)
+
+
+def test_the_layered_backend_runs_the_same_model_one_layer_at_a_time(tiny_model_dirs, half_plan, capsys,
+                                                                     monkeypatch):
+    """pytorch-layered (named only): the same logits as pytorch; its estimate is one unit's weights
+    twice + 1 GiB, so it runs where pytorch, estimated at the whole model, is skipped with a hint."""
+    import numpy as np
+
+    from moe_compile.export.decoder import past_names
+    from moe_compile.validate import backends as backends_module
+    from moe_compile.validate.generation import decoder_feed
+
+    ir = load_moe_model(tiny_model_dirs["qwen2_moe"])
+    model = backends_module.BenchModel(ir)
+    setting = backends_module.TopKSetting("base", {spec.index: spec.base_top_k for spec in ir.layers})
+    backends = backends_module.available_backends()
+    assert "pytorch-layered" not in [b.name for b in backends_module.select_backends(None, None)]
+    cache = model.empty_past(1)
+    feed = decoder_feed(np.array([[3, 1, 4, 1, 5]], dtype=np.int64), dict(zip(past_names(len(cache) // 2), cache)), 0)
+    whole = backends["pytorch"].build(model, setting).infer(feed)["logits"]
+    layered = backends["pytorch-layered"].build(model, setting).infer(feed)["logits"]
+    np.testing.assert_allclose(layered, whole, rtol=0, atol=1e-6)
+    layer_bytes = sum(p.numel() * p.element_size() for p in compiled_model(ir)[0].model.layers[0].parameters())
+    assert backends["pytorch-layered"].host_bytes(model, setting) >= 2 * layer_bytes + backends_module.LAYERED_EXTRA_BYTES
+
+    monkeypatch.setattr(backends_module.BenchModel, "weight_bytes", property(lambda self: 1 << 50))  # a huge model
+    argv = ["bench", str(tiny_model_dirs["qwen2_moe"]), "--backends", "pytorch,pytorch-layered", "--plan",
+            str(half_plan), "--batch", "1", "--prompt", "3", "--new-tokens", "2", "--repeats", "1", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert [(r["backend"], r["setting"]) for r in report["rows"]] == [("pytorch-layered", "base"),
+                                                                      ("pytorch-layered", "plan")]
+    assert all(r["decode_tokens_per_s"]["median"] > 0 and r["moe_share"] is not None for r in report["rows"])
+    assert [s["backend"] for s in report["skipped"]] == ["pytorch", "pytorch"]
+    assert report["skipped"][0]["reason"].endswith("(--backends pytorch-layered runs it one decoder layer at a time)")
