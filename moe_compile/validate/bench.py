@@ -110,6 +110,7 @@ def _row(backend: Backend, setting: TopKSetting, workload: Workload, prefill: Pr
         "step_ms": {"p50": round(decode.step_percentile(50) * 1e3, 3),
                     "p99": round(decode.step_percentile(99) * 1e3, 3)},
         "peak_host_mb": None if memory.host_bytes is None else round(memory.host_bytes / 2**20, 1),
+        "peak_host_anon_mb": None if memory.host_anon_bytes is None else round(memory.host_anon_bytes / 2**20, 1),
         "peak_device_mb": None if memory.device_bytes is None else round(memory.device_bytes / 2**20, 1),
     }
 

@@ -18,29 +18,39 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _STATM = Path("/proc/self/statm")
 
 
-def resident_bytes() -> int | None:
-    """This process' resident set size, or None where /proc is not there (not Linux)."""
+def _statm() -> tuple[int, int] | None:
+    """(resident, resident and file-backed or shared) bytes, or None where /proc is not there."""
     try:
-        return int(_STATM.read_text().split()[1]) * _PAGE
+        fields = _STATM.read_text().split()
+        return int(fields[1]) * _PAGE, int(fields[2]) * _PAGE
     except (OSError, IndexError, ValueError):
         return None
 
 
 class PeakMemory:
-    """`with PeakMemory() as peak: ...` then `peak.host_bytes` (growth) and `peak.device_bytes`."""
+    """`with PeakMemory() as peak: ...` then `peak.host_bytes` (growth of the resident set, file
+    pages mapped included), `peak.host_anon_bytes` (growth of its anonymous part: what only this
+    process holds; a checkpoint mapped while it is read shows in the first, not here) and
+    `peak.device_bytes`."""
 
     def __init__(self, interval_s: float = 0.001, cuda: bool = False) -> None:
         self.interval_s = interval_s
         self.cuda = cuda
         self.host_bytes: int | None = None
+        self.host_anon_bytes: int | None = None
         self.device_bytes: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._start = self._peak = 0
+        self._start = self._peak = self._start_anon = self._peak_anon = 0
+
+    def _take(self, statm: tuple[int, int] | None) -> None:
+        if statm is not None:
+            self._peak = max(self._peak, statm[0])
+            self._peak_anon = max(self._peak_anon, statm[0] - statm[1])
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._peak = max(self._peak, resident_bytes() or 0)
+            self._take(_statm())
 
     def __enter__(self) -> Self:
         if self.cuda:
@@ -48,9 +58,10 @@ class PeakMemory:
 
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        start = resident_bytes()
+        start = _statm()
         if start is not None:
-            self._start = self._peak = start
+            self._start = self._peak = start[0]
+            self._start_anon = self._peak_anon = start[0] - start[1]
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -58,8 +69,9 @@ class PeakMemory:
     def update(self) -> None:
         """Read the peaks so far into host_bytes / device_bytes (also done on exit)."""
         if self._thread is not None:
-            self._peak = max(self._peak, resident_bytes() or 0)
+            self._take(_statm())
             self.host_bytes = self._peak - self._start
+            self.host_anon_bytes = self._peak_anon - self._start_anon
         if self.cuda:
             import torch
 
