@@ -251,7 +251,7 @@ def run(out: Path, dry_run: bool, command: str, steps: tuple[Step, ...] = STEPS)
         shutil.copy2(table, out / "configs" / table.name)
     from moe_compile.versions import package_versions
 
-    report = {"device": device, "versions": package_versions("torch", "triton", "cuda-python", "transformers",
+    report = {"device": device, "versions": package_versions("torch", "triton", "cuda-python", "cuda-bindings", "transformers",
                                                              "liger-kernel", "moe-ops", "pytest"),
               "command": command, "steps": [], "targets": {}}
     path = out / f"evidence-{tag}.json"
