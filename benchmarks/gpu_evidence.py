@@ -251,8 +251,9 @@ def run(out: Path, dry_run: bool, command: str, steps: tuple[Step, ...] = STEPS)
         shutil.copy2(table, out / "configs" / table.name)
     from moe_compile.versions import package_versions
 
-    report = {"device": device, "versions": package_versions("torch", "triton", "cuda-python", "cuda-bindings", "transformers",
-                                                             "liger-kernel", "moe-ops", "pytest"),
+    versions = package_versions("torch", "triton", "cuda-python", "cuda-bindings", "transformers", "liger-kernel",
+                                "moe-ops", "pytest")
+    report = {"device": device, "versions": versions,
               "command": command, "steps": [], "targets": {}}
     path = out / f"evidence-{tag}.json"
     deadline = time.monotonic() + (DRY_RUN_SECONDS if dry_run else sum(step.seconds for step in steps))
