@@ -91,34 +91,33 @@ class BenchModel:
         return [np.zeros((batch, heads, length, dim), dtype=np.float32) for heads, _, dim in self._past_shapes]
 
     @functools.cached_property
-    def weight_bytes(self) -> int:
-        """The checkpoint's tensors at the bench precision (from the headers): what a PyTorch
-        backend holds."""
+    def _tensor_bytes(self) -> dict[str, int]:
+        """Each checkpoint tensor's bytes at the bench precision, from the headers."""
         import torch
 
         from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
         from moe_compile.dtypes import torch_dtype
 
         itemsize = torch.finfo(torch_dtype(self.dtype)).bits // 8
-        return sum(math.prod(info.shape) for info in SafetensorsCheckpoint(self.ir.path).index.values()) * itemsize
+        index = SafetensorsCheckpoint(self.ir.path).index
+        return {name: math.prod(info.shape) * itemsize for name, info in index.items()}
 
-    @functools.cached_property
+    @property
+    def weight_bytes(self) -> int:
+        """The checkpoint's tensors at the bench precision: what a PyTorch backend holds."""
+        return sum(self._tensor_bytes.values())
+
+    @property
     def largest_unit_bytes(self) -> int:
         """The largest of the units a layered forward holds at a time (a decoder layer, or a
-        module outside the layers such as the embedding), at the bench precision, from the headers."""
+        module outside the layers such as the embedding), at the bench precision."""
         import re
 
-        import torch
-
-        from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
-        from moe_compile.dtypes import torch_dtype
-
-        itemsize = torch.finfo(torch_dtype(self.dtype)).bits // 8
         units: dict[str, int] = {}
-        for name, info in SafetensorsCheckpoint(self.ir.path).index.items():
+        for name, nbytes in self._tensor_bytes.items():
             layer = re.match(r"(.*\.layers\.\d+)\.", name)
             unit = layer.group(1) if layer else name.rpartition(".")[0]
-            units[unit] = units.get(unit, 0) + math.prod(info.shape) * itemsize
+            units[unit] = units.get(unit, 0) + nbytes
         return max(units.values(), default=0)
 
     def close(self) -> None:
