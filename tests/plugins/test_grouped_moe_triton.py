@@ -67,14 +67,19 @@ def test_every_activation_with_biases(activation):
     (GroupedMoEAttributes(top_k=2, n_group=16, topk_group=3, group_scoring="sum_top2"), False),  # 1-expert groups
 ], ids=["softmax-normalised-scaled", "sigmoid-score-bias", "group-max", "group-sum-top2-v3", "group-size-1"])
 def test_routing_variants(attrs, score_bias):
-    inputs = make_inputs(64, 16, score_bias=score_bias, seed=2)
+    assert_routes_like_reference(make_inputs(64, 16, score_bias=score_bias, seed=2), attrs)
+
+
+def assert_routes_like_reference(inputs, attrs, config=SMALL):
+    """The routing buffers (the same experts, best first, and their weights), then the output."""
+    tokens = inputs["hidden"].shape[0]
     want_weights, want_experts = route(inputs["router_logits"], attrs, inputs.get("score_bias"))
     plan = launch_plan(inputs["hidden"], inputs["w_gate_up"], attrs, SMALL)
     buf = allocate(plan, inputs["hidden"].dtype, inputs["hidden"].device)
     route_and_align(inputs["hidden"], inputs["router_logits"], attrs, plan, buf, inputs.get("score_bias"))
-    assert buf["topk_ids"].view(64, -1).tolist() == want_experts.tolist()  # same experts, best first
-    torch.testing.assert_close(buf["topk_weights"].view(64, -1), want_weights, rtol=1e-5, atol=1e-6)
-    assert_matches_reference(inputs, attrs)
+    assert buf["topk_ids"].view(tokens, -1).tolist() == want_experts.tolist()
+    torch.testing.assert_close(buf["topk_weights"].view(tokens, -1), want_weights, rtol=1e-5, atol=1e-6)
+    assert_matches_reference(inputs, attrs, config)
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 64])
@@ -297,13 +302,7 @@ def test_sigmoid_routing_on_gpu(experts):
     which part is wrong."""
     attrs = GroupedMoEAttributes(top_k=2, scoring="sigmoid", routed_scaling=2.5)
     inputs = make_inputs(3, experts, top_k=2, hidden=200, inter=136, score_bias=True, seed=2)
-    want_weights, want_experts = route(inputs["router_logits"], attrs, inputs["score_bias"])
-    plan = launch_plan(inputs["hidden"], inputs["w_gate_up"], attrs, SMALL)
-    buf = allocate(plan, inputs["hidden"].dtype, inputs["hidden"].device)
-    route_and_align(inputs["hidden"], inputs["router_logits"], attrs, plan, buf, inputs["score_bias"])
-    assert buf["topk_ids"].view(3, -1).tolist() == want_experts.tolist()
-    torch.testing.assert_close(buf["topk_weights"].view(3, -1), want_weights, rtol=1e-5, atol=1e-6)
-    assert_matches_reference(inputs, attrs, config=None)
+    assert_routes_like_reference(inputs, attrs, config=None)
 
 
 @pytest.mark.gpu
