@@ -93,13 +93,17 @@ def build_model(setting: Setting, seed: int = 0):
     return model.eval()
 
 
-def moe_blocks(model) -> list:
-    """transformers' own MoE blocks, layer by layer."""
+def _adapter_and_block_paths(model) -> tuple:
+    """The model's adapter and its MoE blocks' module paths, layer by layer."""
     from moe_compile.compiler.adapters import adapter_class
 
     adapter = adapter_class(model.config.model_type)(model.config)
-    return [model.get_submodule(adapter.block_path(i)) for i in range(model.config.num_hidden_layers)
-            if adapter.is_moe_layer(i)]
+    return adapter, [adapter.block_path(i) for i in range(model.config.num_hidden_layers) if adapter.is_moe_layer(i)]
+
+
+def moe_blocks(model) -> list:
+    """transformers' own MoE blocks, layer by layer."""
+    return [model.get_submodule(path) for path in _adapter_and_block_paths(model)[1]]
 
 
 def block_calls(blocks: list, run: Callable) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -148,17 +152,15 @@ def block_parity(original, block, x: torch.Tensor, want: torch.Tensor) -> dict:
 
 def rewrite(model) -> list:
     """Swap every MoE block for a StaticTopKMoE at the base k, as compiler/rewrite does; the new blocks."""
-    from moe_compile.compiler.adapters import adapter_class
     from moe_compile.compiler.rewrite import static_block
 
-    adapter = adapter_class(model.config.model_type)(model.config)
+    adapter, paths = _adapter_and_block_paths(model)
     blocks = []
-    for index in range(model.config.num_hidden_layers):
-        if adapter.is_moe_layer(index):
-            parent_path, _, name = adapter.block_path(index).rpartition(".")
-            parent = model.get_submodule(parent_path)
-            blocks.append(static_block(adapter, getattr(parent, name), adapter.base_top_k()))
-            setattr(parent, name, blocks[-1])
+    for path in paths:
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        blocks.append(static_block(adapter, getattr(parent, name), adapter.base_top_k()))
+        setattr(parent, name, blocks[-1])
     return blocks
 
 
