@@ -50,6 +50,7 @@ from .lowering.sorted_experts import MOE_PROMPTS, SORTED, sort_multi_token_exper
 from .ort_fusions import METADATA_KEY as ORT_FUSIONS_KEY
 from .ort_fusions import fuse_for_onnxruntime
 from .quantize_pass import quantize_graph
+from .repeated_layers import plan_repeats, repeat_layers, traced_prefix
 from .rewrite_speed import linear_default_rewrites
 from .streamed_weights import bind_weights, fold_weight_transposes, set_expert_layouts, write_external_data
 
@@ -101,9 +102,12 @@ def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
 
 def _strip_trace_metadata(onnx_model) -> None:
     """Drop the exporter's per-node stack traces and class paths: they hold local paths and
-    would make the file depend on where it was built."""
+    would make the file depend on where it was built; and what it notes of the graph's inputs
+    and outputs (torch.export's placeholder names), which depends on how the graph was traced."""
     for node in onnx_model.graph.node:
         del node.metadata_props[:]
+    for value in (*onnx_model.graph.input, *onnx_model.graph.output):
+        del value.metadata_props[:]
 
 
 def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan: str | Path | None = None,
@@ -118,7 +122,8 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     (export/ort_fusions.py; faster only for long prompts, so not the default); the report lists
     what was fused.
 
-    Streamed (the default): trace a skeleton that holds no weights, then write every weight to
+    Streamed (the default): trace a skeleton that holds no weights, one decoder layer of each kind
+    (export/repeated_layers.py: the others are copies of those), then write every weight to
     `out`.data tensor by tensor from the checkpoint (export/streamed_weights.py). Not streamed:
     load the whole model, trace it and save the whole proto, external data only past 2 GB: the
     reference that the streamed export is tested against. A quantized export's weights are
@@ -147,7 +152,13 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         with _staging(out) as staging:
             early = EarlyMoEWrites(model, moe_model, target, staging / f"{out.name}.data", quantize)
             try:
-                program = _trace(model, DTYPES[dtype], report, layers, optimize=False, sdpa_form=ort_fusions)
+                repeats = plan_repeats(model, target, quantized=quantize is not None)
+                with traced_prefix(model, repeats):
+                    traced_layers = [index for index in layers if repeats is None or index < repeats.traced]
+                    program = _trace(model, DTYPES[dtype], report, traced_layers, optimize=False,
+                                     sdpa_form=ort_fusions)
+                if repeats is not None:
+                    repeat_layers(program.model.graph, model, repeats, top_k, report)
                 bind_weights(program.model.graph, model, moe_model, prefix="model.")
                 fold_weight_transposes(program.model.graph)
                 _optimize(program)  # what torch.onnx.export(optimize=True) runs, on the bound weights

@@ -11,31 +11,26 @@ import pytest
 from onnx import numpy_helper
 from safetensors.torch import load_file, save_file
 
+from canonical_onnx import canonical_graph
+from tiny_models import prompt_logits, save_tiny_model
 from moe_compile.cli import main
 from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
 from moe_compile.direct_file import DirectFile
 from moe_compile.export import early_experts, streamed_weights
+from moe_compile.compiler.compiled import skeleton_model
 from moe_compile.export.exporter import export_onnx
-
-
-def _canonical(attribute) -> str:
-    """An attribute as text, a branch's value_info sorted by name (its order means nothing, and
-    the in-memory quantized export's round trip through onnx_ir changes it)."""
-    attribute = onnx.AttributeProto.FromString(attribute.SerializeToString())
-    if attribute.type == onnx.AttributeProto.GRAPH:
-        infos = sorted(attribute.g.value_info, key=lambda info: info.name)
-        del attribute.g.value_info[:]
-        attribute.g.value_info.extend(infos)
-    return str(attribute)
+from moe_compile.export.repeated_layers import LayerRepeats, plan_repeats
 
 
 def _graph_and_weights(path):
+    """Nodes and weights with torch.onnx's numbered value names taken out (tests/canonical_onnx.py):
+    the streamed export traces one decoder layer of each kind and repeats it, the in-memory one
+    every layer, so the same graph comes out under other names."""
     model = onnx.load(str(path))  # external data loaded from beside the file
-    nodes = [(n.domain, n.op_type, list(n.input), list(n.output), [_canonical(a) for a in n.attribute])
-             for n in model.graph.node]
-    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    nodes, initializer_names = canonical_graph(model)
+    weights = {initializer_names[init.name]: numpy_helper.to_array(init) for init in model.graph.initializer}
     metadata = {p.key: p.value for p in model.metadata_props}
     return nodes, weights, metadata, [str(v) for v in (*model.graph.input, *model.graph.output)]
 
@@ -64,6 +59,61 @@ def test_a_router_run_in_fp32_is_not_written_early_at_half_precision(tiny_model_
     starts = _record_rest_starts(monkeypatch)
     _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs["deepseek_v3"]), "onnxruntime", tmp_path, dtype="fp16")
     assert len(starts) == 1 and starts[0] is not None
+
+
+def _alternating_top_k(ir) -> dict[int, int]:
+    """Every other MoE layer one expert below its base top-k: a plan's layers differ in k."""
+    return {spec.index: spec.base_top_k - (number % 2) for number, spec in enumerate(ir.layers)}
+
+
+@pytest.mark.parametrize("model_type, target", [
+    pytest.param("qwen3_moe", "onnxruntime", id="qwen3_moe-onnxruntime"),
+    pytest.param("deepseek_v3", "onnx", id="deepseek_v3-onnx"),
+    *(pytest.param(m, t, id=f"{m}-{t}", marks=pytest.mark.slow)
+      for m in ("qwen2_moe", "qwen3_moe", "olmoe", "mixtral", "deepseek_v2", "deepseek_v3", "gpt_oss")
+      for t in ("onnx", "onnxruntime", "tensorrt")
+      if (m, t) not in (("qwen3_moe", "onnxruntime"), ("deepseek_v3", "onnx"))),
+])
+def test_repeated_decoder_layers_make_the_in_memory_export(model_type, target, tmp_path):
+    """Five layers under a plan whose k alternates: the streamed export traces the layers up to
+    the last that is the first of its kind and copies them for the rest (export/repeated_layers.py);
+    the in-memory export traces all five. Same nodes, weights, report and logits."""
+    save_tiny_model(model_type, tmp_path / "model", num_hidden_layers=5)
+    ir = load_moe_model(tmp_path / "model")
+    top_k = _alternating_top_k(ir)
+    repeats = plan_repeats(skeleton_model(ir, "fp32", top_k)[0], target, quantized=False)
+    assert repeats is not None and repeats.traced < 5  # what is compared below was repeated
+    reports = _assert_streamed_is_in_memory(ir, target, tmp_path, top_k=top_k)
+    assert reports[0].layers == reports[1].layers
+    assert [layer["top_k"] for layer in reports[0].layers] == [top_k[spec.index] for spec in ir.layers]
+    if target != "tensorrt":  # a GroupedMoE node ONNX Runtime cannot run
+        streamed, in_memory = (prompt_logits(tmp_path / kind / "model.onnx") for kind in ("streamed", "in_memory"))
+        assert np.array_equal(streamed, in_memory)
+
+
+@pytest.mark.parametrize("model_type, target, top_k, traced, templates", [
+    # layer 1 is dense (mlp_only_layers): the MoE layers 3 and 4 repeat layer 2
+    ("qwen2_moe", "onnxruntime", None, 3, {3: 2, 4: 2}),
+    # sliding and full attention alternate: each layer repeats the last one of its type
+    ("gpt_oss", "onnxruntime", None, 3, {3: 1, 4: 2}),
+    # k held in com.microsoft.MoE's attribute alone: one kind whatever k is
+    ("qwen3_moe", "onnxruntime", "alternating", 2, {2: 1, 3: 1, 4: 1}),
+    ("qwen3_moe", "tensorrt", "alternating", 2, {2: 1, 3: 1, 4: 1}),
+    # k in TopK and the shapes after it (standard ops; DeepSeek-V3's routing beside the node): part of the kind
+    ("qwen3_moe", "onnx", "alternating", 3, {3: 1, 4: 2}),
+    ("deepseek_v3", "onnxruntime", "alternating", 3, {3: 1, 4: 2}),
+])
+def test_which_decoder_layers_are_traced_and_which_repeated(model_type, target, top_k, traced, templates, tmp_path):
+    save_tiny_model(model_type, tmp_path, num_hidden_layers=5)
+    ir = load_moe_model(tmp_path)
+    skeleton, _ = skeleton_model(ir, "fp32", _alternating_top_k(ir) if top_k else None)
+    assert plan_repeats(skeleton, target, quantized=False) == LayerRepeats(traced, templates)
+
+
+def test_a_model_without_a_repeated_kind_is_traced_whole(tiny_model_dirs):
+    """The tiny gpt_oss: layer 2 (sliding) is like layer 0 only, which is never repeated."""
+    skeleton, _ = skeleton_model(load_moe_model(tiny_model_dirs["gpt_oss"]))
+    assert plan_repeats(skeleton, "onnxruntime", quantized=False) is None
 
 
 @pytest.mark.parametrize("model_type, scheme", [
@@ -138,8 +188,9 @@ def _assert_no_unused_bytes(path):
 
 
 def _assert_streamed_is_in_memory(ir, target, tmp_path, **options):
-    export_onnx(ir, tmp_path / "streamed" / "model.onnx", target=target, **options)
-    export_onnx(ir, tmp_path / "in_memory" / "model.onnx", target=target, streamed=False, **options)
+    """-> the two exports' lowering reports (streamed, in memory)."""
+    streamed = export_onnx(ir, tmp_path / "streamed" / "model.onnx", target=target, **options)
+    in_memory = export_onnx(ir, tmp_path / "in_memory" / "model.onnx", target=target, streamed=False, **options)
     _assert_no_unused_bytes(tmp_path / "streamed" / "model.onnx")
     assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == ["model.onnx", "model.onnx.data"]
     nodes, weights, metadata, signature = _graph_and_weights(tmp_path / "streamed" / "model.onnx")
@@ -149,6 +200,7 @@ def _assert_streamed_is_in_memory(ir, target, tmp_path, **options):
     for name, value in weights.items():
         assert value.dtype == weights_ref[name].dtype and value.shape == weights_ref[name].shape, name
         assert np.array_equal(value, weights_ref[name], equal_nan=True), name  # NaN: the poison constant
+    return streamed.report, in_memory.report
 
 
 def _sharded(folder):
@@ -266,9 +318,7 @@ def test_a_nonfinite_expert_weight_read_by_the_child_process_is_one_error(tiny_m
     assert list(out.iterdir()) == []
 
 
-def test_a_failed_trace_stops_the_child_process(tiny_model_dirs, tmp_path, monkeypatch):
-    from moe_compile.export import exporter
-
+def _recorded_popen(monkeypatch) -> list:
     processes = []
     real_popen = early_experts.subprocess.Popen
 
@@ -276,16 +326,53 @@ def test_a_failed_trace_stops_the_child_process(tiny_model_dirs, tmp_path, monke
         processes.append(real_popen(*args, **kwargs))
         return processes[-1]
 
+    monkeypatch.setattr(early_experts.subprocess, "Popen", popen)
+    return processes
+
+
+def test_a_failed_trace_stops_the_child_process(tiny_model_dirs, tmp_path, monkeypatch):
+    from moe_compile.export import exporter
+
     def failing_trace(*args, **kwargs):
         raise InvalidInput("the trace failed (injected)")
 
     monkeypatch.setattr(early_experts, "CHILD_PROCESS_BYTES", 0)
-    monkeypatch.setattr(early_experts.subprocess, "Popen", popen)
+    processes = _recorded_popen(monkeypatch)
     monkeypatch.setattr(exporter, "_trace", failing_trace)
     with pytest.raises(InvalidInput, match="injected"):
         export_onnx(load_moe_model(tiny_model_dirs["qwen2_moe"]), tmp_path / "model.onnx", target="onnxruntime")
     assert len(processes) == 1 and processes[0].poll() is not None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writing_process_started_before_the_model_is_read_is_the_one_used(tiny_model_dirs, tmp_path, monkeypatch):
+    """`export` starts the child that writes the MoE tensors before it reads the model
+    (`writer_started_early`), so that its imports overlap that reading: the export then hands
+    its job to that process instead of starting another, and the file is the same."""
+    monkeypatch.setattr(early_experts, "CHILD_PROCESS_BYTES", 0)
+    processes = _recorded_popen(monkeypatch)
+    folder = tiny_model_dirs["qwen3_moe"]
+    with early_experts.writer_started_early(folder):
+        assert len(processes) == 1 and processes[0].poll() is None  # started, waiting for its job
+        _assert_streamed_is_in_memory(load_moe_model(folder), "onnxruntime", tmp_path)
+    assert len(processes) == 1 and processes[0].returncode == 0
+
+
+def test_a_writing_process_started_early_and_not_used_is_stopped(tiny_model_dirs, monkeypatch):
+    monkeypatch.setattr(early_experts, "CHILD_PROCESS_BYTES", 0)
+    processes = _recorded_popen(monkeypatch)
+    with pytest.raises(InvalidInput, match="refused"):
+        with early_experts.writer_started_early(tiny_model_dirs["qwen3_moe"]):
+            raise InvalidInput("refused before the export (injected)")
+    assert len(processes) == 1 and processes[0].poll() is not None
+
+
+def test_no_writing_process_is_started_early_for_a_small_checkpoint_or_a_demo(tiny_model_dirs, monkeypatch):
+    processes = _recorded_popen(monkeypatch)
+    for model in (tiny_model_dirs["qwen3_moe"], "demo"):  # far below CHILD_PROCESS_BYTES; not a folder
+        with early_experts.writer_started_early(model):
+            pass
+    assert processes == []
 
 
 def test_a_score_bias_is_read_without_its_layers_experts(tiny_model_dirs, monkeypatch):
