@@ -21,16 +21,13 @@ from .parity_table import print_parity
 def run_export(args: argparse.Namespace) -> int:
     from moe_compile.quantization.scheme import quant_scheme
 
-    from moe_compile.export.early_experts import writer_started_early
-
     out = Path(args.out)
-    with writer_started_early(args.model):  # its start overlaps reading the model
-        moe_model = load_moe_model(args.model)
-        scheme = quant_scheme(args.quantize, args.block_size, int(moe_model.config.hidden_size),
-                              [spec.intermediate for spec in moe_model.layers])  # refused before any work
-        with writing_into(out.parent, out.parent / f".{out.name}"):
-            result = export_with_progress(moe_model, out, target=args.target, plan=args.plan, dtype=args.dtype,
-                                          quantize=scheme, moe_prompts=args.moe_prompts, ort_fusions=args.ort_fusions)
+    moe_model = load_moe_model(args.model)
+    scheme = quant_scheme(args.quantize, args.block_size, int(moe_model.config.hidden_size),
+                          [spec.intermediate for spec in moe_model.layers])  # refused before any work
+    with writing_into(out.parent, out.parent / f".{out.name}"):
+        result = export_with_progress(moe_model, out, target=args.target, plan=args.plan, dtype=args.dtype,
+                                      quantize=scheme, moe_prompts=args.moe_prompts, ort_fusions=args.ort_fusions)
     if args.json:
         print_report(result.to_json())
     else:

@@ -20,9 +20,6 @@ this process it would share the interpreter lock with the trace, which holds it 
 every torch call the writer makes waits for the lock's next hand-over, and reading one
 Qwen3-30B-A3B-shaped layer took 8 s during the trace against 0.9 s after it (2026-12-05). Smaller
 models (the tests' tiny ones, the demos) use a thread: a process would cost more to start.
-`export` starts that process before it reads the model (`writer_started_early`, for a checkpoint
-folder past CHILD_PROCESS_BYTES), so that the child's imports overlap the parent's reading of the
-model's headers instead of delaying the first write; the job is handed to it when it is known.
 
 Were the graph to use one of them differently (an initializer with another permutation or
 layout), nothing would point at its bytes; the file is then written again from the start
@@ -32,15 +29,12 @@ checks that no architecture and target needs that.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,7 +44,6 @@ import torch
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.rewrite import StaticTopKMoE
 from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
-from moe_compile.compiler.loader import load_moe_model  # the child imports it before its job comes
 from moe_compile.compiler.weight_sources import (MOE_FIELDS, LayerWeights, WeightRecipe, WeightSources,
                                                   reader_without_layer)
 from moe_compile.direct_file import DirectFile
@@ -123,7 +116,7 @@ class EarlyMoEWrites:
         self.rest_start = -(-end // ALIGNMENT) * ALIGNMENT
         data_path.write_bytes(b"")  # the writers open it from their offsets
         if sum(tensor.nbytes for _, _, tensor in tensors) >= CHILD_PROCESS_BYTES:
-            self._writer = _ChildProcessWriter(tensors, moe_model.path, data_path)
+            self._writer = _ChildProcessWriter(moe_model.path, tensors, data_path)
         else:
             self._writer = _ThreadWriter([tensor for _, _, tensor in tensors], data_path)
 
@@ -172,57 +165,8 @@ class _ThreadWriter:
         self._thread.join()
 
 
-class _WriterProcess:
-    """`python -m moe_compile.export.early_experts`, started: it imports what writing needs, then
-    waits for its job on stdin. Its stderr goes to a temporary file, read when it fails."""
-
-    def __init__(self) -> None:
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, OMP_NUM_THREADS=str(_compute_threads()),
-                   PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self.log, env=env)
-
-    def last_log_line(self) -> str:
-        self.log.seek(0)
-        lines = self.log.read().decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait()
-        for pipe in (self.process.stdin, self.process.stdout):
-            if not pipe.closed:
-                pipe.close()
-        self.log.close()
-
-
-_started_early: list[_WriterProcess] = []  # at most one, started by `writer_started_early`
-
-
-@contextlib.contextmanager
-def writer_started_early(model: str | Path) -> Iterator[None]:
-    """Start the process that writes the MoE tensors now, if `model` is a checkpoint folder whose
-    safetensors weigh at least CHILD_PROCESS_BYTES: its start (imports, about 2 s) then overlaps
-    reading the model's headers instead of delaying the first write. An EarlyMoEWrites created
-    inside takes it; if none does, it is stopped on the way out."""
-    folder = Path(model)
-    size = sum(file.stat().st_size for file in folder.glob("*.safetensors")) if folder.is_dir() else 0
-    if size < CHILD_PROCESS_BYTES:
-        yield
-        return
-    _started_early.append(_WriterProcess())
-    try:
-        yield
-    finally:
-        while _started_early:
-            _started_early.pop().stop()
-
-
 class _ChildProcessWriter:
-    def __init__(self, tensors: list[tuple[str, str, SlicedTensor]], model_path: Path, data_path: Path) -> None:
+    def __init__(self, model_path: Path, tensors: list[tuple[str, str, SlicedTensor]], data_path: Path) -> None:
         self._tensors = [tensor for _, _, tensor in tensors]
         self._data_path = data_path
         job = {"model": str(model_path), "data": str(data_path), "tensors": []}
@@ -233,8 +177,13 @@ class _ChildProcessWriter:
             recipe = tensor.recipe
             job["tensors"].append((module_path, tensor.name, recipe.source, field, recipe.layer, recipe.source_shape,
                                    recipe.dtype, recipe.expert_layout, quantized))
-        self._writer = _started_early.pop() if _started_early else _WriterProcess()
-        self._process = self._writer.process
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, OMP_NUM_THREADS=str(_compute_threads()),
+                   PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        self._log = data_path.with_name(data_path.name + ".log")
+        with open(self._log, "wb") as log:
+            self._process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, stderr=log, env=env)
         self._process.stdin.write(pickle.dumps(job))
         self._process.stdin.close()
 
@@ -242,11 +191,9 @@ class _ChildProcessWriter:
         result = self._process.stdout.read()
         code = self._process.wait()
         if code != 0 or not result:
-            line = self._writer.last_log_line()
-            self._writer.stop()
+            lines = self._log.read_text(errors="replace").strip().splitlines()
             raise RuntimeError(f"the process writing the MoE weights ended with code {code}"
-                               + (f": {line}" if line else ""))
-        self._writer.stop()
+                               + (f": {lines[-1]}" if lines else ""))
         outcome = pickle.loads(result)
         if outcome[0] == "InvalidInput":
             raise InvalidInput(outcome[1])
@@ -265,7 +212,10 @@ class _ChildProcessWriter:
         return external_tensor(self._data_path, offset, length, tensor)
 
     def cancel(self) -> None:
-        self._writer.stop()
+        if self._process.poll() is None:
+            self._process.terminate()
+        self._process.wait()
+        self._process.stdout.close()
 
 
 def _compute_threads() -> int:
@@ -281,6 +231,7 @@ def _compute_threads() -> int:
 def _write_job(job: dict) -> tuple:
     """In the child process: the job's tensors written as `_ThreadWriter` writes them -> ("ok",
     {index: ("external", offset, length) or ("inline", values)}, this process' peak memory)."""
+    from moe_compile.compiler.loader import load_moe_model
     from moe_compile.process_memory import peak_memory, start_sampling
 
     start_sampling()
@@ -307,9 +258,9 @@ def _write_job(job: dict) -> tuple:
 
 
 def _child_main() -> int:
+    job = pickle.load(sys.stdin.buffer)
     result, sys.stdout = sys.stdout.buffer, sys.stderr  # the pipe carries the pickled outcome alone
     try:
-        job = pickle.load(sys.stdin.buffer)
         outcome = _write_job(job)
     except InvalidInput as exc:
         outcome = ("InvalidInput", str(exc))

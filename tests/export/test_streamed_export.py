@@ -318,7 +318,9 @@ def test_a_nonfinite_expert_weight_read_by_the_child_process_is_one_error(tiny_m
     assert list(out.iterdir()) == []
 
 
-def _recorded_popen(monkeypatch) -> list:
+def test_a_failed_trace_stops_the_child_process(tiny_model_dirs, tmp_path, monkeypatch):
+    from moe_compile.export import exporter
+
     processes = []
     real_popen = early_experts.subprocess.Popen
 
@@ -326,53 +328,16 @@ def _recorded_popen(monkeypatch) -> list:
         processes.append(real_popen(*args, **kwargs))
         return processes[-1]
 
-    monkeypatch.setattr(early_experts.subprocess, "Popen", popen)
-    return processes
-
-
-def test_a_failed_trace_stops_the_child_process(tiny_model_dirs, tmp_path, monkeypatch):
-    from moe_compile.export import exporter
-
     def failing_trace(*args, **kwargs):
         raise InvalidInput("the trace failed (injected)")
 
     monkeypatch.setattr(early_experts, "CHILD_PROCESS_BYTES", 0)
-    processes = _recorded_popen(monkeypatch)
+    monkeypatch.setattr(early_experts.subprocess, "Popen", popen)
     monkeypatch.setattr(exporter, "_trace", failing_trace)
     with pytest.raises(InvalidInput, match="injected"):
         export_onnx(load_moe_model(tiny_model_dirs["qwen2_moe"]), tmp_path / "model.onnx", target="onnxruntime")
     assert len(processes) == 1 and processes[0].poll() is not None
     assert list(tmp_path.iterdir()) == []
-
-
-def test_the_writing_process_started_before_the_model_is_read_is_the_one_used(tiny_model_dirs, tmp_path, monkeypatch):
-    """`export` starts the child that writes the MoE tensors before it reads the model
-    (`writer_started_early`), so that its imports overlap that reading: the export then hands
-    its job to that process instead of starting another, and the file is the same."""
-    monkeypatch.setattr(early_experts, "CHILD_PROCESS_BYTES", 0)
-    processes = _recorded_popen(monkeypatch)
-    folder = tiny_model_dirs["qwen3_moe"]
-    with early_experts.writer_started_early(folder):
-        assert len(processes) == 1 and processes[0].poll() is None  # started, waiting for its job
-        _assert_streamed_is_in_memory(load_moe_model(folder), "onnxruntime", tmp_path)
-    assert len(processes) == 1 and processes[0].returncode == 0
-
-
-def test_a_writing_process_started_early_and_not_used_is_stopped(tiny_model_dirs, monkeypatch):
-    monkeypatch.setattr(early_experts, "CHILD_PROCESS_BYTES", 0)
-    processes = _recorded_popen(monkeypatch)
-    with pytest.raises(InvalidInput, match="refused"):
-        with early_experts.writer_started_early(tiny_model_dirs["qwen3_moe"]):
-            raise InvalidInput("refused before the export (injected)")
-    assert len(processes) == 1 and processes[0].poll() is not None
-
-
-def test_no_writing_process_is_started_early_for_a_small_checkpoint_or_a_demo(tiny_model_dirs, monkeypatch):
-    processes = _recorded_popen(monkeypatch)
-    for model in (tiny_model_dirs["qwen3_moe"], "demo"):  # far below CHILD_PROCESS_BYTES; not a folder
-        with early_experts.writer_started_early(model):
-            pass
-    assert processes == []
 
 
 def test_a_score_bias_is_read_without_its_layers_experts(tiny_model_dirs, monkeypatch):
