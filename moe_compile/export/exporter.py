@@ -50,7 +50,7 @@ from .lowering.sorted_experts import MOE_PROMPTS, SORTED, sort_multi_token_exper
 from .ort_fusions import METADATA_KEY as ORT_FUSIONS_KEY
 from .ort_fusions import fuse_for_onnxruntime
 from .quantize_pass import quantize_graph
-from .repeated_layers import plan_repeats, repeat_layers, traced_prefix
+from .repeated_layers import LayerCopyError, plan_repeats, repeat_layers, traced_prefix
 from .rewrite_speed import linear_default_rewrites
 from .streamed_weights import bind_weights, fold_weight_transposes, set_expert_layouts, write_external_data
 
@@ -152,13 +152,8 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         with _staging(out) as staging:
             early = EarlyMoEWrites(model, moe_model, target, staging / f"{out.name}.data", quantize)
             try:
-                repeats = plan_repeats(model, target, quantized=quantize is not None)
-                with traced_prefix(model, repeats):
-                    traced_layers = [index for index in layers if repeats is None or index < repeats.traced]
-                    program = _trace(model, DTYPES[dtype], report, traced_layers, optimize=False,
-                                     sdpa_form=ort_fusions)
-                if repeats is not None:
-                    repeat_layers(program.model.graph, model, repeats, top_k, report)
+                program = _trace_streamed(model, DTYPES[dtype], report, layers, top_k, quantize is not None,
+                                          sdpa_form=ort_fusions)
                 bind_weights(program.model.graph, model, moe_model, prefix="model.")
                 fold_weight_transposes(program.model.graph)
                 _optimize(program)  # what torch.onnx.export(optimize=True) runs, on the bound weights
@@ -279,6 +274,25 @@ def _trace(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, l
         except Exception as exc:  # torch.export / torch.onnx raise many kinds
             raise _export_failure(exc, model) from None
     return program
+
+
+def _trace_streamed(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, layers: list[int],
+                    top_k: dict[int, int], quantized: bool, sdpa_form: bool) -> torch.onnx.ONNXProgram:
+    """The skeleton's program, unoptimized: one decoder layer of each kind traced and copied for the
+    layers like it (export/repeated_layers.py); every layer traced, with a warning, where the
+    traced graph is not laid out as the copying expects."""
+    repeats = plan_repeats(model, report.target, quantized)
+    if repeats is not None:
+        with traced_prefix(model, repeats):
+            program = _trace(model, dtype, report, [index for index in layers if index < repeats.traced],
+                             optimize=False, sdpa_form=sdpa_form)
+        try:
+            repeat_layers(program.model.graph, model, repeats, top_k, report)
+            return program
+        except LayerCopyError as exc:
+            warnings.warn(f"tracing every decoder layer: the traced layers could not be copied ({exc})", stacklevel=2)
+            report.layers.clear()
+    return _trace(model, dtype, report, layers, optimize=False, sdpa_form=sdpa_form)
 
 
 def _capture(wrapper, inputs, num_layers: int) -> torch.export.ExportedProgram:

@@ -47,6 +47,10 @@ _TOP_K_ATTRIBUTES = {(MS_DOMAIN, "MoE"): "k", (DOMAIN, OP_TYPE): "top_k"}
 _PLAIN = (bool, int, float, str, type(None))
 
 
+class LayerCopyError(RuntimeError):
+    """The traced graph is not laid out as `repeat_layers` expects (the exporter then traces every layer)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerRepeats:
     """Trace layers [0, traced); layer j >= traced is a copy of layer templates[j] (< traced)."""
@@ -195,7 +199,7 @@ def _hidden_output(nodes: _NodeList) -> ir.Value:
     found = {output for node in nodes for output in node.outputs
              if not output.is_graph_output() and any(user not in nodes for user, _ in output.uses())}
     if len(found) != 1:
-        raise RuntimeError(f"a decoder layer hands on {len(found)} values, expected its hidden state alone: "
+        raise LayerCopyError(f"a decoder layer hands on {len(found)} values, expected its hidden state alone: "
                            + ", ".join(sorted(value.name for value in found)))
     return found.pop()
 
@@ -207,7 +211,7 @@ def _hidden_input(nodes: _NodeList, before: _NodeList) -> ir.Value:
              if value is not None and value.producer() is not None and value.producer() in before
              and value.producer().op_type != "Constant" and value.dtype is not None and value.dtype.is_floating_point()}
     if len(found) != 1:
-        raise RuntimeError(f"a decoder layer reads {len(found)} values from the layer before it, "
+        raise LayerCopyError(f"a decoder layer reads {len(found)} values from the layer before it, "
                            "expected its hidden state")
     return found.pop()
 
@@ -226,7 +230,7 @@ class _LayerCopy:
 
     def node(self, node: ir.Node) -> ir.Node:
         if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
-            raise RuntimeError(f"cannot repeat a decoder layer holding a subgraph ({node.op_type})")
+            raise LayerCopyError(f"cannot repeat a decoder layer holding a subgraph ({node.op_type})")
         metadata = {key: re.sub(re.escape(self._prefix[:-1]) + r"\b", f"{LAYERS}.{self.layer}", value)
                     for key, value in node.metadata_props.items()}
         if _FX_NODE in metadata:  # "%name : ...": the FX node, named as the value it computes, renamed with it
@@ -273,7 +277,7 @@ def _graph_input(graph: ir.Graph, name: str) -> ir.Value:
 def _set_top_k(nodes: list[ir.Node], top_k: int) -> None:
     carriers = [node for node in nodes if (node.domain, node.op_type) in _TOP_K_ATTRIBUTES]
     if len(carriers) != 1:
-        raise RuntimeError(f"a repeated MoE layer holds {len(carriers)} nodes with its top-k, expected one")
+        raise LayerCopyError(f"a repeated MoE layer holds {len(carriers)} nodes with its top-k, expected one")
     (node,) = carriers
     name = _TOP_K_ATTRIBUTES[(node.domain, node.op_type)]
     node.attributes[name] = ir.AttrInt64(name, top_k)

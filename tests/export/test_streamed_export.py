@@ -91,6 +91,18 @@ def test_repeated_decoder_layers_make_the_in_memory_export(model_type, target, t
         assert np.array_equal(streamed, in_memory)
 
 
+def test_layers_that_cannot_be_copied_are_traced_instead(tiny_model_dirs, tmp_path, monkeypatch):
+    """Where the traced graph does not say which module each node came from (torch.onnx's
+    name-scope metadata, read from another key here), nothing is copied: every layer is traced,
+    with a warning, and the file is the in-memory export's."""
+    from moe_compile.export import repeated_layers
+
+    monkeypatch.setattr(repeated_layers, "_SCOPES", "not.a.metadata.key")
+    with pytest.warns(UserWarning, match="tracing every decoder layer"):
+        reports = _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs["qwen3_moe"]), "onnxruntime", tmp_path)
+    assert reports[0].layers == reports[1].layers
+
+
 @pytest.mark.parametrize("model_type, target, top_k, traced, templates", [
     # layer 1 is dense (mlp_only_layers): the MoE layers 3 and 4 repeat layer 2
     ("qwen2_moe", "onnxruntime", None, 3, {3: 2, 4: 2}),
