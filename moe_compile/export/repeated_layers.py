@@ -11,13 +11,14 @@ every node of the template layer is copied with the layer's own initializers (bo
 weights afterwards, by name), its own past and present, and the hidden state of the layer before.
 
 The static top-k differs per layer under a plan. Where a layer's GroupedMoE lowering holds k in
-one node attribute alone (com.microsoft.MoE routed in the op, TensorRT's plugin node), layers of
+one node attribute alone (com.microsoft.MoE or QMoE routed in the op, TensorRT's plugin node), layers of
 different k are one kind and the copy's attribute is set to the layer's k; otherwise (routing in
 standard ops: TopK's K and the shapes that follow it) the layer's k is part of its kind.
 
 The in-memory export (`export_onnx(streamed=False)`) traces every layer and is what this is
 tested against: the same nodes, weights and outputs on every architecture
-(tests/export/test_repeated_layers.py).
+(tests/export/test_streamed_export.py). A graph laid out otherwise raises `LayerCopyError`, and the
+exporter then traces every layer.
 """
 
 from __future__ import annotations
@@ -256,6 +257,8 @@ class _LayerCopy:
             return self.values.get(value)
         if value.is_initializer() and value.name.startswith(self._prefix):
             name = f"{LAYERS}.{self.layer}.{value.name.removeprefix(self._prefix)}"
+            if name not in self.tensors:
+                raise LayerCopyError(f"{name} is not a parameter or buffer of the model")
             copied = ir.Value(name=name, type=value.type, shape=value.shape.copy(),
                               const_value=TorchTensor(self.tensors[name], name=name))
             self.graph.register_initializer(copied)
