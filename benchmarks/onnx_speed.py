@@ -57,10 +57,11 @@ def seeded_init(model: torch.nn.Module, seed: int) -> None:
                 param.normal_(0.0, param.shape[-1] ** -0.5, generator=generator)
 
 
-def write_model(folder: Path) -> None:
+def write_model(folder: Path, **overrides) -> None:
+    """The benchmark's model (CONFIG, with `overrides`), seeded, saved to `folder`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen2_moe", **CONFIG))
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen2_moe", **{**CONFIG, **overrides}))
     seeded_init(model, seed=0)
     model.save_pretrained(folder)
 
