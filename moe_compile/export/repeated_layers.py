@@ -113,11 +113,8 @@ def _top_k_in_attribute(layer: torch.nn.Module, target: str, quantized: bool) ->
 
 
 @contextlib.contextmanager
-def traced_prefix(model: torch.nn.Module, repeats: LayerRepeats | None) -> Iterator[None]:
+def traced_prefix(model: torch.nn.Module, repeats: LayerRepeats) -> Iterator[None]:
     """While inside, `model` runs (and traces) its first `repeats.traced` decoder layers only."""
-    if repeats is None:
-        yield
-        return
     inner, config = model.get_submodule("model"), model.config
     layers, count = inner.layers, config.num_hidden_layers
     inner.layers = torch.nn.ModuleList(list(layers)[: repeats.traced])  # the same modules, the same names
@@ -140,11 +137,14 @@ def repeat_layers(graph: ir.Graph, model: torch.nn.Module, repeats: LayerRepeats
     anchor = min((node for node, _ in tail_uses), key=list(graph).index)
     tensors = {f"model.{name}": tensor for name, tensor in (*model.named_parameters(), *model.named_buffers())}
     entries = {entry["layer"]: entry for entry in report.layers}
-    for layer in range(repeats.traced, repeats.traced + len(repeats.templates)):
-        template = repeats.templates[layer]
+    # each template's hidden state in and out, found before the graph changes
+    ends = {template: (_hidden_input(members[template], members[template - 1]), _hidden_output(members[template]))
+            for template in set(repeats.templates.values())}
+    for layer, template in sorted(repeats.templates.items()):
         nodes = members[template]
+        hidden_in, hidden_out = ends[template]
         copy = _LayerCopy(graph, template, layer, tensors)
-        copy.values[_hidden_input(nodes, members[template - 1])] = hidden
+        copy.values[hidden_in] = hidden
         new_nodes = [copy.node(node) for node in nodes]
         if template in entries:
             if top_k[layer] != top_k[template]:
@@ -152,7 +152,7 @@ def repeat_layers(graph: ir.Graph, model: torch.nn.Module, repeats: LayerRepeats
             report.layers.append({**entries[template], "layer": layer, "top_k": top_k[layer]})
         graph.insert_before(anchor, new_nodes)
         copy.add_outputs()
-        hidden = copy.values[_hidden_output(nodes)]
+        hidden = copy.values[hidden_out]
     for node, index in tail_uses:
         node.replace_input_with(index, hidden)
 
