@@ -1,7 +1,8 @@
 """An ONNX file's graph with its arbitrary value names taken out, for comparing two exports of one
 model that traced it in different pieces (export/repeated_layers.py): torch.onnx numbers the
 values it names (val_412, add_905) in trace order, so the same graph traced otherwise has other
-names. Nothing else is taken out: node order, ops, attributes, which value feeds which input."""
+names. Nothing else is taken out: node order, ops, attributes, which value feeds which input, and
+a branch's output and value_info types."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def canonical_nodes(graph: onnx.GraphProto, names: dict[str, str]) -> list[tuple
         attributes = []
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                value = canonical_nodes(attribute.g, dict(names))
+                value = _canonical_subgraph(attribute.g, dict(names))
             elif attribute.type == onnx.AttributeProto.TENSOR:
                 value = constant_name(attribute.t)
             else:
@@ -40,6 +41,14 @@ def canonical_nodes(graph: onnx.GraphProto, names: dict[str, str]) -> list[tuple
             names.setdefault(name, f"value {len(names)}")
         nodes.append((node.domain, node.op_type, inputs, [names[name] for name in node.output], attributes))
     return nodes
+
+
+def _canonical_subgraph(graph: onnx.GraphProto, names: dict[str, str]) -> tuple:
+    """A branch: its nodes, then its outputs and value_info with their types, both under canonical
+    names (value_info sorted: its order means nothing, and onnx_ir's round trip changes it)."""
+    nodes = canonical_nodes(graph, names)
+    typed = [(names.get(value.name, value.name), str(value.type)) for value in graph.output]
+    return nodes, typed, sorted((names.get(info.name, info.name), str(info.type)) for info in graph.value_info)
 
 
 def canonical_graph(model: onnx.ModelProto) -> tuple[list[tuple], dict[str, str]]:
