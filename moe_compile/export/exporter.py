@@ -98,6 +98,8 @@ def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
     for node in onnx_model.graph.node:
         node.input[:] = [renames.get(name, name) for name in node.input]
         node.output[:] = [renames.get(name, name) for name in node.output]
+    for info in onnx_model.graph.value_info:
+        info.name = renames.get(info.name, info.name)
 
 
 def _strip_trace_metadata(onnx_model) -> None:

@@ -199,11 +199,25 @@ def _assert_no_unused_bytes(path):
     assert (path.parent / f"{path.name}.data").stat().st_size == end
 
 
+def _assert_value_info_names_values(path):
+    """Every value_info entry, in the graph and its branches, names a value the model has (none
+    left behind by a rename)."""
+    model = onnx.load(str(path), load_external_data=False)
+    graphs, values = [model.graph], {value.name for value in model.graph.input}
+    values.update(init.name for init in model.graph.initializer)
+    for graph in graphs:
+        for node in graph.node:
+            values.update(node.output)
+            graphs.extend(attr.g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH)
+    assert [info.name for graph in graphs for info in graph.value_info if info.name not in values] == []
+
+
 def _assert_streamed_is_in_memory(ir, target, tmp_path, **options):
     """-> the two exports' lowering reports (streamed, in memory)."""
     streamed = export_onnx(ir, tmp_path / "streamed" / "model.onnx", target=target, **options)
     in_memory = export_onnx(ir, tmp_path / "in_memory" / "model.onnx", target=target, streamed=False, **options)
     _assert_no_unused_bytes(tmp_path / "streamed" / "model.onnx")
+    _assert_value_info_names_values(tmp_path / "streamed" / "model.onnx")
     assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == ["model.onnx", "model.onnx.data"]
     nodes, weights, metadata, signature = _graph_and_weights(tmp_path / "streamed" / "model.onnx")
     nodes_ref, weights_ref, metadata_ref, signature_ref = _graph_and_weights(tmp_path / "in_memory" / "model.onnx")
