@@ -33,10 +33,6 @@ class Workload:
     prompt: int
     new_tokens: int
 
-    @property
-    def label(self) -> str:
-        return f"b{self.batch} p{self.prompt}"
-
 
 def _spread_json(spread: Spread, digits: int = 3) -> dict:
     return {key: round(value, digits) if isinstance(value, float) else value for key, value in vars(spread).items()}
