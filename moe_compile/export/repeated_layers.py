@@ -226,7 +226,7 @@ class _LayerCopy:
         self.values: dict[ir.Value, ir.Value] = {}
         self._prefix = f"{LAYERS}.{template}."
         for name, new_name in zip(past_names(template + 1)[-2:], past_names(layer + 1)[-2:]):
-            old = _graph_input(graph, name)
+            old = _named(graph.inputs, name)
             self.values[old] = ir.Value(name=new_name, type=old.type, shape=old.shape.copy())
 
     def node(self, node: ir.Node) -> ir.Node:
@@ -248,8 +248,7 @@ class _LayerCopy:
     def add_outputs(self) -> None:
         """The layer's present key and value, after the graph outputs of the layers before it."""
         for name in present_names(self.template + 1)[-2:]:
-            (old,) = [value for value in self.graph.outputs if value.name == name]
-            self.graph.outputs.append(self.values[old])
+            self.graph.outputs.append(self.values[_named(self.graph.outputs, name)])
         self.graph.inputs.extend(new for old, new in self.values.items() if old.is_graph_input())
 
     def _input(self, value: ir.Value | None) -> ir.Value | None:
@@ -272,8 +271,9 @@ class _LayerCopy:
         return f"{value.name}.layer{self.layer}"
 
 
-def _graph_input(graph: ir.Graph, name: str) -> ir.Value:
-    (value,) = [value for value in graph.inputs if value.name == name]
+def _named(values, name: str) -> ir.Value:
+    """The one graph input or output called `name`."""
+    (value,) = [value for value in values if value.name == name]
     return value
 
 
