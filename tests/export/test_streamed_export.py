@@ -203,12 +203,11 @@ def _assert_value_info_names_values(path):
     """Every value_info entry, in the graph and its branches, names a value the model has (none
     left behind by a rename)."""
     model = onnx.load(str(path), load_external_data=False)
-    graphs, values = [model.graph], {value.name for value in model.graph.input}
-    values.update(init.name for init in model.graph.initializer)
-    for graph in graphs:
-        for node in graph.node:
-            values.update(node.output)
-            graphs.extend(attr.g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH)
+    nodes = list(_all_nodes(model.graph))
+    branches = [attr.g for node in nodes for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH]
+    graphs = [model.graph, *branches]
+    values = {value.name for value in model.graph.input} | {init.name for init in model.graph.initializer}
+    values.update(output for node in nodes for output in node.output)
     assert [info.name for graph in graphs for info in graph.value_info if info.name not in values] == []
 
 
