@@ -41,7 +41,9 @@ def _lowering_table(report: dict) -> Table:
         f", weights {quantized['scheme']} ({quantized['dense']} dense projections as MatMulNBits, "
         f"{quantized['dense_kept_fp32']} kept fp32)" if quantized else "") + (
         ", fused: " + ", ".join(f"{count} {op}" for op, count in report["ort_fusions"].items())
-        if report.get("ort_fusions") else ""))
+        if report.get("ort_fusions") else "") + (
+        f", prompts from {report['prompt_attention']['from_tokens']} tokens: GroupQueryAttention"
+        if report.get("prompt_attention") else ""))
     for column in ("layer", "top-k", "GroupedMoE lowered to", "routing", "why"):
         table.add_column(column)
     for layer in report["moe_layers"]:

@@ -40,11 +40,14 @@ from moe_compile.quantization.scheme import QuantScheme
 from .complex_views import make_complex_views_exportable
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
 from .early_experts import EarlyMoEWrites
+from . import grouped_attention as attention
 from .grouped_attention import grouped_attention
 from .length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
 from .length_dispatch import split_by_length
 from .narrow_tables import checkpoint_dtypes, narrow_lookup_tables
 from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
+from .lowering.prompt_attention import METADATA_KEY as PROMPT_ATTENTION_KEY
+from .lowering.prompt_attention import count_prompt_kernels, lower_to_group_query_attention
 from .lowering.sorted_experts import METADATA_KEY as MOE_PROMPTS_KEY
 from .lowering.sorted_experts import MOE_PROMPTS, SORTED, sort_multi_token_experts
 from .ort_fusions import METADATA_KEY as ORT_FUSIONS_KEY
@@ -71,7 +74,8 @@ class ExportResult:
         return {"onnx": str(self.path), "target": self.report.target, "dtype": self.dtype,
                 "top_k": {str(k): v for k, v in self.top_k.items()}, "moe_layers": self.report.layers,
                 **({"quantized": self.quantized} if self.quantized else {}),
-                **({"ort_fusions": self.report.ort_fusions} if self.report.ort_fusions else {})}
+                **({"ort_fusions": self.report.ort_fusions} if self.report.ort_fusions else {}),
+                **({"prompt_attention": self.report.prompt_attention} if self.report.prompt_attention else {})}
 
 
 def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
@@ -210,13 +214,17 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
             layers: list[int], quantized: dict | None = None) -> None:
     """The graph-level steps both paths share, on the ModelProto: MoE output names, fp32
     com.microsoft.MoE nodes switched by token count (lowering/sorted_experts.py; the report says so
-    per layer), no trace metadata, a quantized graph (`quantized`: the quantize pass's summary)
+    per layer), the attentions that run long prompts as GroupQueryAttention counted, no trace metadata, a quantized graph (`quantized`: the quantize pass's summary)
     split by input length (export/length_dispatch.py), moe_compile metadata."""
     target = report.target
     _name_moe_outputs(onnx_model, layers)
     sorted_experts = report.sorted_layers > 0
     if sorted_experts and sort_multi_token_experts(onnx_model) != report.sorted_layers:
         raise RuntimeError(f"expected {report.sorted_layers} fp32 com.microsoft.MoE nodes to sort by expert")
+    kernels = count_prompt_kernels(onnx_model.graph.node)
+    if kernels:
+        report.prompt_attention = {"op": "com.microsoft.GroupQueryAttention", "from_tokens": attention.MIN_PROMPT_KERNEL_TOKENS,
+                                   "attention_layers": kernels}
     _strip_trace_metadata(onnx_model)
     split = quantized is not None and split_by_length(onnx_model)
     if split:
@@ -229,7 +237,9 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
                 **({QUANTIZE_METADATA_KEY: quantized["scheme"]} if quantized else {}),
                 **({DECODE_COMPUTE_KEY: "int8"} if split else {}),
                 **({MOE_PROMPTS_KEY: SORTED} if sorted_experts else {}),
-                **({ORT_FUSIONS_KEY: json.dumps(report.ort_fusions)} if report.ort_fusions else {})}
+                **({ORT_FUSIONS_KEY: json.dumps(report.ort_fusions)} if report.ort_fusions else {}),
+                **({PROMPT_ATTENTION_KEY: f"GroupQueryAttention from {attention.MIN_PROMPT_KERNEL_TOKENS} tokens"}
+                   if kernels else {})}
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
 
@@ -268,7 +278,8 @@ def _trace(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, l
     num_layers = model.config.num_hidden_layers
     wrapper = CausalLMWithCache(model).eval()
     inputs = example_inputs(model, dtype)
-    with torch.no_grad(), _quiet_exporter(), grouped_attention(model, enabled=not sdpa_form):
+    prompt_kernel = report.target == "onnxruntime" and dtype in (torch.float32, torch.float16)
+    with torch.no_grad(), _quiet_exporter(), grouped_attention(model, enabled=not sdpa_form, prompt_kernel=prompt_kernel):
         try:
             program = _torch_onnx_export(wrapper, inputs, num_layers, report, layers, optimize)
         except MoeCompileError:
@@ -322,7 +333,8 @@ def _torch_onnx_export(wrapper, inputs, num_layers: int, report: LoweringReport,
             input_names=["input_ids", "attention_mask", "position_ids", *past_names(num_layers)],
             output_names=["logits", *present_names(num_layers)],
             custom_translation_table={
-                torch.ops.moe_compile.grouped_moe.default: translation(report.target, report, layers)},
+                torch.ops.moe_compile.grouped_moe.default: translation(report.target, report, layers),
+                torch.ops.moe_compile.causal_prompt_attention.default: lower_to_group_query_attention},
             optimize=optimize, verbose=False)
 
 

@@ -24,6 +24,9 @@ from collections.abc import Iterator
 import torch
 
 NAME = "moe_compile_grouped"
+PROMPT_KERNEL_OP = "moe_compile::causal_prompt_attention"
+MIN_PROMPT_KERNEL_TOKENS = 512
+_PROMPT_KERNEL = False  # set while an export for ONNX Runtime traces (`grouped_attention(prompt_kernel=True)`)
 
 
 def grouped_query_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -31,13 +34,25 @@ def grouped_query_attention(module: torch.nn.Module, query: torch.Tensor, key: t
                             is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """query [B, H, S, D], key [B, KV, T, D], value [B, KV, T, Dv] -> ([B, S, H, Dv], None), as
     transformers' attention functions return it (no attention weights)."""
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if _PROMPT_KERNEL and causal and value.shape[-1] == query.shape[-1] and (
+            attention_mask is None or attention_mask.dtype == torch.bool):
+        operands = (query, key, value) if attention_mask is None else (query, key, value, attention_mask)
+        return torch.cond(_whole_causal_prompt(query, key, attention_mask),
+                          lambda q, k, v, *mask: causal_prompt_attention(q, k, v, scale),
+                          lambda q, k, v, *mask: _grouped(q, k, v, mask[0] if mask else None, scale, causal),
+                          operands), None
+    return _grouped(query, key, value, attention_mask, scale, causal), None
+
+
+def _grouped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+             scale: float, causal: bool) -> torch.Tensor:
     batch, heads, length, dim = query.shape
     kv_heads, total = key.shape[1], key.shape[2]
     groups = heads // kv_heads
-    scale = dim ** -0.5 if scaling is None else scaling
     grouped = (query * scale).reshape(batch, kv_heads, groups * length, dim)
     scores = torch.matmul(grouped, key.transpose(2, 3)).view(batch, kv_heads, groups, length, total)
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     if attention_mask is None and length > 1 and causal:
         positions = torch.arange(total, device=query.device)
         attention_mask = (positions[None, :] <= positions[total - length:, None])[None, None]  # [1, 1, S, T]
@@ -53,7 +68,34 @@ def grouped_query_attention(module: torch.nn.Module, query: torch.Tensor, key: t
     out = out.view(batch, kv_heads, groups, length, value.shape[-1])
     if seen is not None:
         out = out * seen.to(out.dtype)
-    return out.view(batch, heads, length, value.shape[-1]).transpose(1, 2).contiguous(), None
+    return out.view(batch, heads, length, value.shape[-1]).transpose(1, 2).contiguous()
+
+
+def _whole_causal_prompt(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Whether this call is a prompt of at least MIN_PROMPT_KERNEL_TOKENS with nothing cached whose mask
+    is plain causal (a 0-d bool tensor, computed when the graph runs). transformers' SDPA masks are
+    the causal mask with entries taken away (padding, sliding windows, chunks); each of those takes
+    some from the last row, so a last row that sees every key means the mask is causal."""
+    # lengths as tensors computed when the graph runs (from the shapes, reading no data): comparing
+    # the traced sizes themselves would constrain the export's dynamic axes
+    length = query.new_ones(query.shape[2], dtype=torch.int64).sum()
+    total = key.new_ones(key.shape[2], dtype=torch.int64).sum()
+    whole = (length == total) & (length >= MIN_PROMPT_KERNEL_TOKENS)
+    return whole if mask is None else whole & mask[..., -1, :].all()
+
+
+@torch.library.custom_op(PROMPT_KERNEL_OP, mutates_args=())
+def causal_prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of a prompt with nothing cached and no padding: query [B, H, S, D], key and
+    value [B, KV, S, D] -> [B, S, H, D]. Exported for ONNX Runtime as one GroupQueryAttention node
+    (`gqa_translation`); here the grouped form."""
+    return _grouped(query, key, value, None, scale, causal=True)
+
+
+@causal_prompt_attention.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    batch, heads, length, dim = query.shape
+    return query.new_empty(batch, length, heads, dim)
 
 
 def _per_group(mask: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
@@ -66,9 +108,11 @@ def _per_group(mask: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def grouped_attention(model: torch.nn.Module, enabled: bool = True) -> Iterator[bool]:
+def grouped_attention(model: torch.nn.Module, enabled: bool = True, prompt_kernel: bool = False) -> Iterator[bool]:
     """While inside, a model built with transformers' SDPA attention runs `grouped_query_attention`
-    (with SDPA's masks); -> whether it does. Other attention implementations are left as they are."""
+    (with SDPA's masks); -> whether it does. Other attention implementations are left as they are.
+    `prompt_kernel`: long causal prompts with nothing cached take `causal_prompt_attention`."""
+    global _PROMPT_KERNEL
     config = model.config
     if not enabled or config._attn_implementation != "sdpa":
         yield False
@@ -78,8 +122,8 @@ def grouped_attention(model: torch.nn.Module, enabled: bool = True) -> Iterator[
 
     AttentionInterface.register(NAME, grouped_query_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
-    config._attn_implementation = NAME
+    config._attn_implementation, _PROMPT_KERNEL = NAME, prompt_kernel
     try:
         yield True
     finally:
-        config._attn_implementation = "sdpa"
+        config._attn_implementation, _PROMPT_KERNEL = "sdpa", False

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 
-from onnx import TensorProto, helper
+from onnx import AttributeProto, TensorProto, helper
 
 METADATA_KEY = "moe_compile.decode_compute"  # "int8": the file is split and its decode branch computes in int8
 DECODE_ACCURACY_LEVEL = 4  # int8 activations allowed
@@ -96,9 +96,19 @@ def _branch(graph, name: str, accuracy_level: int | None):
 
 
 def _renamed(nodes, names: dict[str, str]) -> list:
-    """Copies of `nodes` with the values in `names` renamed wherever they are read or written."""
+    """Copies of `nodes` with the values in `names` renamed wherever they are read or written,
+    in their subgraphs too (an If's branches read the outer graph's values)."""
     copies = copy.deepcopy(list(nodes))
-    for node in copies:
+    _rename(copies, names)
+    return copies
+
+
+def _rename(nodes, names: dict[str, str]) -> None:
+    for node in nodes:
         node.output[:] = [names.get(value, value) for value in node.output]
         node.input[:] = [names.get(value, value) for value in node.input]
-    return copies
+        for attr in node.attribute:
+            for graph in ([attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs):
+                _rename(graph.node, names)
+                for output in graph.output:
+                    output.name = names.get(output.name, output.name)

@@ -184,14 +184,32 @@ def _layer_members(graph: ir.Graph, traced: int) -> list[_NodeList]:
 
 
 class _NodeList(list):
-    """A layer's nodes in graph order, with set-speed membership."""
+    """A layer's nodes in graph order, with set-speed membership (of the nodes in their subgraphs too:
+    an If's branches read the layer's values)."""
 
     def __init__(self, nodes: list[ir.Node]) -> None:
         super().__init__(nodes)
-        self._ids = {id(node) for node in nodes}
+        self._ids = {id(inner) for node in nodes for inner in (node, *_subgraph_nodes(node))}
 
     def __contains__(self, node) -> bool:
         return id(node) in self._ids
+
+
+def _subgraph_nodes(node: ir.Node) -> Iterator[ir.Node]:
+    for graph in _subgraphs(node):
+        for inner in graph:
+            yield inner
+            yield from _subgraph_nodes(inner)
+
+
+def _subgraphs(node: ir.Node) -> list[ir.Graph]:
+    graphs = []
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            graphs.append(attr.value)
+        elif attr.type == ir.AttributeType.GRAPHS:
+            graphs.extend(attr.value)
+    return graphs
 
 
 def _hidden_output(nodes: _NodeList) -> ir.Value:
@@ -230,20 +248,34 @@ class _LayerCopy:
             self.values[old] = ir.Value(name=new_name, type=old.type, shape=old.shape.copy())
 
     def node(self, node: ir.Node) -> ir.Node:
-        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
-            raise LayerCopyError(f"cannot repeat a decoder layer holding a subgraph ({node.op_type})")
         metadata = {key: re.sub(re.escape(self._prefix[:-1]) + r"\b", f"{LAYERS}.{self.layer}", value)
                     for key, value in node.metadata_props.items()}
         if _FX_NODE in metadata:  # "%name : ...": the FX node, named as the value it computes, renamed with it
             metadata[_FX_NODE] = re.sub(r"^%(\S+)", rf"%\1.layer{self.layer}", metadata[_FX_NODE])
         copied = ir.Node(node.domain, node.op_type, [self._input(value) for value in node.inputs],
-                         list(node.attributes.values()), overload=node.overload, num_outputs=len(node.outputs),
+                         [self._attribute(attr) for attr in node.attributes.values()], overload=node.overload,
+                         num_outputs=len(node.outputs),
                          version=node.version, name=f"{node.name}.layer{self.layer}", metadata_props=metadata)
         for old, new in zip(node.outputs, copied.outputs):
             new.name, new.type = self._name(old), old.type
             new.shape = old.shape.copy() if old.shape is not None else None
             self.values[old] = new
         return copied
+
+    def _attribute(self, attr: ir.Attr) -> ir.Attr:
+        """`attr`, its subgraphs (an If's branches) copied: they read the layer's values."""
+        if attr.type == ir.AttributeType.GRAPH:
+            return ir.AttrGraph(attr.name, self._graph(attr.value))
+        if attr.type == ir.AttributeType.GRAPHS:
+            return ir.AttrGraphs(attr.name, [self._graph(graph) for graph in attr.value])
+        return attr
+
+    def _graph(self, graph: ir.Graph) -> ir.Graph:
+        if graph.inputs or graph.initializers:
+            raise LayerCopyError(f"cannot repeat a subgraph with inputs or initializers ({graph.name})")
+        nodes = [self.node(node) for node in graph]
+        return ir.Graph([], [self._input(value) for value in graph.outputs], nodes=nodes,
+                        opset_imports=dict(graph.opset_imports), name=f"{graph.name}.layer{self.layer}")
 
     def add_outputs(self) -> None:
         """The layer's present key and value, after the graph outputs of the layers before it."""

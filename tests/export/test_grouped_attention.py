@@ -2,11 +2,12 @@
 SDPA attention on every architecture that uses it (padding, a cache, prefill and decode), a graph
 that reads the KV cache in place, and parity of the export through ONNX Runtime."""
 
+import numpy as np
 import onnx
 import pytest
 import torch
 
-from moe_compile.export.decoder import CausalLMWithCache, decoder_inputs, example_inputs
+from moe_compile.export.decoder import CausalLMWithCache, decoder_inputs, example_inputs, past_names
 from moe_compile.export.grouped_attention import grouped_attention, grouped_query_attention
 from tiny_models import TINY_CONFIGS, tiny_model
 
@@ -62,10 +63,21 @@ def test_per_head_masks_and_the_default_causal_mask():
 _VIEWS = ("Unsqueeze", "Reshape", "Concat", "Identity")  # what stands between the cache and a repeat of it
 
 
+def _all_nodes(nodes) -> list:
+    """`nodes` and the nodes of their subgraphs (an attention's If branches), depth first."""
+    found = []
+    for node in nodes:
+        found.append(node)
+        for attr in node.attribute:
+            for graph in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                found.extend(_all_nodes(graph.node))
+    return found
+
+
 def _derives_from(graph, name: str, prefixes: tuple[str, ...], through: tuple[str, ...] = _VIEWS) -> bool:
     """Whether value `name` is a graph input named with one of `prefixes` (or their Concat with
     the new positions), or computed from one through the ops in `through`."""
-    producers = {output: node for node in graph.node for output in node.output}
+    producers = {output: node for node in _all_nodes(graph.node) for output in node.output}
     pending, seen = [name], set()
     while pending:
         value = pending.pop()
@@ -82,10 +94,74 @@ def _derives_from(graph, name: str, prefixes: tuple[str, ...], through: tuple[st
 def test_export_reads_the_cache_without_repeating_it(tiny_onnx):
     graph = onnx.load(tiny_onnx, load_external_data=False).graph
     cache = ("past_key_values.", "present.")
-    repeats = [node.name for node in graph.node
-               if node.op_type in ("Expand", "Tile") and _derives_from(graph, node.input[0], cache)]
+    nodes = _all_nodes(graph.node)
+    repeats = [node.name for node in nodes if node.op_type in ("Expand", "Tile") and _derives_from(graph, node.input[0], cache)]
     assert repeats == []
-    products = [node for node in graph.node if node.op_type == "MatMul"
+    products = [node for node in nodes if node.op_type == "MatMul"
                 and any(_derives_from(graph, value, cache, _VIEWS + ("Transpose",)) for value in node.input)]
     layers = sum(value.name.startswith("past_key_values.") for value in graph.input) // 2
     assert len(products) == 2 * layers  # per layer, the scores and the weighted values read the cache itself
+
+
+def _ops_run(session_path, feed: dict) -> set[str]:
+    """The op types ONNX Runtime ran for `feed` (its profiler), and the logits."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    session = ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], feed)[0]
+    with open(session.end_profiling()) as events:
+        ran = {event["args"]["op_name"] for event in json.load(events) if event.get("cat") == "Node"}
+    return ran, logits
+
+
+@pytest.mark.parametrize("model_type, kernel", [
+    ("qwen2_moe", True), ("mixtral", True),
+    *(pytest.param(name, kernel, marks=pytest.mark.slow)
+      for name, kernel in (("qwen3_moe", True), ("olmoe", True), ("deepseek_v2", False), ("deepseek_v3", False)))])
+def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_path, monkeypatch):
+    """From MIN_PROMPT_KERNEL_TOKENS tokens, a prompt with nothing cached and no padding runs ONNX
+    Runtime's GroupQueryAttention; shorter, padded and cached ones the grouped form; all match PyTorch.
+    DeepSeek's attention (MLA: values narrower than queries and keys) never takes the kernel."""
+    from moe_compile.compiler.loader import load_moe_model
+    from moe_compile.export import grouped_attention as module
+    from moe_compile.export.exporter import export_onnx
+    from tiny_models import save_tiny_model
+
+    monkeypatch.setattr(module, "MIN_PROMPT_KERNEL_TOKENS", 6)  # the tiny model's context is short
+    model = save_tiny_model(model_type, tmp_path / "model")
+    path = tmp_path / "model.onnx"
+    report = export_onnx(load_moe_model(tmp_path / "model"), path, target="onnxruntime").to_json()
+    onnx_model = onnx.load(path, load_external_data=False)
+    layers = model.config.num_hidden_layers
+    kernels = [node for node in _all_nodes(onnx_model.graph.node) if node.op_type == "GroupQueryAttention"]
+    metadata = {entry.key: entry.value for entry in onnx_model.metadata_props}
+    if kernel:
+        assert len(kernels) == layers == report["prompt_attention"]["attention_layers"]
+        assert metadata["moe_compile.prompt_attention"] == "GroupQueryAttention from 6 tokens"
+    else:
+        assert kernels == [] and "prompt_attention" not in report and "moe_compile.prompt_attention" not in metadata
+    standard = tmp_path / "standard.onnx"  # a target without ONNX Runtime's contrib ops keeps the grouped form
+    assert "prompt_attention" not in export_onnx(load_moe_model(tmp_path / "model"), standard, target="onnx").to_json()
+
+    wrapper = CausalLMWithCache(model)
+    long = example_inputs(model, torch.float32, past_length=0, sequence=9)
+    padded = long.attention_mask.clone()
+    padded[1, :3] = 0
+    cached = example_inputs(model, torch.float32, past_length=4, sequence=7)
+    cases = {"whole prompt": (long.as_args(), True), "short prompt": (example_inputs(model, torch.float32, past_length=0, sequence=5).as_args(), False),
+             "left-padded prompt": ((long.input_ids, padded, long.position_ids, long.past), False),
+             "prompt after a cache": (cached.as_args(), False)}
+    for case, (args, runs_kernel) in cases.items():
+        feed = {name: tensor.numpy() for name, tensor in zip(("input_ids", "attention_mask", "position_ids"), args[:3])}
+        feed.update({name: tensor.numpy() for name, tensor in zip(past_names(layers), args[3])})
+        ran, logits = _ops_run(path, feed)
+        assert ("GroupQueryAttention" in ran) == (runs_kernel and kernel), case
+        with torch.no_grad():
+            want = wrapper(*args)[0]
+        mask = args[1][:, -logits.shape[1]:, None].bool().numpy()  # padded positions' logits are not compared
+        np.testing.assert_allclose(np.where(mask, logits, 0), np.where(mask, want.numpy(), 0), rtol=1e-4, atol=1e-4,
+                                   err_msg=case)

@@ -1,0 +1,58 @@
+"""`moe_compile::causal_prompt_attention` for ONNX Runtime: one com.microsoft.GroupQueryAttention.
+
+The export's attention (export/grouped_attention.py) computes every score of a prompt against
+every key, the masked half included, and keeps the whole [heads, S, S] score matrix for the
+softmax: at long prompts that matrix, not the products, is the cost. ONNX Runtime's CPU
+GroupQueryAttention computes a causal prompt head by head without it. Measured (one attention,
+8 query heads over 4 key/value heads, dimension 64, fp32, 2 threads; docs/export.md): the same
+at 128 and 512 tokens, 1.19x at 768, 1.25x at 1024, 2.1x at 2048; and slower than the grouped
+form at decode (the node copies the cache into its present outputs). So only a whole causal
+prompt with nothing cached takes it, from MIN_PROMPT_KERNEL_TOKENS tokens on; the graph decides
+when it runs (an If per attention).
+
+Its contract (ONNX Runtime 1.32): query [B, S, H·D], key and value [B, S, KV·D], no past,
+`seqlens_k` [B] int32 = the total length - 1 of each sequence (right-aligned: every position
+valid), `total_sequence_length` a scalar int32; the output [B, S, H·D]; rotary already applied.
+"""
+
+from __future__ import annotations
+
+import onnxscript
+from onnxscript import opset18 as op
+
+from .onnxruntime import register_ms_schema
+from .ort_support import MS_DOMAIN
+from .standard import ints
+
+METADATA_KEY = "moe_compile.prompt_attention"  # "GroupQueryAttention from N tokens": the file holds the If
+_INT32 = 6  # onnx.TensorProto.INT32
+_GRAPH, _GRAPHS = 5, 10  # onnx.AttributeProto.GRAPH, GRAPHS
+
+
+def lower_to_group_query_attention(query, key, value, scale: float):
+    """query [B, H, S, D], key and value [B, KV, S, D] -> [B, S, H, D]."""
+    register_ms_schema("GroupQueryAttention")
+    heads, dim, kv_heads = query.shape[1], query.shape[3], key.shape[1]
+
+    def packed(x):  # [B, N, S, D] -> [B, S, N·D]
+        return op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), ints(0, 0, -1))
+
+    shape = op.Shape(query)
+    length = op.Squeeze(op.Slice(shape, ints(2), ints(3)))  # S, a scalar
+    seqlens = op.Cast(op.Expand(op.Sub(length, op.Constant(value_int=1)), op.Slice(shape, ints(0), ints(1))), to=_INT32)
+    length = op.Cast(length, to=_INT32)
+    outputs = onnxscript.values.Opset(MS_DOMAIN, 1).GroupQueryAttention(
+        packed(query), packed(key), packed(value), None, None, seqlens, length,
+        num_heads=heads, kv_num_heads=kv_heads, scale=scale, _outputs=3)  # output, present key and value
+    return op.Reshape(outputs[0], ints(0, 0, heads, dim))
+
+
+def count_prompt_kernels(nodes) -> int:
+    """GroupQueryAttention nodes among `nodes` (NodeProtos) and their subgraphs."""
+    count = 0
+    for node in nodes:
+        count += node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN
+        for attr in node.attribute:
+            for graph in ([attr.g] if attr.type == _GRAPH else attr.graphs if attr.type == _GRAPHS else []):
+                count += count_prompt_kernels(graph.node)
+    return count
