@@ -103,14 +103,15 @@ def test_export_reads_the_cache_without_repeating_it(tiny_onnx):
     assert len(products) == 2 * layers  # per layer, the scores and the weighted values read the cache itself
 
 
-def _ops_run(session_path, feed: dict) -> set[str]:
-    """The op types ONNX Runtime ran for `feed` (its profiler), and the logits."""
+def _ops_run(session_path, feed: dict, profiles) -> tuple[set[str], np.ndarray]:
+    """The op types ONNX Runtime ran for `feed` (its profiler, writing into folder `profiles`), and the logits."""
     import json
 
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.enable_profiling = True
+    options.profile_file_prefix = str(profiles / "onnxruntime_profile")
     session = ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], feed)[0]
     with open(session.end_profiling()) as events:
@@ -158,7 +159,7 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
     for case, (args, runs_kernel) in cases.items():
         feed = {name: tensor.numpy() for name, tensor in zip(("input_ids", "attention_mask", "position_ids"), args[:3])}
         feed.update({name: tensor.numpy() for name, tensor in zip(past_names(layers), args[3])})
-        ran, logits = _ops_run(path, feed)
+        ran, logits = _ops_run(path, feed, tmp_path)
         assert ("GroupQueryAttention" in ran) == (runs_kernel and kernel), case
         with torch.no_grad():
             want = wrapper(*args)[0]
