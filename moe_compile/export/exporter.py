@@ -109,11 +109,21 @@ def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
 def _strip_trace_metadata(onnx_model) -> None:
     """Drop the exporter's per-node stack traces and class paths: they hold local paths and
     would make the file depend on where it was built; and what it notes of the graph's inputs
-    and outputs (torch.export's placeholder names), which depends on how the graph was traced."""
-    for node in onnx_model.graph.node:
-        del node.metadata_props[:]
+    and outputs (torch.export's placeholder names), which depends on how the graph was traced;
+    in If branches too (the attentions' prompt switch)."""
+    _strip_node_metadata(onnx_model.graph)
     for value in (*onnx_model.graph.input, *onnx_model.graph.output):
         del value.metadata_props[:]
+
+
+def _strip_node_metadata(graph) -> None:
+    for node in graph.node:
+        del node.metadata_props[:]
+        for attr in node.attribute:
+            for subgraph in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
+                _strip_node_metadata(subgraph)
+                for value in subgraph.output:
+                    del value.metadata_props[:]
 
 
 def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan: str | Path | None = None,
