@@ -14,29 +14,37 @@ query row that sees nothing gets zeros, as the SDPA graph's NaN guard gives it.
 
 Used while tracing models whose attention is transformers' SDPA (every adapter's but gpt-oss',
 whose sinks need the eager attention); not with `--ort-fusions`, whose fusions match the SDPA form.
+
+For ONNX Runtime (`prompt_kernel`) the attention is traced as `torch.cond` (an If in the graph):
+a whole causal prompt of MIN_PROMPT_KERNEL_TOKENS or more with nothing cached runs
+`causal_prompt_attention` (one GroupQueryAttention node, lowering/prompt_attention.py), which
+does not hold the [heads, S, S] scores; decode steps, short, padded and cached prompts the
+grouped form. Values narrower than the keys (DeepSeek's MLA) keep the grouped form alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
 
 NAME = "moe_compile_grouped"
 PROMPT_KERNEL_OP = "moe_compile::causal_prompt_attention"
-MIN_PROMPT_KERNEL_TOKENS = 512
-_PROMPT_KERNEL = False  # set while an export for ONNX Runtime traces (`grouped_attention(prompt_kernel=True)`)
+MIN_PROMPT_KERNEL_TOKENS = 512  # measured: benchmarks/prompt_attention_ab.py, docs/export.md
 
 
 def grouped_query_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                             attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                            is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+                            is_causal: bool | None = None, prompt_kernel: bool = False,
+                            **kwargs) -> tuple[torch.Tensor, None]:
     """query [B, H, S, D], key [B, KV, T, D], value [B, KV, T, Dv] -> ([B, S, H, Dv], None), as
-    transformers' attention functions return it (no attention weights)."""
+    transformers' attention functions return it (no attention weights). `prompt_kernel`: an If
+    when the graph runs, `causal_prompt_attention` for a whole causal prompt, this otherwise."""
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    if _PROMPT_KERNEL and causal and value.shape[-1] == query.shape[-1] and (
+    if prompt_kernel and causal and value.shape[-1] == query.shape[-1] and (
             attention_mask is None or attention_mask.dtype == torch.bool):
         operands = (query, key, value) if attention_mask is None else (query, key, value, attention_mask)
         return torch.cond(_whole_causal_prompt(query, key, attention_mask),
@@ -88,7 +96,7 @@ def _whole_causal_prompt(query: torch.Tensor, key: torch.Tensor, mask: torch.Ten
 def causal_prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal attention of a prompt with nothing cached and no padding: query [B, H, S, D], key and
     value [B, KV, S, D] -> [B, S, H, D]. Exported for ONNX Runtime as one GroupQueryAttention node
-    (`gqa_translation`); here the grouped form."""
+    (lowering/prompt_attention.py); here the grouped form."""
     return _grouped(query, key, value, None, scale, causal=True)
 
 
@@ -112,7 +120,6 @@ def grouped_attention(model: torch.nn.Module, enabled: bool = True, prompt_kerne
     """While inside, a model built with transformers' SDPA attention runs `grouped_query_attention`
     (with SDPA's masks); -> whether it does. Other attention implementations are left as they are.
     `prompt_kernel`: long causal prompts with nothing cached take `causal_prompt_attention`."""
-    global _PROMPT_KERNEL
     config = model.config
     if not enabled or config._attn_implementation != "sdpa":
         yield False
@@ -120,10 +127,10 @@ def grouped_attention(model: torch.nn.Module, enabled: bool = True, prompt_kerne
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(NAME, grouped_query_attention)
+    AttentionInterface.register(NAME, functools.partial(grouped_query_attention, prompt_kernel=prompt_kernel))
     AttentionMaskInterface.register(NAME, sdpa_mask)
-    config._attn_implementation, _PROMPT_KERNEL = NAME, prompt_kernel
+    config._attn_implementation = NAME
     try:
         yield True
     finally:
-        config._attn_implementation, _PROMPT_KERNEL = "sdpa", False
+        config._attn_implementation = "sdpa"
