@@ -45,6 +45,7 @@ from .grouped_attention import grouped_attention
 from .length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
 from .length_dispatch import split_by_length
 from .narrow_tables import checkpoint_dtypes, narrow_lookup_tables
+from .subgraphs import all_nodes, subgraphs
 from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
 from .lowering.prompt_attention import METADATA_KEY as PROMPT_ATTENTION_KEY
 from .lowering.prompt_attention import count_prompt_kernels, lower_to_group_query_attention
@@ -111,19 +112,12 @@ def _strip_trace_metadata(onnx_model) -> None:
     would make the file depend on where it was built; and what it notes of the graph's inputs
     and outputs (torch.export's placeholder names), which depends on how the graph was traced;
     in If branches too (the attentions' prompt switch)."""
-    _strip_node_metadata(onnx_model.graph)
+    for node in all_nodes(onnx_model.graph.node):
+        del node.metadata_props[:]
+        for value in (output for graph in subgraphs(node) for output in graph.output):
+            del value.metadata_props[:]
     for value in (*onnx_model.graph.input, *onnx_model.graph.output):
         del value.metadata_props[:]
-
-
-def _strip_node_metadata(graph) -> None:
-    for node in graph.node:
-        del node.metadata_props[:]
-        for attr in node.attribute:
-            for subgraph in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
-                _strip_node_metadata(subgraph)
-                for value in subgraph.output:
-                    del value.metadata_props[:]
 
 
 def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan: str | Path | None = None,
@@ -224,8 +218,9 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
             layers: list[int], quantized: dict | None = None) -> None:
     """The graph-level steps both paths share, on the ModelProto: MoE output names, fp32
     com.microsoft.MoE nodes switched by token count (lowering/sorted_experts.py; the report says so
-    per layer), the attentions that run long prompts as GroupQueryAttention counted, no trace metadata, a quantized graph (`quantized`: the quantize pass's summary)
-    split by input length (export/length_dispatch.py), moe_compile metadata."""
+    per layer), the attentions that run long prompts as GroupQueryAttention counted, no trace
+    metadata, a quantized graph (`quantized`: the quantize pass's summary) split by input length
+    (export/length_dispatch.py), moe_compile metadata."""
     target = report.target
     _name_moe_outputs(onnx_model, layers)
     sorted_experts = report.sorted_layers > 0

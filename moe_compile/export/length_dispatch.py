@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import copy
 
-from onnx import AttributeProto, TensorProto, helper
+from onnx import TensorProto, helper
+
+from .subgraphs import all_nodes, subgraphs
 
 METADATA_KEY = "moe_compile.decode_compute"  # "int8": the file is split and its decode branch computes in int8
 DECODE_ACCURACY_LEVEL = 4  # int8 activations allowed
@@ -104,11 +106,8 @@ def _renamed(nodes, names: dict[str, str]) -> list:
 
 
 def _rename(nodes, names: dict[str, str]) -> None:
-    for node in nodes:
+    for node in all_nodes(nodes):
         node.output[:] = [names.get(value, value) for value in node.output]
         node.input[:] = [names.get(value, value) for value in node.input]
-        for attr in node.attribute:
-            for graph in ([attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs):
-                _rename(graph.node, names)
-                for output in graph.output:
-                    output.name = names.get(output.name, output.name)
+        for output in (output for graph in subgraphs(node) for output in graph.output):
+            output.name = names.get(output.name, output.name)

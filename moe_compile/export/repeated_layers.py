@@ -196,20 +196,10 @@ class _NodeList(list):
 
 
 def _subgraph_nodes(node: ir.Node) -> Iterator[ir.Node]:
-    for graph in _subgraphs(node):
-        for inner in graph:
-            yield inner
-            yield from _subgraph_nodes(inner)
-
-
-def _subgraphs(node: ir.Node) -> list[ir.Graph]:
-    graphs = []
     for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            graphs.append(attr.value)
-        elif attr.type == ir.AttributeType.GRAPHS:
-            graphs.extend(attr.value)
-    return graphs
+        for graph in ([attr.value] if attr.type == ir.AttributeType.GRAPH
+                      else attr.value if attr.type == ir.AttributeType.GRAPHS else []):
+            yield from ir.traversal.RecursiveGraphIterator(graph)
 
 
 def _hidden_output(nodes: _NodeList) -> ir.Value:

@@ -9,6 +9,7 @@ import torch
 
 from moe_compile.export.decoder import CausalLMWithCache, decoder_inputs, example_inputs, past_names
 from moe_compile.export.grouped_attention import grouped_attention, grouped_query_attention
+from moe_compile.export.subgraphs import all_nodes
 from tiny_models import TINY_CONFIGS, tiny_model
 
 
@@ -63,21 +64,10 @@ def test_per_head_masks_and_the_default_causal_mask():
 _VIEWS = ("Unsqueeze", "Reshape", "Concat", "Identity")  # what stands between the cache and a repeat of it
 
 
-def _all_nodes(nodes) -> list:
-    """`nodes` and the nodes of their subgraphs (an attention's If branches), depth first."""
-    found = []
-    for node in nodes:
-        found.append(node)
-        for attr in node.attribute:
-            for graph in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
-                found.extend(_all_nodes(graph.node))
-    return found
-
-
 def _derives_from(graph, name: str, prefixes: tuple[str, ...], through: tuple[str, ...] = _VIEWS) -> bool:
     """Whether value `name` is a graph input named with one of `prefixes` (or their Concat with
     the new positions), or computed from one through the ops in `through`."""
-    producers = {output: node for node in _all_nodes(graph.node) for output in node.output}
+    producers = {output: node for node in all_nodes(graph.node) for output in node.output}
     pending, seen = [name], set()
     while pending:
         value = pending.pop()
@@ -94,7 +84,7 @@ def _derives_from(graph, name: str, prefixes: tuple[str, ...], through: tuple[st
 def test_export_reads_the_cache_without_repeating_it(tiny_onnx):
     graph = onnx.load(tiny_onnx, load_external_data=False).graph
     cache = ("past_key_values.", "present.")
-    nodes = _all_nodes(graph.node)
+    nodes = list(all_nodes(graph.node))
     repeats = [node.name for node in nodes if node.op_type in ("Expand", "Tile") and _derives_from(graph, node.input[0], cache)]
     assert repeats == []
     products = [node for node in nodes if node.op_type == "MatMul"
@@ -138,7 +128,7 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
     report = export_onnx(load_moe_model(tmp_path / "model"), path, target="onnxruntime").to_json()
     onnx_model = onnx.load(path, load_external_data=False)
     layers = model.config.num_hidden_layers
-    kernels = [node for node in _all_nodes(onnx_model.graph.node) if node.op_type == "GroupQueryAttention"]
+    kernels = [node for node in all_nodes(onnx_model.graph.node) if node.op_type == "GroupQueryAttention"]
     metadata = {entry.key: entry.value for entry in onnx_model.metadata_props}
     if kernel:
         assert len(kernels) == layers == report["prompt_attention"]["attention_layers"]

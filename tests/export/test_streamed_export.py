@@ -17,6 +17,7 @@ from moe_compile.cli import main
 from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
+from moe_compile.export.subgraphs import all_nodes, subgraphs
 from moe_compile.direct_file import DirectFile
 from moe_compile.export import early_experts, streamed_weights
 from moe_compile.compiler.compiled import skeleton_model
@@ -203,8 +204,8 @@ def _assert_value_info_names_values(path):
     """Every value_info entry, in the graph and its branches, names a value the model has (none
     left behind by a rename)."""
     model = onnx.load(str(path), load_external_data=False)
-    nodes = list(_all_nodes(model.graph))
-    branches = [attr.g for node in nodes for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH]
+    nodes = list(all_nodes(model.graph.node))
+    branches = [graph for node in nodes for graph in subgraphs(node)]
     graphs = [model.graph, *branches]
     values = {value.name for value in model.graph.input} | {init.name for init in model.graph.initializer}
     values.update(output for node in nodes for output in node.output)
@@ -419,7 +420,7 @@ def test_the_embedding_is_kept_as_the_checkpoint_stores_it(quantize, bf16_checkp
     graph = onnx.load(str(path), load_external_data=False).graph
     [table] = [init for init in graph.initializer if init.name == "model.model.embed_tokens.weight"]
     assert table.data_type == onnx.TensorProto.BFLOAT16
-    nodes = list(_all_nodes(graph))  # an int4 file's body is in the branches of its split by length
+    nodes = list(all_nodes(graph.node))  # an int4 file's body is in the branches of its split by length
     gathers = [node for node in nodes if table.name in node.input]
     assert gathers and all(node.op_type == "Gather" for node in gathers)
     for gather in gathers:
@@ -428,14 +429,6 @@ def test_the_embedding_is_kept_as_the_checkpoint_stores_it(quantize, bf16_checkp
                                == [onnx.TensorProto.FLOAT] for node in readers)
     report = validate_onnx(ir, path)
     assert report.passed, report.to_json()
-
-
-def _all_nodes(graph):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attribute.g)
 
 
 def test_a_table_that_something_besides_gather_reads_stays_fp32():

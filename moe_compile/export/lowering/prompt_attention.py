@@ -20,13 +20,13 @@ from __future__ import annotations
 import onnxscript
 from onnxscript import opset18 as op
 
+from ..subgraphs import all_nodes
 from .onnxruntime import register_ms_schema
 from .ort_support import MS_DOMAIN
 from .standard import ints
 
 METADATA_KEY = "moe_compile.prompt_attention"  # "GroupQueryAttention from N tokens": the file holds the If
 _INT32 = 6  # onnx.TensorProto.INT32
-_GRAPH, _GRAPHS = 5, 10  # onnx.AttributeProto.GRAPH, GRAPHS
 
 
 def lower_to_group_query_attention(query, key, value, scale: float):
@@ -49,10 +49,4 @@ def lower_to_group_query_attention(query, key, value, scale: float):
 
 def count_prompt_kernels(nodes) -> int:
     """GroupQueryAttention nodes among `nodes` (NodeProtos) and their subgraphs."""
-    count = 0
-    for node in nodes:
-        count += node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN
-        for attr in node.attribute:
-            for graph in ([attr.g] if attr.type == _GRAPH else attr.graphs if attr.type == _GRAPHS else []):
-                count += count_prompt_kernels(graph.node)
-    return count
+    return sum(node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN for node in all_nodes(nodes))
