@@ -191,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(sorted; faster, ONNX Runtime then holds the experts twice) or in com.microsoft.MoE (node)")
     p.add_argument("--ort-fusions", action="store_true",
                    help="onnxruntime target, fp32: attention and norms as ONNX Runtime's fused ops (MultiHeadAttention, "
-                        "SkipSimplifiedLayerNormalization); measured 6-13 %% faster on prompts, half the memory at "
-                        "2048-token prompts, but decode 0.35-0.92x of the default's (docs/export.md)")
+                        "SkipSimplifiedLayerNormalization); measured slower than the default at every "
+                        "workload (prompts 0.75-0.96x, decode 0.49-0.88x; docs/export.md)")
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 

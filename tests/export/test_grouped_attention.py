@@ -156,3 +156,32 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
         mask = args[1][:, -logits.shape[1]:, None].bool().numpy()  # padded positions' logits are not compared
         np.testing.assert_allclose(np.where(mask, logits, 0), np.where(mask, want.numpy(), 0), rtol=1e-4, atol=1e-4,
                                    err_msg=case)
+
+
+def test_fp16_whole_prompts_run_group_query_attention(tmp_path, monkeypatch):
+    """An fp16 export takes the kernel the same way (its node and the grouped branch in fp16) and
+    its logits stay within fp16's tolerance of the fp32 model, with and without the kernel."""
+    from moe_compile.compiler.loader import load_moe_model
+    from moe_compile.export import grouped_attention as module
+    from moe_compile.export.exporter import export_onnx
+    from moe_compile.validate.tolerances import TOLERANCES
+    from tiny_models import save_tiny_model
+
+    monkeypatch.setattr(module, "MIN_PROMPT_KERNEL_TOKENS", 6)
+    model = save_tiny_model("qwen2_moe", tmp_path / "model")
+    path = tmp_path / "model.onnx"
+    report = export_onnx(load_moe_model(tmp_path / "model"), path, target="onnxruntime", dtype="fp16").to_json()
+    assert report["prompt_attention"]["attention_layers"] == model.config.num_hidden_layers
+    layers, wrapper, tolerance = model.config.num_hidden_layers, CausalLMWithCache(model), TOLERANCES["fp16"]
+    for sequence, runs_kernel in ((9, True), (5, False)):
+        inputs = example_inputs(model, torch.float32, past_length=0, sequence=sequence)
+        args = inputs.as_args()
+        feed = {name: tensor.numpy() for name, tensor in zip(("input_ids", "attention_mask", "position_ids"), args[:3])}
+        feed.update({name: tensor.numpy().astype(np.float16) for name, tensor in zip(past_names(layers), args[3])})
+        ran, logits = _ops_run(path, feed, tmp_path)
+        assert ("GroupQueryAttention" in ran) == runs_kernel, sequence
+        assert logits.dtype == np.float16
+        with torch.no_grad():
+            want = wrapper(*args)[0].numpy()
+        np.testing.assert_allclose(logits.astype(np.float32), want, rtol=tolerance.rtol, atol=tolerance.atol,
+                                   err_msg=f"{sequence} tokens")
