@@ -62,11 +62,48 @@ def compare_files(ir, files: dict[str, Path], workloads: list, threads: int, rou
     return {"logits_max_abs_difference": differences, "summary": summary, "rows": rows}
 
 
-def run_file_ab(benchmark: str, export_files, workloads: list) -> dict:
+def decode_step_times(files: dict[str, Path], past_lengths: tuple[int, ...], threads: int, rounds: int = 12,
+                      steps: int = 30) -> dict:
+    """One decode step (batch 1, a random cache of each length in `past_lengths`) timed in a fresh
+    session of each file, `rounds` times, the order reversed every other round. Fresh sessions
+    because two sessions of the same file differ by up to 10 % here (where the weights and buffers
+    land): bench's two rounds cannot tell a few per cent apart. -> {length: {name: {"ms_per_round",
+    "median_ms"}}}."""
+    import onnxruntime as ort
+
+    names = list(files)
+    generator = np.random.default_rng(0)
+    result = {}
+    for length in past_lengths:
+        feed = None
+        times = {name: [] for name in names}
+        for round_ in range(rounds):
+            for name in (names if round_ % 2 == 0 else names[::-1]):
+                options = ort.SessionOptions()
+                options.intra_op_num_threads, options.log_severity_level = threads, 3
+                session = ort.InferenceSession(str(files[name]), options, providers=["CPUExecutionProvider"])
+                if feed is None:
+                    feed = {"input_ids": np.full((1, 1), 5, np.int64), "attention_mask": np.ones((1, length + 1), np.int64),
+                            "position_ids": np.full((1, 1), length, np.int64)}
+                    feed |= {i.name: generator.standard_normal((1, i.shape[1], length, i.shape[3])).astype(np.float32)
+                             for i in session.get_inputs() if i.name.startswith("past_key_values.")}
+                for _ in range(5):
+                    session.run(None, feed)
+                begin = time.perf_counter()
+                for _ in range(steps):
+                    session.run(None, feed)
+                times[name].append(round((time.perf_counter() - begin) / steps * 1e3, 4))
+                del session
+        result[str(length)] = {name: {"ms_per_round": t, "median_ms": round(float(np.median(t)), 4)}
+                               for name, t in times.items()}
+    return result
+
+
+def run_file_ab(benchmark: str, export_files, workloads: list, decode_steps: tuple[int, ...] = (), rounds: int = 2) -> dict:
     """onnx_speed.py's model (its seeds), exported by `export_files(ir, folder)` -> ({name: file},
-    what to record of the exports), then `compare_files` at onnx_speed.py's threads; the result,
-    with the machine, versions, load and time, saved as results/`benchmark`.json and its summary
-    printed."""
+    what to record of the exports), then `compare_files` at onnx_speed.py's threads, `rounds` times (and
+    `decode_step_times` after caches of `decode_steps` positions); the result, with the machine,
+    versions, load and time, saved as results/`benchmark`.json and its summary printed."""
     import onnxruntime as ort
     import torch
 
@@ -81,13 +118,17 @@ def run_file_ab(benchmark: str, export_files, workloads: list) -> dict:
         write_model(tmp / "model")
         ir = load_moe_model(tmp / "model")
         files, exports = export_files(ir, tmp)
-        model = compare_files(ir, files, workloads, THREADS)
+        model = compare_files(ir, files, workloads, THREADS, rounds=rounds)
+        steps = decode_step_times(files, decode_steps, THREADS) if decode_steps else None
     result = {"benchmark": benchmark, "command": f"python benchmarks/{benchmark}.py",
               "machine": machine_description(THREADS), "onnxruntime": ort.__version__, **exports,
               "load_average_before_after": [load_before, os.getloadavg()],
-              "seconds": round(time.perf_counter() - start), "whole_model": model}
+              "seconds": round(time.perf_counter() - start), "whole_model": model,
+              **({"decode_step_fresh_sessions": steps} if steps else {})}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{benchmark}.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({key: value for key, value in result.items() if key != "whole_model"}
-                     | {"summary": model["summary"], "logits": model["logits_max_abs_difference"]}, indent=1))
+    print(json.dumps({key: value for key, value in result.items() if key not in ("whole_model", "decode_step_fresh_sessions")}
+                     | {"summary": model["summary"], "logits": model["logits_max_abs_difference"]}
+                     | ({"decode_step_median_ms": {length: {name: entry["median_ms"] for name, entry in by_file.items()}
+                                                   for length, by_file in steps.items()}} if steps else {}), indent=1))
     return result

@@ -42,6 +42,7 @@ from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_nam
 from .early_experts import EarlyMoEWrites
 from . import grouped_attention as attention
 from .grouped_attention import grouped_attention
+from .hoisted_attention import hoist_grouped_attention
 from .length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
 from .length_dispatch import split_by_length
 from .narrow_tables import checkpoint_dtypes, narrow_lookup_tables
@@ -227,6 +228,8 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
     if sorted_experts and sort_multi_token_experts(onnx_model) != report.sorted_layers:
         raise RuntimeError(f"expected {report.sorted_layers} fp32 com.microsoft.MoE nodes to sort by expert")
     kernels = count_prompt_kernels(onnx_model.graph.node)
+    if hoist_grouped_attention(onnx_model) != kernels:
+        raise RuntimeError(f"expected {kernels} attention switches to take the grouped form out of")
     if kernels:
         report.prompt_attention = {"op": "com.microsoft.GroupQueryAttention", "from_tokens": attention.MIN_PROMPT_KERNEL_TOKENS,
                                    "attention_layers": kernels}

@@ -31,7 +31,7 @@ import copy
 
 from onnx import TensorProto, helper
 
-from .subgraphs import all_nodes, subgraphs
+from .subgraphs import renamed
 
 METADATA_KEY = "moe_compile.decode_compute"  # "int8": the file is split and its decode branch computes in int8
 DECODE_ACCURACY_LEVEL = 4  # int8 activations allowed
@@ -73,7 +73,7 @@ def prompt_graph(onnx_model) -> None:
     if dispatch is None:
         return
     prompt = next(attr.g for attr in dispatch.attribute if attr.name == "else_branch")
-    nodes = _renamed(prompt.node, {f"{name}{_BRANCH_SUFFIX}": name for name in dispatch.output})
+    nodes = renamed(prompt.node, {f"{name}{_BRANCH_SUFFIX}": name for name in dispatch.output})
     del graph.node[:]
     graph.node.extend(nodes)
     graph.value_info.extend(prompt.value_info)
@@ -82,8 +82,8 @@ def prompt_graph(onnx_model) -> None:
 def _branch(graph, name: str, accuracy_level: int | None):
     """A copy of `graph`'s nodes as an If branch (no inputs; it reads the outer graph's inputs and
     initializers), its outputs suffixed, MatMulNBits and QMoE set to `accuracy_level` where given."""
-    renamed = {output.name: f"{output.name}{_BRANCH_SUFFIX}" for output in graph.output}
-    nodes = _renamed(graph.node, renamed)
+    suffixed = {output.name: f"{output.name}{_BRANCH_SUFFIX}" for output in graph.output}
+    nodes = renamed(graph.node, suffixed)
     for node in nodes:
         if accuracy_level is not None and node.op_type in _INT8_CAPABLE:
             kept = [attr for attr in node.attribute if attr.name != "accuracy_level"]
@@ -92,22 +92,6 @@ def _branch(graph, name: str, accuracy_level: int | None):
     outputs = []
     for output in graph.output:
         info = copy.deepcopy(output)
-        info.name = renamed[output.name]
+        info.name = suffixed[output.name]
         outputs.append(info)
     return helper.make_graph(nodes, name, [], outputs, value_info=copy.deepcopy(list(graph.value_info)))
-
-
-def _renamed(nodes, names: dict[str, str]) -> list:
-    """Copies of `nodes` with the values in `names` renamed wherever they are read or written,
-    in their subgraphs too (an If's branches read the outer graph's values)."""
-    copies = copy.deepcopy(list(nodes))
-    _rename(copies, names)
-    return copies
-
-
-def _rename(nodes, names: dict[str, str]) -> None:
-    for node in all_nodes(nodes):
-        node.output[:] = [names.get(value, value) for value in node.output]
-        node.input[:] = [names.get(value, value) for value in node.input]
-        for output in (output for graph in subgraphs(node) for output in graph.output):
-            output.name = names.get(output.name, output.name)

@@ -4,7 +4,8 @@ reach too. On NodeProtos; onnx_ir graphs have `onnx_ir.traversal.RecursiveGraphI
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import copy
+from collections.abc import Iterable, Iterator, Mapping
 
 from onnx import AttributeProto
 
@@ -26,3 +27,15 @@ def all_nodes(nodes: Iterable) -> Iterator:
         yield node
         for graph in subgraphs(node):
             yield from all_nodes(graph.node)
+
+
+def renamed(nodes: Iterable, names: Mapping[str, str]) -> list:
+    """Copies of `nodes` with the values in `names` renamed wherever they are read or written, in
+    their subgraphs too (a branch reads the values of the graphs around it by name)."""
+    copies = copy.deepcopy(list(nodes))
+    for node in all_nodes(copies):
+        node.output[:] = [names.get(value, value) for value in node.output]
+        node.input[:] = [names.get(value, value) for value in node.input]
+        for output in (output for graph in subgraphs(node) for output in graph.output):
+            output.name = names.get(output.name, output.name)
+    return copies

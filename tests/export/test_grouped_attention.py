@@ -133,6 +133,12 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
     if kernel:
         assert len(kernels) == layers == report["prompt_attention"]["attention_layers"]
         assert metadata["moe_compile.prompt_attention"] == "GroupQueryAttention from 6 tokens"
+        # the grouped form runs in the main graph (export/hoisted_attention.py); each If holds the kernel alone
+        switches = [node for node in onnx_model.graph.node if node.op_type == "If"
+                    and any(inner.op_type == "GroupQueryAttention" for inner in all_nodes([node]))]
+        assert len(switches) == layers
+        assert all([inner.op_type for inner in branch.node] == ["Slice"]
+                   for switch in switches for attr in switch.attribute if attr.name == "else_branch" for branch in [attr.g])
     else:
         assert kernels == [] and "prompt_attention" not in report and "moe_compile.prompt_attention" not in metadata
     standard = tmp_path / "standard.onnx"  # a target without ONNX Runtime's contrib ops keeps the grouped form
