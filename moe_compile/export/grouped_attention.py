@@ -18,7 +18,7 @@ whose sinks need the eager attention); not with `--ort-fusions`, whose fusions m
 For ONNX Runtime (`prompt_kernel`) the attention is traced as `torch.cond` (an If in the graph):
 a whole causal prompt of MIN_PROMPT_KERNEL_TOKENS or more with nothing cached runs
 `causal_prompt_attention` (one GroupQueryAttention node, lowering/prompt_attention.py), which
-does not hold the [heads, S, S] scores; decode steps, short, padded and cached prompts the
+computes only the causal half of the scores; decode steps, short, padded and cached prompts the
 grouped form. Values narrower than the keys (DeepSeek's MLA) keep the grouped form alone.
 """
 

@@ -5,8 +5,9 @@ GroupQueryAttention, the grouped form)` (export/grouped_attention.py). Decode st
 and cached prompts take the grouped branch, and in ONNX Runtime 1.32 the same products run slower
 inside a branch than in the main graph: after a 2048-token prompt, a decode step of onnx_speed.py's
 model spent 125 against 98 us a layer in the scores' FusedMatMul and ~90 us more in the values'
-MatMul (its profiler; one thread or two alike), ~6 % of the step. An If whose branch holds only
-the kernel costs nothing measurable when it is not taken (by hand, docs/export.md).
+MatMul (its profiler; one thread or two alike), and decode steps were 2-11 % slower than an export
+without the switch; with the grouped form out of the branch, 0-3 % (fresh sessions; docs/export.md,
+benchmarks/prompt_attention_ab.py).
 
 So each such If becomes:
 
@@ -16,8 +17,9 @@ So each such If becomes:
     kernel  = If(kernel, GroupQueryAttention, an empty [B, 0, H, D])
     output  = Concat(grouped, kernel) along the sequence
 
-The outputs are the If's, element for element; a long prompt computes an empty grouped attention
-(no [S, S] scores) and the kernel, everything else the grouped attention and an empty If.
+The outputs are the If's, element for element; a long prompt computes the grouped attention on no
+rows (its scores are [.., 0, S]) and the kernel, everything else the grouped attention and an If
+that runs one empty Slice.
 """
 
 from __future__ import annotations
