@@ -22,7 +22,7 @@ import torch
 from moe_compile.dtypes import torch_dtype
 
 from .backends import Backend, BenchModel, TopKSetting
-from .generation import decoder_feed
+from .generation import decoder_feed, greedy_generate
 from .memory import PeakMemory, return_freed_memory
 from .timing import DecodeTiming, PrefillTiming, Spread, time_decode, time_prefill
 
@@ -148,9 +148,11 @@ def measure(backend: Backend, setting: TopKSetting, model: BenchModel, workloads
         for workload in workloads:
             past = model.empty_past(workload.batch)
             prompt = generator.integers(0, vocab, (workload.batch, workload.prompt))
-            prefill = time_prefill(runner, prompt, past, repeats=repeats)
-            decode = time_decode(runner, prompt, past, steps=workload.new_tokens, repeats=repeats)
+            greedy_generate(runner, prompt, workload.new_tokens, past)  # untimed: what the memory peak sees
             memory.update()
+            with memory.paused():  # the sampler's wake-ups would cost the timed runs ~10 % (validate/memory.py)
+                prefill = time_prefill(runner, prompt, past, repeats=repeats)
+                decode = time_decode(runner, prompt, past, steps=workload.new_tokens, repeats=repeats)
             rows.append({**_row(backend, setting, workload, prefill, decode, memory),
                          **_moe_fields(runner, model, setting, workload)})
             if progress is not None:
