@@ -10,9 +10,11 @@ both. Off Linux the /proc fields are None and only ru_maxrss is reported.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
@@ -40,9 +42,27 @@ class AnonPeakSampler:
 
     def start(self) -> AnonPeakSampler:
         if self._thread is None and status_bytes("RssAnon") is not None:
-            self._thread = threading.Thread(target=self._run, name="anon-rss-sampler", daemon=True)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, args=(self._stop,), name="anon-rss-sampler", daemon=True)
             self._thread.start()
         return self
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No sampling inside (a timed section: on a 2-core machine the wake-ups cost a run a few per
+        cent of its speed; validate/memory.py); the resident set on entry and exit is still taken."""
+        if self._thread is None:
+            yield
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        self.sample()
+        try:
+            yield
+        finally:
+            self.sample()
+            self.start()
 
     def sample(self) -> int | None:
         now = status_bytes("RssAnon")
@@ -51,8 +71,7 @@ class AnonPeakSampler:
                 self.peak_bytes = max(self.peak_bytes or 0, now)
         return self.peak_bytes
 
-    def _run(self) -> None:
-        stop = threading.Event()
+    def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self.interval_s):
             self.sample()
 
@@ -64,6 +83,11 @@ _HELPER_PEAKS: list[dict] = []  # peak_memory() of child processes that did part
 def start_sampling() -> None:
     """Begin recording the anonymous peak (the CLI calls this before a command runs)."""
     _SAMPLER.start()
+
+
+def sampling_paused():
+    """A context in which the command's anonymous-peak sampler does not run (bench's timed runs)."""
+    return _SAMPLER.paused()
 
 
 def record_helper_peak(peak: dict) -> None:

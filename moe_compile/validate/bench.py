@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moe_compile import process_memory
 from moe_compile.dtypes import torch_dtype
 
 from .backends import Backend, BenchModel, TopKSetting
@@ -150,7 +151,8 @@ def measure(backend: Backend, setting: TopKSetting, model: BenchModel, workloads
             prompt = generator.integers(0, vocab, (workload.batch, workload.prompt))
             greedy_generate(runner, prompt, workload.new_tokens, past)  # untimed: what the memory peak sees
             memory.update()
-            with memory.paused():  # the sampler's wake-ups would cost the timed runs ~10 % (validate/memory.py)
+            # the samplers' wake-ups would cost the timed runs ~10 % (validate/memory.py)
+            with memory.paused(), process_memory.sampling_paused():
                 prefill = time_prefill(runner, prompt, past, repeats=repeats)
                 decode = time_decode(runner, prompt, past, steps=workload.new_tokens, repeats=repeats)
             rows.append({**_row(backend, setting, workload, prefill, decode, memory),

@@ -90,6 +90,18 @@ def test_peak_memory_does_not_sample_while_paused():
     assert peak.host_anon_bytes >= 48 * 2**20 and held.size
 
 
+def test_the_commands_anonymous_peak_sampler_stops_while_paused():
+    """`moe-compile bench` times with the command's own sampler (process_memory) stopped as well;
+    it runs again after, and the peak it keeps counts what was resident around the pause."""
+    from moe_compile.process_memory import AnonPeakSampler
+
+    sampler = AnonPeakSampler().start()
+    with sampler.paused():
+        assert sampler._thread is None
+        held = np.ones(32 * 2**20, dtype=np.uint8)
+    assert sampler._thread.is_alive() and sampler.peak_bytes >= held.nbytes
+
+
 def test_peak_memory_tells_a_mapped_file_from_anonymous_memory(tmp_path):
     """A file read through a mapping grows the resident set, not its anonymous part (a checkpoint
     loaded by safetensors); an allocation grows both (the test above)."""
