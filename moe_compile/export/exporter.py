@@ -53,7 +53,7 @@ from .lowering.prompt_attention import count_prompt_kernels, lower_to_group_quer
 from .lowering.sorted_experts import METADATA_KEY as MOE_PROMPTS_KEY
 from .lowering.sorted_experts import MOE_PROMPTS, SORTED, sort_multi_token_experts
 from .ort_fusions import METADATA_KEY as ORT_FUSIONS_KEY
-from .ort_fusions import fuse_for_onnxruntime
+from .ort_fusions import NORM_FUSIONS_KEY, fuse_for_onnxruntime, fuse_norms
 from .quantize_pass import quantize_graph
 from .repeated_layers import LayerCopyError, plan_repeats, repeat_layers, traced_prefix
 from .rewrite_speed import linear_default_rewrites
@@ -77,6 +77,7 @@ class ExportResult:
                 "top_k": {str(k): v for k, v in self.top_k.items()}, "moe_layers": self.report.layers,
                 **({"quantized": self.quantized} if self.quantized else {}),
                 **({"ort_fusions": self.report.ort_fusions} if self.report.ort_fusions else {}),
+                **({"norm_fusions": self.report.norm_fusions} if self.report.norm_fusions else {}),
                 **({"prompt_attention": self.report.prompt_attention} if self.report.prompt_attention else {})}
 
 
@@ -175,6 +176,8 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
                 set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
                 if ort_fusions:
                     report.ort_fusions = fuse_for_onnxruntime(program.model)
+                elif target == "onnxruntime" and dtype == "fp32":
+                    report.norm_fusions = fuse_norms(program.model)
                 if quantize:
                     quantized = quantize_graph(program.model.graph, quantize)  # computed as it is written
                 del model
@@ -189,6 +192,8 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
             narrow_lookup_tables(program.model.graph, checkpoint_dtypes(model, moe_model, "model."))
         if ort_fusions:
             report.ort_fusions = fuse_for_onnxruntime(program.model)
+        elif target == "onnxruntime" and dtype == "fp32":
+            report.norm_fusions = fuse_norms(program.model)
         onnx_model = program.model_proto
         weight_pass(target)(onnx_model)
         if quantize:
@@ -246,6 +251,7 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
                 **({DECODE_COMPUTE_KEY: "int8"} if split else {}),
                 **({MOE_PROMPTS_KEY: SORTED} if sorted_experts else {}),
                 **({ORT_FUSIONS_KEY: json.dumps(report.ort_fusions)} if report.ort_fusions else {}),
+                **({NORM_FUSIONS_KEY: json.dumps(report.norm_fusions)} if report.norm_fusions else {}),
                 **({PROMPT_ATTENTION_KEY: f"GroupQueryAttention from {attention.MIN_PROMPT_KERNEL_TOKENS} tokens"}
                    if kernels else {})}
     for key, value in metadata.items():

@@ -59,6 +59,7 @@ class LoweringReport:
     quantized: bool = False  # export --quantize: the experts become com.microsoft.QMoE
     sorted_prompts: bool = True  # fp32 com.microsoft.MoE layers run prompts as sorted experts
     ort_fusions: dict[str, int] = field(default_factory=dict)  # contrib op -> how many (export/ort_fusions.py)
+    norm_fusions: dict[str, int] = field(default_factory=dict)  # the default fp32 fusions (ort_fusions.fuse_norms)
     prompt_attention: dict = field(default_factory=dict)  # the attentions long prompts run as a kernel (prompt_attention.py)
 
     def add(self, lowering: Lowering, attrs: GroupedMoEAttributes) -> None:
