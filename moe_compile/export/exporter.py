@@ -131,8 +131,9 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     target, fp32 experts): "sorted" runs inputs of a few tokens or more as sorted experts, "node"
     keeps com.microsoft.MoE for every token count (export/lowering/sorted_experts.py).
     `ort_fusions` (onnxruntime target, fp32): attention and norms as ONNX Runtime's fused ops
-    (export/ort_fusions.py; faster only for long prompts, so not the default); the report lists
-    what was fused.
+    (export/ort_fusions.py; measured slower than the default, so not it); without it, an
+    onnxruntime fp32 export has its RMS norms fused alone (`fuse_norms`). The report lists what was
+    fused.
 
     Streamed (the default): trace a skeleton that holds no weights, one decoder layer of each kind
     (export/repeated_layers.py: the others are copies of those), then write every weight to
