@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ort-fusions", action="store_true",
                    help="onnxruntime target, fp32: attention and norms as ONNX Runtime's fused ops (MultiHeadAttention, "
                         "SkipSimplifiedLayerNormalization); measured slower than the default at every "
-                        "workload (prompts 0.75-0.96x, decode 0.49-0.88x; docs/export.md)")
+                        "workload (prompts 0.75-1.00x, decode 0.46-0.90x; docs/export.md)")
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 

@@ -9,7 +9,7 @@ report lists what each export got (`ort_fusions`), and validate runs on that gra
 Only for the onnxruntime target at fp32 (the contrib ops are ONNX Runtime's; their CPU kernels at
 fp16 were not measured), and only when asked (`export --ort-fusions`): measured on onnx_speed.py's
 model against the default export (benchmarks/attention_fusion.py, docs/export.md), the fused
-file ran prompts at 0.75-0.96x and decode steps at 0.49-0.88x of the default's, whose long prompts
+file ran prompts at 0.75-1.00x and decode steps at 0.46-0.90x of the default's, whose long prompts
 run GroupQueryAttention (before that kernel its prompts were 6-13 % faster)."""
 
 from __future__ import annotations
