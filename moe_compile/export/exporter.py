@@ -175,10 +175,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
                 nodes = [(node.domain, node.op_type, [value.name if value is not None else "" for value in node.inputs])
                          for node in program.model.graph]
                 set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
-                if ort_fusions:
-                    report.ort_fusions = fuse_for_onnxruntime(program.model)
-                elif target == "onnxruntime" and dtype == "fp32":
-                    report.norm_fusions = fuse_norms(program.model)
+                _fuse_for_onnxruntime(program.model, report, dtype, ort_fusions)
                 if quantize:
                     quantized = quantize_graph(program.model.graph, quantize)  # computed as it is written
                 del model
@@ -191,10 +188,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
         program = _trace(model, DTYPES[dtype], report, layers, sdpa_form=ort_fusions)
         if target == "onnxruntime" and dtype == "fp32":
             narrow_lookup_tables(program.model.graph, checkpoint_dtypes(model, moe_model, "model."))
-        if ort_fusions:
-            report.ort_fusions = fuse_for_onnxruntime(program.model)
-        elif target == "onnxruntime" and dtype == "fp32":
-            report.norm_fusions = fuse_norms(program.model)
+        _fuse_for_onnxruntime(program.model, report, dtype, ort_fusions)
         onnx_model = program.model_proto
         weight_pass(target)(onnx_model)
         if quantize:
@@ -219,6 +213,15 @@ def _optimize(program: torch.onnx.ONNXProgram) -> None:
         if cause is None:
             raise
         raise cause from None
+
+
+def _fuse_for_onnxruntime(model: ir.Model, report: LoweringReport, dtype: str, ort_fusions: bool) -> None:
+    """ONNX Runtime's fused ops in the traced graph, counted in `report`: all of onnxscript's fusions
+    with `ort_fusions`, else, for an fp32 export to ONNX Runtime, its RMS norms alone."""
+    if ort_fusions:
+        report.ort_fusions = fuse_for_onnxruntime(model)
+    elif report.target == "onnxruntime" and dtype == "fp32":
+        report.norm_fusions = fuse_norms(model)
 
 
 def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str, top_k: dict[int, int],

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from onnx import TensorProto, helper
 
+from .lowering.prompt_attention import count_prompt_kernels
 from .subgraphs import all_nodes, renamed
 
 _QUERY, _KEY, _VALUE = range(3)  # GroupQueryAttention's inputs
@@ -37,27 +38,29 @@ def hoist_grouped_attention(onnx_model) -> int:
     graph = onnx_model.graph
     constants = {init.name for init in graph.initializer}
     constants |= {name for node in graph.node if node.op_type == "Constant" for name in node.output}
-    graph.initializer.extend([helper.make_tensor(_ZERO, TensorProto.INT64, [1], [0]),
-                              helper.make_tensor(_SEQUENCE_AXIS, TensorProto.INT64, [1], [1]),
-                              helper.make_tensor(_ROWS_AXIS, TensorProto.INT64, [1], [-2])])
-    nodes, hoisted, rows = [], 0, {}
+    nodes, hoisted, prefixes = [], 0, {}
     for node in graph.node:
         branches = {attr.name: attr.g for attr in node.attribute} if node.op_type == "If" else {}
         kernel = branches.get("then_branch")
-        if kernel is None or not any(inner.op_type == "GroupQueryAttention" for inner in all_nodes(kernel.node)):
+        if kernel is None or not count_prompt_kernels(kernel.node):
             nodes.append(node)
             continue
-        nodes += _hoisted(node, kernel, branches["else_branch"], constants, graph, rows)
+        nodes += _hoisted(node, kernel, branches["else_branch"], constants, graph, prefixes)
         hoisted += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
+    if hoisted:
+        graph.initializer.extend([helper.make_tensor(_ZERO, TensorProto.INT64, [1], [0]),
+                                  helper.make_tensor(_SEQUENCE_AXIS, TensorProto.INT64, [1], [1]),
+                                  helper.make_tensor(_ROWS_AXIS, TensorProto.INT64, [1], [-2])])
+        del graph.node[:]
+        graph.node.extend(nodes)
     return hoisted
 
 
-def _hoisted(switch, kernel, grouped, constants: set[str], graph, rows: dict) -> list:
-    """The nodes that replace `switch`. `rows` ({(flag, mask): the rows' value}) shares one sliced mask
-    among the layers, so that ONNX Runtime computes what the layers derive from it once, as it does
-    for the attention traced without a switch."""
+def _hoisted(switch, kernel, grouped, constants: set[str], graph, prefixes: dict) -> list:
+    """The nodes that replace `switch`. `prefixes` ({(flag, mask): the prefix of the first layer's
+    values}) shares that layer's rows, sliced mask and query shape among the layers, so that ONNX
+    Runtime computes what the layers derive from them once, as it does for the attention traced
+    without a switch."""
     (output,) = switch.output
     flag = switch.input[0]
     query, key, value = (_packed_operand(kernel, index) for index in (_QUERY, _KEY, _VALUE))
@@ -68,16 +71,14 @@ def _hoisted(switch, kernel, grouped, constants: set[str], graph, rows: dict) ->
     p = f"{output}.hoisted"
     nodes = []
     source = mask if mask is not None else query  # [.., S, T] or [B, H, S, D]: the rows are its axis -2
-    shared = (flag, source)
-    if shared not in rows:
-        rows[shared] = f"{p}.rows"
+    first = prefixes.setdefault((flag, source), p)
+    if first == p:
         nodes += [helper.make_node("Shape", [source], [f"{p}.length"], name=f"{p}.length", start=-2, end=-1),
                   helper.make_node("Where", [flag, _ZERO, f"{p}.length"], [f"{p}.rows"], name=f"{p}.rows")]
         if mask is not None:
             nodes.append(helper.make_node("Slice", [mask, _ZERO, f"{p}.rows", _ROWS_AXIS], [f"{p}.mask"],
                                           name=f"{p}.mask"))
-    first = rows[shared].removesuffix(".rows")
-    nodes.append(helper.make_node("Slice", [query, _ZERO, rows[shared], _ROWS_AXIS], [f"{p}.query"], name=f"{p}.query"))
+    nodes.append(helper.make_node("Slice", [query, _ZERO, f"{first}.rows", _ROWS_AXIS], [f"{p}.query"], name=f"{p}.query"))
     names = {name: f"{p}/{name}" for name in [init.name for init in grouped.initializer]
              + [name for inner in grouped.node for name in inner.output]}
     names |= {query: f"{p}.query", grouped.output[0].name: f"{p}.grouped"}

@@ -45,7 +45,6 @@ class PeakMemory:
         self.host_bytes: int | None = None
         self.host_anon_bytes: int | None = None
         self.device_bytes: int | None = None
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start = self._peak = self._start_anon = self._peak_anon = 0
 

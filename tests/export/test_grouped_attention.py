@@ -120,6 +120,7 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
     from moe_compile.compiler.loader import load_moe_model
     from moe_compile.export import grouped_attention as module
     from moe_compile.export.exporter import export_onnx
+    from moe_compile.export.lowering.prompt_attention import count_prompt_kernels
     from tiny_models import save_tiny_model
 
     monkeypatch.setattr(module, "MIN_PROMPT_KERNEL_TOKENS", 6)  # the tiny model's context is short
@@ -134,8 +135,7 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
         assert len(kernels) == layers == report["prompt_attention"]["attention_layers"]
         assert metadata["moe_compile.prompt_attention"] == "GroupQueryAttention from 6 tokens"
         # the grouped form runs in the main graph (export/hoisted_attention.py); each If holds the kernel alone
-        switches = [node for node in onnx_model.graph.node if node.op_type == "If"
-                    and any(inner.op_type == "GroupQueryAttention" for inner in all_nodes([node]))]
+        switches = [node for node in onnx_model.graph.node if node.op_type == "If" and count_prompt_kernels([node])]
         assert len(switches) == layers
         assert all([inner.op_type for inner in branch.node] == ["Slice"]
                    for switch in switches for attr in switch.attribute if attr.name == "else_branch" for branch in [attr.g])
@@ -143,6 +143,8 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
         assert kernels == [] and "prompt_attention" not in report and "moe_compile.prompt_attention" not in metadata
     standard = tmp_path / "standard.onnx"  # a target without ONNX Runtime's contrib ops keeps the grouped form
     assert "prompt_attention" not in export_onnx(load_moe_model(tmp_path / "model"), standard, target="onnx").to_json()
+    assert not [init for init in onnx.load(standard, load_external_data=False).graph.initializer
+                if init.name.startswith("hoisted_attention.")]  # nothing hoisted, nothing added
 
     wrapper = CausalLMWithCache(model)
     long = example_inputs(model, torch.float32, past_length=0, sequence=9)
