@@ -41,15 +41,17 @@ from .complex_views import make_complex_views_exportable
 from .decoder import CausalLMWithCache, dynamic_shapes, example_inputs, past_names, present_names
 from .early_experts import EarlyMoEWrites
 from . import grouped_attention as attention
+from .fused_rotary import fused_rotary
 from .grouped_attention import grouped_attention
 from .hoisted_attention import hoist_grouped_attention
-from .length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
-from .length_dispatch import split_by_length
+from .length_dispatch import DECODE_COMPUTE_KEY, long_body, split_by_length
+from .length_dispatch import METADATA_KEY as SPLIT_KEY
 from .narrow_tables import checkpoint_dtypes, narrow_lookup_tables
 from .subgraphs import all_nodes, subgraphs
 from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
 from .lowering.prompt_attention import METADATA_KEY as PROMPT_ATTENTION_KEY
 from .lowering.prompt_attention import count_prompt_kernels, lower_to_group_query_attention
+from .lowering.rotary_embedding import lower_to_rotary_embedding
 from .lowering.sorted_experts import METADATA_KEY as MOE_PROMPTS_KEY
 from .lowering.sorted_experts import MOE_PROMPTS, SORTED, sort_multi_token_experts
 from .ort_fusions import METADATA_KEY as ORT_FUSIONS_KEY
@@ -78,7 +80,8 @@ class ExportResult:
                 **({"quantized": self.quantized} if self.quantized else {}),
                 **({"ort_fusions": self.report.ort_fusions} if self.report.ort_fusions else {}),
                 **({"norm_fusions": self.report.norm_fusions} if self.report.norm_fusions else {}),
-                **({"prompt_attention": self.report.prompt_attention} if self.report.prompt_attention else {})}
+                **({"prompt_attention": self.report.prompt_attention} if self.report.prompt_attention else {}),
+                **({"split_by_length": self.report.split_by_length} if self.report.split_by_length else {})}
 
 
 def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
@@ -237,14 +240,18 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
     if sorted_experts and sort_multi_token_experts(onnx_model) != report.sorted_layers:
         raise RuntimeError(f"expected {report.sorted_layers} fp32 com.microsoft.MoE nodes to sort by expert")
     kernels = count_prompt_kernels(onnx_model.graph.node)
-    if hoist_grouped_attention(onnx_model) != kernels:
+    split = split_by_length(onnx_model, int8_steps=quantized is not None)
+    if split:
+        report.split_by_length = split
+    outer = frozenset(init.name for init in onnx_model.graph.initializer)
+    if hoist_grouped_attention(long_body(onnx_model) if split else onnx_model.graph, outer) != kernels:
         raise RuntimeError(f"expected {kernels} attention switches to take the grouped form out of")
     if kernels:
         report.prompt_attention = {"op": "com.microsoft.GroupQueryAttention", "from_tokens": attention.MIN_PROMPT_KERNEL_TOKENS,
                                    "attention_layers": kernels}
     _strip_trace_metadata(onnx_model)
-    split = quantized is not None and split_by_length(onnx_model)
-    if split:
+    int8_steps = quantized is not None and split is not None
+    if int8_steps:
         quantized["decode_compute"] = "int8"
     metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
                 "moe_compile.model_sha256": moe_model.fingerprint["sha256"],
@@ -252,7 +259,8 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
                 "moe_compile.top_k": json.dumps({str(k): v for k, v in sorted(top_k.items())}),
                 "moe_compile.max_positions": str(moe_model.config.max_position_embeddings),  # the served context
                 **({QUANTIZE_METADATA_KEY: quantized["scheme"]} if quantized else {}),
-                **({DECODE_COMPUTE_KEY: "int8"} if split else {}),
+                **({SPLIT_KEY: split} if split else {}),
+                **({DECODE_COMPUTE_KEY: "int8"} if int8_steps else {}),
                 **({MOE_PROMPTS_KEY: SORTED} if sorted_experts else {}),
                 **({ORT_FUSIONS_KEY: json.dumps(report.ort_fusions)} if report.ort_fusions else {}),
                 **({NORM_FUSIONS_KEY: json.dumps(report.norm_fusions)} if report.norm_fusions else {}),
@@ -297,7 +305,8 @@ def _trace(model: torch.nn.Module, dtype: torch.dtype, report: LoweringReport, l
     wrapper = CausalLMWithCache(model).eval()
     inputs = example_inputs(model, dtype)
     prompt_kernel = report.target == "onnxruntime" and dtype in (torch.float32, torch.float16)
-    with torch.no_grad(), _quiet_exporter(), grouped_attention(model, enabled=not sdpa_form, prompt_kernel=prompt_kernel):
+    with torch.no_grad(), _quiet_exporter(), grouped_attention(model, enabled=not sdpa_form, prompt_kernel=prompt_kernel), \
+            fused_rotary(model, enabled=prompt_kernel and not sdpa_form):
         try:
             program = _torch_onnx_export(wrapper, inputs, num_layers, report, layers, optimize)
         except MoeCompileError:
@@ -352,7 +361,8 @@ def _torch_onnx_export(wrapper, inputs, num_layers: int, report: LoweringReport,
             output_names=["logits", *present_names(num_layers)],
             custom_translation_table={
                 torch.ops.moe_compile.grouped_moe.default: translation(report.target, report, layers),
-                torch.ops.moe_compile.causal_prompt_attention.default: lower_to_group_query_attention},
+                torch.ops.moe_compile.causal_prompt_attention.default: lower_to_group_query_attention,
+                torch.ops.moe_compile.rotary.default: lower_to_rotary_embedding},
             optimize=optimize, verbose=False)
 
 

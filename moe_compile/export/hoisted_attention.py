@@ -26,26 +26,25 @@ from __future__ import annotations
 
 from onnx import TensorProto, helper
 
-from .lowering.prompt_attention import count_prompt_kernels
-from .subgraphs import all_nodes, renamed
+from .lowering.prompt_attention import is_attention_switch
+from .subgraphs import ELSE, THEN, branch, outer_reads, renamed
 
 _QUERY, _KEY, _VALUE = range(3)  # GroupQueryAttention's inputs
 _ZERO, _SEQUENCE_AXIS, _ROWS_AXIS = "hoisted_attention.zero", "hoisted_attention.sequence_axis", "hoisted_attention.rows_axis"
 
 
-def hoist_grouped_attention(onnx_model) -> int:
-    """In place, for every If of the main graph whose then-branch runs GroupQueryAttention -> how many."""
-    graph = onnx_model.graph
-    constants = {init.name for init in graph.initializer}
+def hoist_grouped_attention(graph, outer_constants: frozenset[str] = frozenset()) -> int:
+    """In place, for every If of `graph` (a GraphProto: the main graph, or the prompt body of a
+    graph split by length, whose graph around it holds `outer_constants`) that is an attention's
+    prompt switch -> how many."""
+    constants = set(outer_constants) | {init.name for init in graph.initializer}
     constants |= {name for node in graph.node if node.op_type == "Constant" for name in node.output}
     nodes, hoisted, prefixes = [], 0, {}
     for node in graph.node:
-        branches = {attr.name: attr.g for attr in node.attribute} if node.op_type == "If" else {}
-        kernel = branches.get("then_branch")
-        if kernel is None or not count_prompt_kernels(kernel.node):
+        if not is_attention_switch(node):
             nodes.append(node)
             continue
-        nodes += _hoisted(node, kernel, branches["else_branch"], constants, graph, prefixes)
+        nodes += _hoisted(node, branch(node, THEN), branch(node, ELSE), constants, graph, prefixes)
         hoisted += 1
     if hoisted:
         graph.initializer.extend([helper.make_tensor(_ZERO, TensorProto.INT64, [1], [0]),
@@ -64,7 +63,7 @@ def _hoisted(switch, kernel, grouped, constants: set[str], graph, prefixes: dict
     (output,) = switch.output
     flag = switch.input[0]
     query, key, value = (_packed_operand(kernel, index) for index in (_QUERY, _KEY, _VALUE))
-    others = _outer_reads(grouped) - constants - {query, key, value}
+    others = outer_reads(grouped.node) - {init.name for init in grouped.initializer} - constants - {query, key, value}
     if len(others) > 1:
         raise RuntimeError(f"{switch.name}: the grouped attention reads {sorted(others)}; expected at most its mask")
     mask = next(iter(others), None)
@@ -115,16 +114,6 @@ def _packed_operand(kernel, index: int) -> str:
             raise RuntimeError(f"GroupQueryAttention input {index} is not a packed [B, N, S, D] value")
         name = node.input[0]
     return name
-
-
-def _outer_reads(branch) -> set[str]:
-    """The values `branch` reads from the graphs around it."""
-    produced = {init.name for init in branch.initializer}
-    reads = set()
-    for node in all_nodes(branch.node):
-        reads |= {name for name in node.input if name and name not in produced}
-        produced |= set(node.output)
-    return reads
 
 
 def _axes(shape_node) -> tuple[int | None, int | None]:

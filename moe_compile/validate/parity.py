@@ -27,7 +27,7 @@ from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
 from moe_compile.errors import InvalidInput
 from moe_compile.export.decoder import decoder_inputs, empty_past, past_names
-from moe_compile.export.length_dispatch import METADATA_KEY as DECODE_COMPUTE_KEY
+from moe_compile.export.length_dispatch import DECODE_COMPUTE_KEY
 from moe_compile.export.length_dispatch import prompt_graph
 from moe_compile.export.lowering import TARGETS, moe_output_name
 from moe_compile.onnx_files import read_onnx_graph

@@ -9,7 +9,8 @@ import torch
 
 from moe_compile.export.decoder import CausalLMWithCache, decoder_inputs, example_inputs, past_names
 from moe_compile.export.grouped_attention import grouped_attention, grouped_query_attention
-from moe_compile.export.subgraphs import all_nodes
+from moe_compile.export.length_dispatch import long_body
+from moe_compile.export.subgraphs import all_nodes, subgraphs
 from tiny_models import TINY_CONFIGS, tiny_model
 
 
@@ -82,15 +83,18 @@ def _derives_from(graph, name: str, prefixes: tuple[str, ...], through: tuple[st
 
 
 def test_export_reads_the_cache_without_repeating_it(tiny_onnx):
-    graph = onnx.load(tiny_onnx, load_external_data=False).graph
-    cache = ("past_key_values.", "present.")
-    nodes = list(all_nodes(graph.node))
-    repeats = [node.name for node in nodes if node.op_type in ("Expand", "Tile") and _derives_from(graph, node.input[0], cache)]
-    assert repeats == []
-    products = [node for node in nodes if node.op_type == "MatMul"
-                and any(_derives_from(graph, value, cache, _VIEWS + ("Transpose",)) for value in node.input)]
+    model = onnx.load(tiny_onnx, load_external_data=False)
+    graph = model.graph
     layers = sum(value.name.startswith("past_key_values.") for value in graph.input) // 2
-    assert len(products) == 2 * layers  # per layer, the scores and the weighted values read the cache itself
+    cache = ("past_key_values.", "present.")
+    (dispatch,) = [node for node in graph.node if node.op_type == "If"]  # split by length: two bodies
+    for body in subgraphs(dispatch):
+        nodes = list(all_nodes(body.node))
+        repeats = [node.name for node in nodes if node.op_type in ("Expand", "Tile") and _derives_from(body, node.input[0], cache)]
+        assert repeats == [], body.name
+        products = [node for node in nodes if node.op_type == "MatMul"
+                    and any(_derives_from(body, value, cache, _VIEWS + ("Transpose",)) for value in node.input)]
+        assert len(products) == 2 * layers, body.name  # per layer, the scores and the weighted values read the cache itself
 
 
 def _ops_run(session_path, feed: dict, profiles) -> tuple[set[str], np.ndarray]:
@@ -134,8 +138,10 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
     if kernel:
         assert len(kernels) == layers == report["prompt_attention"]["attention_layers"]
         assert metadata["moe_compile.prompt_attention"] == "GroupQueryAttention from 6 tokens"
-        # the grouped form runs in the main graph (export/hoisted_attention.py); each If holds the kernel alone
-        switches = [node for node in onnx_model.graph.node if node.op_type == "If" and count_prompt_kernels([node])]
+        # decode steps run a body without switches (export/length_dispatch.py); in the prompts' body the
+        # grouped form runs outside the If (export/hoisted_attention.py), which holds the kernel alone
+        assert metadata["moe_compile.split_by_length"] == report["split_by_length"]
+        switches = [node for node in long_body(onnx_model).node if node.op_type == "If" and count_prompt_kernels([node])]
         assert len(switches) == layers
         assert all([inner.op_type for inner in branch.node] == ["Slice"]
                    for switch in switches for attr in switch.attribute if attr.name == "else_branch" for branch in [attr.g])

@@ -12,8 +12,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from moe_compile.export.length_dispatch import FEW_TOKENS, ONE_TOKEN
 from moe_compile.export.lowering.onnxruntime import register_ms_schema
-from moe_compile.export.lowering.sorted_experts import MIN_SORTED_TOKENS, sort_multi_token_experts
+from moe_compile.export.lowering.sorted_experts import MIN_SORTED_TOKENS, is_expert_switch, sort_multi_token_experts
+from moe_compile.export.subgraphs import all_nodes
 from tiny_models import prompt_logits
 
 E, H, I = 6, 16, 8
@@ -132,14 +134,22 @@ def test_export_sorts_prompts_by_default_and_node_keeps_the_node(tiny_model_dirs
                      "--out", str(path), "--json"]) == 0
         report = json.loads(capsys.readouterr().out)
         model = onnx.load(path, load_external_data=False)
-        switches = [node for node in model.graph.node if node.op_type == "If" and node.name.endswith(".by_tokens")]
         metadata = {prop.key: prop.value for prop in model.metadata_props}
+        (dispatch,) = [node for node in model.graph.node if node.op_type == "If"]  # split by length
+        bodies = {attr.name: attr.g for attr in dispatch.attribute}
+        moe_nodes = {name: [node for node in body.node if node.op_type == "MoE"] for name, body in bodies.items()}
         sorted_layers = [layer for layer in report["moe_layers"] if "prompts_lowered_to" in layer]
+        assert not [node for node in all_nodes(model.graph.node) if is_expert_switch(node)]  # each resolved in its body
         if mode == "sorted":
-            assert len(switches) == len(report["moe_layers"]) == len(sorted_layers) > 0
+            # few tokens run the node, more the sorted experts
+            assert len(moe_nodes["then_branch"]) == len(report["moe_layers"]) == len(sorted_layers) > 0
+            assert moe_nodes["else_branch"] == []
             assert metadata["moe_compile.moe_prompts"] == "sorted"
+            assert metadata["moe_compile.split_by_length"] == report["split_by_length"] == FEW_TOKENS
         else:
-            assert not switches and not sorted_layers and "moe_compile.moe_prompts" not in metadata
+            assert len(moe_nodes["then_branch"]) == len(moe_nodes["else_branch"]) == len(report["moe_layers"])
+            assert not sorted_layers and "moe_compile.moe_prompts" not in metadata
+            assert metadata["moe_compile.split_by_length"] == ONE_TOKEN  # the attentions' switches still split it
         outputs[mode] = prompt_logits(path)
     np.testing.assert_allclose(outputs["sorted"], outputs["node"], rtol=1e-4, atol=1e-4)
     assert main(["inspect", str(tiny_model_dirs["qwen2_moe"]), "--json"]) == 0

@@ -61,6 +61,7 @@ class LoweringReport:
     ort_fusions: dict[str, int] = field(default_factory=dict)  # contrib op -> how many (export/ort_fusions.py)
     norm_fusions: dict[str, int] = field(default_factory=dict)  # the default fp32 fusions (ort_fusions.fuse_norms)
     prompt_attention: dict = field(default_factory=dict)  # the attentions long prompts run as a kernel (prompt_attention.py)
+    split_by_length: str | None = None  # the short body's condition (export/length_dispatch.py)
 
     def add(self, lowering: Lowering, attrs: GroupedMoEAttributes) -> None:
         self.layers.append({**lowering.as_dict(), "top_k": attrs.top_k})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import onnxscript
 from onnxscript import opset18 as op
 
-from ..subgraphs import all_nodes
+from ..subgraphs import THEN, all_nodes, branch
 from .onnxruntime import register_ms_schema
 from .ort_support import MS_DOMAIN
 from .standard import ints
@@ -51,3 +51,9 @@ def lower_to_group_query_attention(query, key, value, scale: float):
 def count_prompt_kernels(nodes) -> int:
     """GroupQueryAttention nodes among `nodes` (NodeProtos) and their subgraphs."""
     return sum(node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN for node in all_nodes(nodes))
+
+
+def is_attention_switch(node) -> bool:
+    """Whether `node` is an attention's prompt switch: an If whose then-branch runs the kernel."""
+    kernel = branch(node, THEN)
+    return kernel is not None and count_prompt_kernels(kernel.node) > 0

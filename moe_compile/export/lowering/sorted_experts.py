@@ -29,6 +29,7 @@ METADATA_KEY = "moe_compile.moe_prompts"  # SORTED: the file holds the If above
 SORTED, NODE = "sorted", "node"  # `export --moe-prompts`
 MOE_PROMPTS = (SORTED, NODE)
 _FC1, _FC1_BIAS, _FC2, _FC2_BIAS = 2, 3, 4, 5
+_SWITCH = ".by_tokens"  # the end of each switch's name
 
 
 def sort_multi_token_experts(onnx_model, min_tokens: int = MIN_SORTED_TOKENS) -> int:
@@ -48,6 +49,11 @@ def sort_multi_token_experts(onnx_model, min_tokens: int = MIN_SORTED_TOKENS) ->
     return switched
 
 
+def is_expert_switch(node) -> bool:
+    """Whether `node` is one of the Ifs above: the then-branch the sorted experts, the else-branch the node."""
+    return node.op_type == "If" and node.name.endswith(_SWITCH)
+
+
 def _switch(node, initializers: dict, new_initializers, min_tokens: int) -> list:
     """The nodes that replace `node`: its token count, the condition, the If."""
     out = node.output[0]
@@ -64,7 +70,7 @@ def _switch(node, initializers: dict, new_initializers, min_tokens: int) -> list
                          value=helper.make_tensor(f"{prefix}.min_tokens", TensorProto.INT64, [1], [min_tokens])),
         helper.make_node("GreaterOrEqual", [f"{prefix}.tokens", f"{prefix}.min_tokens"], [f"{prefix}.many"], name=f"{prefix}.many"),
         helper.make_node("Squeeze", [f"{prefix}.many"], [f"{prefix}.cond"], name=f"{prefix}.squeeze"),
-        helper.make_node("If", [f"{prefix}.cond"], [out], name=f"{node.name}.by_tokens",
+        helper.make_node("If", [f"{prefix}.cond"], [out], name=f"{node.name}{_SWITCH}",
                          then_branch=sorted_branch, else_branch=fused_branch),
     ]
 
