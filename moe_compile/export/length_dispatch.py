@@ -8,7 +8,8 @@ whether the input is a long whole causal prompt (GroupQueryAttention, export/gro
 Each switch is an If, and ONNX Runtime 1.32 charges for an If at every run: on onnx_speed.py's model
 (six layers, twelve switches) a decode step took 5.06 ms with them, 4.52 ms with each replaced by
 the branch a step takes, and 4.74 ms with the whole graph inside one If that resolves them (fresh
-sessions, 2 threads, by hand; docs/export.md): the bodies inside it run as fast as the main graph.
+sessions, 2 threads, one token fed at every step, by hand; docs/export.md): the bodies inside it
+run as fast as the main graph.
 
 int8 compute. MatMulNBits computes either in fp32 (accuracy_level 0: each weight block
 dequantized, then an fp32 product) or in int8 (accuracy_level 4: the activations quantized to int8
