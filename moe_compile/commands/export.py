@@ -43,7 +43,9 @@ def _lowering_table(report: dict) -> Table:
         ", fused: " + ", ".join(f"{count} {op}" for op, count in report["ort_fusions"].items())
         if report.get("ort_fusions") else "") + (
         f", prompts from {report['prompt_attention']['from_tokens']} tokens: GroupQueryAttention"
-        if report.get("prompt_attention") else ""))
+        if report.get("prompt_attention") else ""),
+        caption=f"decode steps and prompts in two bodies: short inputs ({report['split_by_length']}) run the first"
+        if report.get("split_by_length") else None)
     for column in ("layer", "top-k", "GroupedMoE lowered to", "routing", "why"):
         table.add_column(column)
     for layer in report["moe_layers"]:

@@ -92,7 +92,9 @@ def test_each_input_size_runs_its_body_and_matches_pytorch(tmp_path):
     import json
 
     import torch
+    from rich.console import Console
 
+    from moe_compile.commands.export import _lowering_table
     from moe_compile.compiler.loader import load_moe_model
     from moe_compile.export.decoder import CausalLMWithCache, example_inputs, past_names
     from moe_compile.export.exporter import export_onnx
@@ -101,7 +103,11 @@ def test_each_input_size_runs_its_body_and_matches_pytorch(tmp_path):
 
     model = save_tiny_model("qwen2_moe", tmp_path / "model")
     path = tmp_path / "model.onnx"
-    assert export_onnx(load_moe_model(tmp_path / "model"), path, target="onnxruntime").report.split_by_length == FEW_TOKENS
+    result = export_onnx(load_moe_model(tmp_path / "model"), path, target="onnxruntime")
+    assert result.report.split_by_length == FEW_TOKENS
+    console = Console(record=True, width=400)
+    console.print(_lowering_table(result.to_json()))  # what `export` prints
+    assert f"short inputs ({FEW_TOKENS}) run the first" in " ".join(console.export_text().split())
     layers, wrapper = model.config.num_hidden_layers, CausalLMWithCache(model)
     cases = {"one step": (1, 1, 3), "three sequences' step": (3, 1, 3), "prompt": (1, MIN_SORTED_TOKENS, 0),
              "four sequences' step": (4, 1, 3)}
