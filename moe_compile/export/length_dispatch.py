@@ -110,7 +110,7 @@ def prompt_graph(onnx_model) -> None:
     prompt = long_body(onnx_model)
     if prompt is None:
         return
-    nodes = renamed(prompt.node, {f"{output.name}": output.name.removesuffix(_BRANCH_SUFFIX) for output in prompt.output})
+    nodes = renamed(prompt.node, {output.name: output.name.removesuffix(_BRANCH_SUFFIX) for output in prompt.output})
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(prompt.initializer)
