@@ -31,3 +31,23 @@ def test_validate_opens_onnx_runtime_without_prepacking(tiny_model_dirs, tiny_on
 def test_the_default_session_prepacks(tiny_onnx):
     assert not prepacking_off(OnnxRuntimeRunner(tiny_onnx))
     assert prepacking_off(OnnxRuntimeRunner(tiny_onnx, prepack=False))
+
+
+def test_a_speed_session_reads_its_weights_file_ahead_and_validate_does_not(tiny_onnx, monkeypatch):
+    """bench's and eval's sessions read `model.onnx.data` once through the page cache before ONNX
+    Runtime maps it (onnxrt.read_ahead_weights: mapped in 2 MiB pages then); validate's does not,
+    nor one whose file is more than half the memory available."""
+    from moe_compile.validate import memory
+    from moe_compile.validate.runners import onnxrt
+
+    size = tiny_onnx.with_name(f"{tiny_onnx.name}.data").stat().st_size
+    assert size > 0 and onnxrt.read_ahead_weights(tiny_onnx) == size
+    reads = []
+    monkeypatch.setattr(onnxrt, "read_ahead_weights", lambda path: reads.append(path) or 0)
+    OnnxRuntimeRunner(tiny_onnx)
+    OnnxRuntimeRunner(tiny_onnx, prepack=False)
+    assert reads == [tiny_onnx]
+    monkeypatch.undo()
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2 * size - 2)
+    assert onnxrt.read_ahead_weights(tiny_onnx) == 0
+    assert onnxrt.read_ahead_weights(tiny_onnx.with_name("missing.onnx")) == 0

@@ -34,6 +34,8 @@ class OnnxRuntimeRunner:
         if not prepack:
             options.add_session_config_entry("session.disable_prepacking", "1")
         source = str(path)
+        if prepack and graph is None:
+            read_ahead_weights(Path(path))
         if graph is not None:
             options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                              str(Path(path).parent))
@@ -79,6 +81,34 @@ class OnnxRuntimeRunner:
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         return {name: value if name in keep else value.numpy() for name, value in outputs.items()}
+
+
+def read_ahead_weights(path: Path, chunk_bytes: int = 16 << 20) -> int:
+    """Read `path`'s external data file (moe-compile writes it beside the graph as `path.data`)
+    once, through the page cache, before a session maps it -> the bytes read (0: none read).
+
+    The export writes that file past the page cache (direct_file.py), and ONNX Runtime maps it:
+    weights it reads where they are mapped (com.microsoft.MoE's experts) were then faulted in as
+    4 KiB pages; read through the page cache first, the file was mapped with 2 MiB pages
+    (`FilePmdMapped` in /proc/self/smaps_rollup: 0 against 90 MB) and a decode step of
+    onnx_speed.py's fp32 model took 5.47 against 6.00 ms (medians of 4 fresh sessions each, the
+    file dropped from the cache before each, by hand, 2026-12-06; docs/export.md). Skipped for a
+    file larger than half the memory available: reading it would push out what the session needs."""
+    from moe_compile.validate.memory import available_bytes
+
+    data = path.with_name(f"{path.name}.data")
+    try:
+        size = data.stat().st_size
+    except OSError:
+        return 0
+    available = available_bytes()
+    if available is not None and size > available // 2:
+        return 0
+    read = 0
+    with open(data, "rb", buffering=0) as file:
+        while chunk := file.read(chunk_bytes):
+            read += len(chunk)
+    return read
 
 
 _NUMPY_TYPES = {row.ort: np.dtype(row.numpy) for row in ELEMENT_TYPES if row.ort and row.numpy}  # moe_compile/dtypes.py
