@@ -14,7 +14,7 @@ import contextlib
 import resource
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
@@ -31,38 +31,70 @@ def status_bytes(field: str) -> int | None:
     return None
 
 
+class PeriodicSampler:
+    """`take()` every `interval_s` seconds on a daemon thread between `start()` and `stop()`, once
+    more on stopping; `paused()` stops it for a timed section (on a 2-core machine the wake-ups cost
+    a run a few per cent of its speed; validate/memory.py), taking a sample on entry and exit."""
+
+    def __init__(self, take: Callable[[], object], interval_s: float, name: str) -> None:
+        self.take, self.interval_s, self.name = take, interval_s, name
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """Its thread is sampling."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, args=(self._stop,), name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self.take()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        if self._thread is None:
+            yield
+            return
+        self.stop()
+        try:
+            yield
+        finally:
+            self.take()
+            self.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval_s):
+            self.take()
+
+
 class AnonPeakSampler:
     """The largest RssAnon seen since `start()`, sampled every `interval_s` seconds."""
 
     def __init__(self, interval_s: float = 0.005) -> None:
-        self.interval_s = interval_s
         self.peak_bytes: int | None = None
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._sampling = PeriodicSampler(self.sample, interval_s, "anon-rss-sampler")
+
+    @property
+    def running(self) -> bool:
+        return self._sampling.running
 
     def start(self) -> AnonPeakSampler:
-        if self._thread is None and status_bytes("RssAnon") is not None:
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, args=(self._stop,), name="anon-rss-sampler", daemon=True)
-            self._thread.start()
+        if status_bytes("RssAnon") is not None:
+            self._sampling.start()
         return self
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """No sampling inside (a timed section: on a 2-core machine the wake-ups cost a run a few per
-        cent of its speed; validate/memory.py); the resident set on entry and exit is still taken."""
-        if self._thread is None:
-            yield
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-        self.sample()
-        try:
-            yield
-        finally:
-            self.sample()
-            self.start()
+    def paused(self):
+        """No sampling inside (bench's timed runs); the resident set on entry and exit is still taken."""
+        return self._sampling.paused()
 
     def sample(self) -> int | None:
         now = status_bytes("RssAnon")
@@ -70,10 +102,6 @@ class AnonPeakSampler:
             with self._lock:
                 self.peak_bytes = max(self.peak_bytes or 0, now)
         return self.peak_bytes
-
-    def _run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval_s):
-            self.sample()
 
 
 _SAMPLER = AnonPeakSampler()
@@ -104,7 +132,7 @@ def peak_memory() -> dict:
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     hwm = status_bytes("VmHWM")
     report = {"peak_rss_bytes": hwm if hwm is not None else maxrss * (1 if sys.platform == "darwin" else 1024),
-              "peak_anon_rss_bytes": _SAMPLER.sample() if _SAMPLER._thread is not None else None}
+              "peak_anon_rss_bytes": _SAMPLER.sample() if _SAMPLER.running else None}
     if _HELPER_PEAKS:
         helper_anon = max((peak.get("peak_anon_rss_bytes") or 0 for peak in _HELPER_PEAKS), default=0)
         report.update(helper_peak_rss_bytes=max(peak["peak_rss_bytes"] for peak in _HELPER_PEAKS),

@@ -13,12 +13,11 @@ which is why benchmarks build each backend fresh and report growth, not totals.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
+
+from moe_compile.process_memory import PeriodicSampler
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _STATM = Path("/proc/self/statm")
@@ -40,22 +39,18 @@ class PeakMemory:
     `peak.device_bytes`."""
 
     def __init__(self, interval_s: float = 0.001, cuda: bool = False) -> None:
-        self.interval_s = interval_s
         self.cuda = cuda
         self.host_bytes: int | None = None
         self.host_anon_bytes: int | None = None
         self.device_bytes: int | None = None
-        self._thread: threading.Thread | None = None
+        self._sampling = PeriodicSampler(lambda: self._take(_statm()), interval_s, "peak-memory")
+        self._sampled = False  # /proc/self/statm was there when the measurement began
         self._start = self._peak = self._start_anon = self._peak_anon = 0
 
     def _take(self, statm: tuple[int, int] | None) -> None:
         if statm is not None:
             self._peak = max(self._peak, statm[0])
             self._peak_anon = max(self._peak_anon, statm[0] - statm[1])
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._take(_statm())
 
     def __enter__(self) -> Self:
         if self.cuda:
@@ -67,34 +62,17 @@ class PeakMemory:
         if start is not None:
             self._start = self._peak = start[0]
             self._start_anon = self._peak_anon = start[0] - start[1]
-            self._start_sampling()
+            self._sampled = True
+            self._sampling.start()
         return self
 
-    def _start_sampling(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _stop_sampling(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._take(_statm())
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
+    def paused(self):
         """No sampling inside (a timed section); what is resident on entry and exit still counts."""
-        if self._thread is None:
-            yield
-            return
-        self._stop_sampling()
-        try:
-            yield
-        finally:
-            self._start_sampling()
+        return self._sampling.paused()
 
     def update(self) -> None:
         """Read the peaks so far into host_bytes / device_bytes (also done on exit)."""
-        if self._thread is not None:
+        if self._sampled:
             self._take(_statm())
             self.host_bytes = self._peak - self._start
             self.host_anon_bytes = self._peak_anon - self._start_anon
@@ -105,8 +83,7 @@ class PeakMemory:
             self.device_bytes = torch.cuda.max_memory_allocated()
 
     def __exit__(self, *exc) -> None:
-        if self._thread is not None:
-            self._stop_sampling()
+        self._sampling.stop()
         self.update()
 
 

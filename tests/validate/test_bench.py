@@ -78,11 +78,11 @@ def test_peak_memory_does_not_sample_while_paused():
 
     with PeakMemory() as peak:
         with peak.paused():
-            assert not peak._thread.is_alive()
+            assert not peak._sampling.running
             block = np.ones(64 * 2**20, dtype=np.uint8)
             time.sleep(0.05)
             del block
-        assert peak._thread.is_alive()
+        assert peak._sampling.running
         peak.update()
         assert peak.host_anon_bytes < 32 * 2**20
         with peak.paused():
@@ -97,9 +97,9 @@ def test_the_commands_anonymous_peak_sampler_stops_while_paused():
 
     sampler = AnonPeakSampler().start()
     with sampler.paused():
-        assert sampler._thread is None
+        assert not sampler.running
         held = np.ones(32 * 2**20, dtype=np.uint8)
-    assert sampler._thread.is_alive() and sampler.peak_bytes >= held.nbytes
+    assert sampler.running and sampler.peak_bytes >= held.nbytes
 
 
 def test_peak_memory_tells_a_mapped_file_from_anonymous_memory(tmp_path):
