@@ -3,12 +3,15 @@
     check --out -> load the model -> apply the plan (rewrite) -> wrap with its KV cache
     -> torch.onnx (dynamo), translating each GroupedMoE call for the target
     -> onnxruntime target, fp32: tables only Gather reads (the embedding) kept at the checkpoint's bf16/fp16
-    -> with --ort-fusions (onnxruntime target, fp32): attention and norms as ONNX Runtime's fused ops
+    -> onnxruntime target: RoPE as RotaryEmbedding while tracing; RMS norms fused (fp32), or with
+       --ort-fusions (fp32) attention and norms as ONNX Runtime's fused ops
     -> the target's weight pass (onnxruntime: reorder experts, interleave fc1)
     -> with --quantize (onnxruntime target): experts to QMoE, dense projections to MatMulNBits
        (their values computed as they are written) -> name each layer's MoE output
     -> onnxruntime, fp32 experts: com.microsoft.MoE for a few tokens, sorted experts for more
-    -> strip trace metadata -> with --quantize: split by input length (decode steps compute in int8)
+    -> onnxruntime, with those switches or the attentions' or --quantize: split by input length (no
+       switch in a decode step; with --quantize decode steps compute in int8); attention switches hoisted
+    -> strip trace metadata
     -> add moe_compile metadata -> check -> staged save and rename
 """
 
@@ -231,9 +234,10 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
             layers: list[int], quantized: dict | None = None) -> None:
     """The graph-level steps both paths share, on the ModelProto: MoE output names, fp32
     com.microsoft.MoE nodes switched by token count (lowering/sorted_experts.py; the report says so
-    per layer), the attentions that run long prompts as GroupQueryAttention counted, no trace
-    metadata, a quantized graph (`quantized`: the quantize pass's summary) split by input length
-    (export/length_dispatch.py), moe_compile metadata."""
+    per layer), the attentions that run long prompts as GroupQueryAttention counted, the graph split
+    by input length where it has switches or is quantized (`quantized`: the quantize pass's summary;
+    export/length_dispatch.py) and the attention switches hoisted, no trace metadata, moe_compile
+    metadata."""
     target = report.target
     _name_moe_outputs(onnx_model, layers)
     sorted_experts = report.sorted_layers > 0
@@ -242,7 +246,7 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
     kernels = count_prompt_kernels(onnx_model.graph.node)
     split = split_by_length(onnx_model, int8_steps=quantized is not None)
     if split:
-        report.split_by_length = split
+        report.split_by_length = split.condition
     outer = frozenset(init.name for init in onnx_model.graph.initializer)
     if hoist_grouped_attention(long_body(onnx_model) if split else onnx_model.graph, outer) != kernels:
         raise RuntimeError(f"expected {kernels} attention switches to take the grouped form out of")
@@ -250,7 +254,7 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
         report.prompt_attention = {"op": "com.microsoft.GroupQueryAttention", "from_tokens": attention.MIN_PROMPT_KERNEL_TOKENS,
                                    "attention_layers": kernels}
     _strip_trace_metadata(onnx_model)
-    int8_steps = quantized is not None and split is not None
+    int8_steps = split is not None and split.int8
     if int8_steps:
         quantized["decode_compute"] = "int8"
     metadata = {"moe_compile.target": target, "moe_compile.dtype": dtype,
@@ -259,7 +263,7 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
                 "moe_compile.top_k": json.dumps({str(k): v for k, v in sorted(top_k.items())}),
                 "moe_compile.max_positions": str(moe_model.config.max_position_embeddings),  # the served context
                 **({QUANTIZE_METADATA_KEY: quantized["scheme"]} if quantized else {}),
-                **({SPLIT_KEY: split} if split else {}),
+                **({SPLIT_KEY: split.condition} if split else {}),
                 **({DECODE_COMPUTE_KEY: "int8"} if int8_steps else {}),
                 **({MOE_PROMPTS_KEY: SORTED} if sorted_experts else {}),
                 **({ORT_FUSIONS_KEY: json.dumps(report.ort_fusions)} if report.ort_fusions else {}),

@@ -43,6 +43,7 @@ built so). Prompts (and `eval --onnx`, which scores whole windows at once) run t
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 from onnx import TensorProto, helper
 
@@ -61,10 +62,15 @@ _BRANCH_SUFFIX = ".branch"  # a branch's outputs, named apart from the If's own 
 _DISPATCH = "dispatch"  # the If's name (long_body finds it by it), the prefix of the nodes that feed it
 
 
-def split_by_length(onnx_model, int8_steps: bool = False) -> str | None:
-    """In place: the graph as `If(short input, short body, long body)` -> the short body's
-    condition (FEW_TOKENS or ONE_TOKEN); None, the graph unchanged, when it has no switch and
-    nothing to compute in int8. `int8_steps`: the short body computes in int8 (a quantized graph)."""
+class Split(NamedTuple):
+    condition: str  # what makes an input short: FEW_TOKENS or ONE_TOKEN
+    int8: bool  # the short body computes in int8 (DECODE_COMPUTE_KEY)
+
+
+def split_by_length(onnx_model, int8_steps: bool = False) -> Split | None:
+    """In place: the graph as `If(short input, short body, long body)` -> how it was split; None,
+    the graph unchanged, when it has no switch and nothing to compute in int8. `int8_steps`: the
+    short body computes in int8 where the graph has MatMulNBits (a quantized graph)."""
     graph = onnx_model.graph
     experts = any(is_expert_switch(node) for node in graph.node)
     attention = any(is_attention_switch(node) for node in graph.node)
@@ -94,7 +100,7 @@ def split_by_length(onnx_model, int8_steps: bool = False) -> str | None:
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]  # moved into the bodies, where those values now live
-    return condition
+    return Split(condition, int8)
 
 
 def long_body(onnx_model):

@@ -48,7 +48,7 @@ def _with_accuracy_level(model: onnx.ModelProto, level: int) -> onnx.ModelProto:
 def test_one_token_runs_int8_compute_and_prompts_fp32():
     model = _projection_model()
     split = copy.deepcopy(model)
-    assert split_by_length(split, int8_steps=True) == ONE_TOKEN
+    assert split_by_length(split, int8_steps=True) == (ONE_TOKEN, True)
     ids = np.arange(2 * 5).reshape(2, 5) % VOCAB
     step = ids[:, :1]
     fp32_compute, int8_compute = model, _with_accuracy_level(model, 4)
