@@ -84,30 +84,33 @@ class OnnxRuntimeRunner:
 
 
 def read_ahead_weights(path: Path, chunk_bytes: int = 16 << 20) -> int:
-    """Read `path`'s external data file (moe-compile writes it beside the graph as `path.data`)
-    once, through the page cache, before a session maps it -> the bytes read (0: none read).
+    """Read the external-data files the ONNX file at `path` names (moe-compile's: `path.data`) once,
+    through the page cache, before a session maps them -> the bytes read (0: none read).
 
     The export writes that file past the page cache (direct_file.py), and ONNX Runtime maps it:
     weights it reads where they are mapped (com.microsoft.MoE's experts) were then faulted in as
     4 KiB pages; read through the page cache first, the file was mapped with 2 MiB pages
     (`FilePmdMapped` in /proc/self/smaps_rollup: 0 against 90 MB) and a decode step of
     onnx_speed.py's fp32 model took 5.47 against 6.00 ms (medians of 4 fresh sessions each, the
-    file dropped from the cache before each, by hand, 2026-12-06; docs/export.md). Skipped for a
-    file larger than half the memory available: reading it would push out what the session needs."""
+    file dropped from the cache before each, by hand, 2026-12-06; docs/export.md). Skipped for
+    files larger than half the memory available (reading them would push out what the session
+    needs), and for a file the session will refuse anyway (it says why)."""
+    from moe_compile.onnx_files import external_data_files, read_onnx_graph
     from moe_compile.validate.memory import available_bytes
 
-    data = path.with_name(f"{path.name}.data")
     try:
-        size = data.stat().st_size
-    except OSError:
+        files = [path.parent / name for name in external_data_files(read_onnx_graph(path), path)]
+        size = sum(file.stat().st_size for file in files)
+    except (InvalidInput, OSError):
         return 0
     available = available_bytes()
     if available is not None and size > available // 2:
         return 0
     read = 0
-    with open(data, "rb", buffering=0) as file:
-        while chunk := file.read(chunk_bytes):
-            read += len(chunk)
+    for name in files:
+        with open(name, "rb", buffering=0) as file:
+            while chunk := file.read(chunk_bytes):
+                read += len(chunk)
     return read
 
 
