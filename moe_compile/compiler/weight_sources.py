@@ -110,7 +110,9 @@ class WeightRecipe:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.source_shape if self.perm is None else tuple(self.source_shape[axis] for axis in self.perm)
+        shape = self.source_shape if self.perm is None else tuple(self.source_shape[axis] for axis in self.perm)
+        laid_out = getattr(self.expert_layout, "laid_out_shape", None)  # a layout that regroups the experts
+        return shape if laid_out is None else laid_out(shape)
 
     def slices(self) -> Iterator[torch.Tensor]:
         """The tensor in its final layout and dtype, in order along its first axis, a slice at a time."""

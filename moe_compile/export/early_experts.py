@@ -66,7 +66,7 @@ _QUANTIZED_FIELDS = ("gate_up", "down")  # what export --quantize makes QMoE's p
 
 
 def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str,
-                 quantize: QuantScheme | None = None) -> list[tuple[str, str, SlicedTensor]]:
+                 quantize: QuantScheme | None = None, expert_halves: bool = False) -> list[tuple[str, str, SlicedTensor]]:
     """(module path, ExpertWeights field, tensor) of every MoE-layer tensor the graph is expected
     to hold, layer by layer: each parameter as read, or for `quantize`, a QMoE layer's experts as
     their packed values and scales."""
@@ -76,8 +76,8 @@ def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str,
         if not isinstance(module, StaticTopKMoE):
             continue
         lowering = choose_lowering(target, module.attributes, has_score_bias=module.score_bias is not None,
-                                   quantized=quantize is not None)
-        layouts = expert_field_layouts(target, lowering)
+                                   quantized=quantize is not None, expert_halves=expert_halves)
+        layouts = expert_field_layouts(target, lowering, intermediate=module.w_down.shape[-1])
         for attr, field in MOE_FIELDS.items():
             weight = getattr(module, attr, None)
             if field not in _EARLY_FIELDS or weight is None:
@@ -102,8 +102,8 @@ class EarlyMoEWrites:
     where each tensor is; `cancel()` stops it. The caller calls `cancel()` on its way out in any case."""
 
     def __init__(self, skeleton: torch.nn.Module, moe_model: MoEModel, target: str, data_path: Path,
-                 quantize: QuantScheme | None = None) -> None:
-        tensors = _moe_tensors(skeleton, moe_model, target, quantize)
+                 quantize: QuantScheme | None = None, expert_halves: bool = False) -> None:
+        tensors = _moe_tensors(skeleton, moe_model, target, quantize, expert_halves)
         self._keys = [recipe_key(tensor) for _, _, tensor in tensors]
         self.planned: dict[tuple, tuple[int, int] | None] = {}  # recipe key -> (offset, length); None: inline
         end = 0

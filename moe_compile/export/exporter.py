@@ -56,7 +56,7 @@ from .lowering.prompt_attention import METADATA_KEY as PROMPT_ATTENTION_KEY
 from .lowering.prompt_attention import count_prompt_kernels, lower_to_group_query_attention
 from .lowering.rotary_embedding import lower_to_rotary_embedding
 from .lowering.sorted_experts import METADATA_KEY as MOE_PROMPTS_KEY
-from .lowering.sorted_experts import MOE_PROMPTS, SORTED, sort_multi_token_experts
+from .lowering.sorted_experts import MOE_PROMPTS, NODE, SORTED, sort_multi_token_experts
 from .ort_fusions import METADATA_KEY as ORT_FUSIONS_KEY
 from .ort_fusions import NORM_FUSIONS_KEY, fuse_for_onnxruntime, fuse_norms
 from .quantize_pass import quantize_graph
@@ -163,13 +163,14 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
     out = check_writable(out)
     if top_k is None and plan:
         top_k = load_plan(plan, moe_model)
-    report = LoweringReport(target, quantized=quantize is not None, sorted_prompts=moe_prompts == SORTED and dtype == "fp32")
+    report = LoweringReport(target, quantized=quantize is not None, sorted_prompts=moe_prompts == SORTED and dtype == "fp32",
+                            expert_halves=moe_prompts == NODE and dtype == "fp32" and quantize is None)
     layers = [spec.index for spec in moe_model.layers]
     quantized = None
     if streamed:
         model, top_k = skeleton_model(moe_model, dtype, top_k)
         with _staging(out) as staging:
-            early = EarlyMoEWrites(model, moe_model, target, staging / f"{out.name}.data", quantize)
+            early = EarlyMoEWrites(model, moe_model, target, staging / f"{out.name}.data", quantize, report.expert_halves)
             try:
                 program = _trace_streamed(model, DTYPES[dtype], report, layers, top_k, quantize is not None,
                                           sdpa_form=ort_fusions)
@@ -180,7 +181,8 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
                     narrow_lookup_tables(program.model.graph, checkpoint_dtypes(model, moe_model, "model."))
                 nodes = [(node.domain, node.op_type, [value.name if value is not None else "" for value in node.inputs])
                          for node in program.model.graph]
-                set_expert_layouts(program.model.graph, expert_layouts(target, nodes))
+                shapes = {name: tuple(value.shape) for name, value in program.model.graph.initializers.items()}
+                set_expert_layouts(program.model.graph, expert_layouts(target, nodes, shapes, report.expert_halves))
                 _fuse_for_onnxruntime(program.model, report, dtype, ort_fusions)
                 if quantize:
                     quantized = quantize_graph(program.model.graph, quantize)  # computed as it is written
@@ -196,7 +198,7 @@ def export_onnx(moe_model: MoEModel, out: str | Path, target: str = "onnx", plan
             narrow_lookup_tables(program.model.graph, checkpoint_dtypes(model, moe_model, "model."))
         _fuse_for_onnxruntime(program.model, report, dtype, ort_fusions)
         onnx_model = program.model_proto
-        weight_pass(target)(onnx_model)
+        weight_pass(target, report.expert_halves)(onnx_model)
         if quantize:
             onnx_ir_model = ir.serde.deserialize_model(onnx_model)
             quantized = quantize_graph(onnx_ir_model.graph, quantize)

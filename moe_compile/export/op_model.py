@@ -29,8 +29,10 @@ _WEIGHT_NAMES = ("w_gate_up", "w_down", "b_gate_up", "b_down", "score_bias")
 
 
 def grouped_moe_onnx(target: str, attrs: GroupedMoEAttributes, hidden_shape: tuple[int, int],
-                     weights: dict[str, torch.Tensor | None], dtype: torch.dtype) -> onnx.ModelProto:
-    """The ONNX model of one GroupedMoE call on `target`; `weights` by the op's argument names."""
+                     weights: dict[str, torch.Tensor | None], dtype: torch.dtype,
+                     expert_halves: bool = False) -> onnx.ModelProto:
+    """The ONNX model of one GroupedMoE call on `target`; `weights` by the op's argument names;
+    `expert_halves`: com.microsoft.MoE's experts in halves, as `export --moe-prompts node` has them."""
     import onnx_ir as ir
     import onnxscript
     from onnx_ir.tensor_adapters import TorchTensor
@@ -56,7 +58,7 @@ def grouped_moe_onnx(target: str, attrs: GroupedMoEAttributes, hidden_shape: tup
     hidden = graph_input("hidden", hidden_shape[1])
     logits = graph_input("router_logits", num_experts)
     tensors = {name: initializer(name) for name in _WEIGHT_NAMES}
-    report = LoweringReport(target)
+    report = LoweringReport(target, sorted_prompts=not expert_halves, expert_halves=expert_halves)
     translate = translation(target, report, [0])
     recorder = _building.OpRecorder(opset, {})
     with evaluator.default_as(recorder):
@@ -66,7 +68,7 @@ def grouped_moe_onnx(target: str, attrs: GroupedMoEAttributes, hidden_shape: tup
                      initializers=[value for value in tensors.values() if value is not None],
                      opset_imports={"": OPSET, "com.microsoft": 1, "moe_compile": 1})
     model = ir.serde.serialize_model(ir.Model(graph, ir_version=10))
-    weight_pass(target)(model)
+    weight_pass(target, expert_halves)(model)
     return model
 
 

@@ -132,6 +132,7 @@ def set_expert_layouts(graph: ir.Graph, layouts: dict[str, Callable[[torch.Tenso
         if value is None or not isinstance(value.const_value, StreamedTensor):
             raise RuntimeError(f"expert input '{name}' is not a weight read from the checkpoint")
         value.const_value = StreamedTensor(replace(value.const_value.recipe, expert_layout=layout), name)
+        value.shape = value.const_value.shape  # a layout may regroup the experts (experts in halves)
 
 
 def _tensor_bytes(const: ir.TensorProtocol) -> Iterator[memoryview]:

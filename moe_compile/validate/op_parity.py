@@ -114,9 +114,9 @@ class OnnxRuntimeLowering:
 
     DTYPES = ("fp32", "fp16")  # ONNX Runtime's CPU kernels have no bf16 MatMul
 
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.name = f"onnxruntime ({target} lowering)"
+    def __init__(self, target: str, expert_halves: bool = False) -> None:
+        self.target, self.expert_halves = target, expert_halves
+        self.name = f"onnxruntime ({target} lowering{', experts in halves' if expert_halves else ''})"
 
     def skip_reason(self, case: OpCase) -> str | None:
         return None if case.dtype in self.DTYPES else f"{case.dtype}: no ONNX Runtime CPU kernels"
@@ -124,7 +124,8 @@ class OnnxRuntimeLowering:
     def run(self, case: OpCase) -> np.ndarray:
         from moe_compile.export.op_model import grouped_moe_onnx
 
-        model = grouped_moe_onnx(self.target, case.attrs, tuple(case.hidden.shape), case.weights(), case.hidden.dtype)
+        model = grouped_moe_onnx(self.target, case.attrs, tuple(case.hidden.shape), case.weights(), case.hidden.dtype,
+                                 self.expert_halves)
         session = _session(model.SerializeToString())
         (out,) = session.run(None, {"hidden": case.hidden.numpy(), "router_logits": case.router_logits.numpy()})
         return out.astype(np.float32)
@@ -143,7 +144,7 @@ def _session(model_bytes: bytes):
 def implementations() -> tuple:
     """Every GroupedMoE implementation that is not the reference; add new ones here."""
     return (TorchOpOnCuda(), TritonKernel(), OnnxRuntimeLowering("onnx"),
-            OnnxRuntimeLowering("onnxruntime"))
+            OnnxRuntimeLowering("onnxruntime"), OnnxRuntimeLowering("onnxruntime", expert_halves=True))
 
 
 def mismatch(expected: np.ndarray, got: np.ndarray, tolerance: Tolerance) -> str | None:

@@ -124,7 +124,8 @@ def test_fp16_nodes_are_left_alone():
 
 def test_export_sorts_prompts_by_default_and_node_keeps_the_node(tiny_model_dirs, tmp_path, capsys):
     """`export` (CLI): by default every com.microsoft.MoE layer is switched, the report, the
-    metadata and inspect say so; `--moe-prompts node` leaves the node alone; same logits."""
+    metadata and inspect say so; `--moe-prompts node` leaves the node alone, with the experts in
+    halves (2E experts, 2k chosen; the report says so); same logits, and validate passes it."""
     from moe_compile.cli import main
 
     outputs = {}
@@ -149,6 +150,11 @@ def test_export_sorts_prompts_by_default_and_node_keeps_the_node(tiny_model_dirs
         else:
             assert len(moe_nodes["then_branch"]) == len(moe_nodes["else_branch"]) == len(report["moe_layers"])
             assert not sorted_layers and "moe_compile.moe_prompts" not in metadata
+            assert all(layer["experts"] == "in halves of their intermediate channels" for layer in report["moe_layers"])
+            for node, layer in zip(moe_nodes["then_branch"], report["moe_layers"]):
+                assert next(attr.i for attr in node.attribute if attr.name == "k") == 2 * layer["top_k"]
+            assert main(["validate", str(tiny_model_dirs["qwen2_moe"]), "--onnx", str(path)]) == 0
+            capsys.readouterr()
             assert metadata["moe_compile.split_by_length"] == ONE_TOKEN  # the attentions' switches still split it
         outputs[mode] = prompt_logits(path)
     np.testing.assert_allclose(outputs["sorted"], outputs["node"], rtol=1e-4, atol=1e-4)

@@ -62,6 +62,23 @@ def test_a_router_run_in_fp32_is_not_written_early_at_half_precision(tiny_model_
     assert len(starts) == 1 and starts[0] is not None
 
 
+@pytest.mark.parametrize("model_type", ["gpt_oss", "deepseek_v3"])
+def test_experts_in_halves_are_written_early_as_the_in_memory_export_has_them(model_type, tiny_model_dirs, tmp_path,
+                                                                             monkeypatch):
+    """`--moe-prompts node` lays each com.microsoft.MoE's experts out in halves (gpt-oss: biases,
+    the clamped SwiGLU; DeepSeek-V3: routing in standard ops): the streamed export writes them so
+    while the graph is traced, byte for byte what the in-memory export makes; same logits as the
+    default export."""
+    starts = _record_rest_starts(monkeypatch)
+    ir = load_moe_model(tiny_model_dirs[model_type])
+    streamed, _ = _assert_streamed_is_in_memory(ir, "onnxruntime", tmp_path, moe_prompts="node")
+    assert len(starts) == 1 and starts[0] is not None
+    assert all(layer["experts"] == "in halves of their intermediate channels" for layer in streamed.layers)
+    export_onnx(ir, tmp_path / "default" / "model.onnx", target="onnxruntime")
+    np.testing.assert_allclose(prompt_logits(tmp_path / "streamed" / "model.onnx"),
+                               prompt_logits(tmp_path / "default" / "model.onnx"), rtol=1e-4, atol=1e-4)
+
+
 def _alternating_top_k(ir) -> dict[int, int]:
     """Every other MoE layer one expert below its base top-k: a plan's layers differ in k."""
     return {spec.index: spec.base_top_k - (number % 2) for number, spec in enumerate(ir.layers)}
@@ -167,7 +184,7 @@ def test_moe_tensors_written_early_but_laid_out_otherwise_are_written_again(quan
     then quantized from the wrong layout)."""
     from moe_compile.quantization.scheme import QuantScheme
 
-    monkeypatch.setattr(early_experts, "expert_field_layouts", lambda target, lowering: {})
+    monkeypatch.setattr(early_experts, "expert_field_layouts", lambda target, lowering, intermediate: {})
     starts = _record_rest_starts(monkeypatch)
     options = {"quantize": QuantScheme(quantize, 16)} if quantize else {}
     _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs["qwen2_moe"]), "onnxruntime", tmp_path, **options)

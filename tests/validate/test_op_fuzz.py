@@ -37,11 +37,36 @@ def _case(attrs, logits, tokens=None, hidden=5, inter=3, dtype=torch.float32, se
                   (torch.randn(experts, hidden, inter, generator=g) / inter**0.5).to(dtype))
 
 
+@pytest.mark.parametrize("expert_halves", [False, True])
 @pytest.mark.parametrize("row", [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0], [2.0, 2.0, 0.0, 2.0]])
-def test_com_microsoft_moe_ties_go_to_the_lower_expert(row):
-    """ONNX Runtime's MoE kernel sorts ties to the higher index; the lowering reverses the experts."""
-    case = _case(GroupedMoEAttributes(top_k=2), torch.tensor([row] * 3))
-    assert check_case(case, [OnnxRuntimeLowering("onnxruntime")]) == {}
+def test_com_microsoft_moe_ties_go_to_the_lower_expert(row, expert_halves):
+    """ONNX Runtime's MoE kernel sorts ties to the higher index; the lowering reverses the experts.
+    In halves (even intermediate size) its own order would take tied experts' second halves
+    first; the lowering chooses the experts outside it."""
+    case = _case(GroupedMoEAttributes(top_k=2), torch.tensor([row] * 3), inter=4)
+    assert check_case(case, [OnnxRuntimeLowering("onnxruntime", expert_halves)]) == {}
+
+
+@pytest.mark.parametrize("inter, slices", [(4, 2), (3, 1)])
+def test_experts_in_halves_are_twice_as_many_half_experts(inter, slices):
+    """The node of a halved lowering holds 2E experts of I/2 channels and takes 2k of them, fc2's
+    bias on the first halves only; an odd intermediate size keeps whole experts."""
+    from onnx import numpy_helper
+
+    from moe_compile.export.op_model import grouped_moe_onnx
+
+    case = _case(GroupedMoEAttributes(top_k=2), torch.randn(3, 4, generator=torch.Generator().manual_seed(3)), inter=inter)
+    weights = {**case.weights(), "b_gate_up": torch.randn(4, 2 * inter), "b_down": torch.randn(4, 5)}
+    model = grouped_moe_onnx("onnxruntime", case.attrs, tuple(case.hidden.shape), weights, torch.float32, expert_halves=True)
+    (node,) = [node for node in model.graph.node if node.op_type == "MoE"]
+    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    fc1, fc2, b2 = (initializers[node.input[position]] for position in (2, 4, 5))
+    assert fc1.shape == (4 * slices, 2 * inter // slices, 5) and fc2.shape == (4 * slices, 5, inter // slices)
+    assert next(attr.i for attr in node.attribute if attr.name == "k") == 2 * slices
+    assert not b2[4:].any() and b2[:4].any()
+    assert check_case(OpCase(case.attrs, case.hidden, case.router_logits, *(weights[name] for name in
+                             ("w_gate_up", "w_down", "b_gate_up", "b_down"))),
+                      [OnnxRuntimeLowering("onnxruntime", expert_halves=True)]) == {}
 
 
 @pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])

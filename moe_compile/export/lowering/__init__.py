@@ -8,6 +8,7 @@ in the export report and shown by `inspect`, so no layer changes lowering unanno
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,15 +26,18 @@ class Lowering:
     routing: str  # "in the op" (the node routes) or "standard ops" (TopK & co. beside the node)
     reason: str | None = None  # why not the target's first choice
     prompts_lowered_to: str | None = None  # what inputs of several tokens run instead (sorted_experts.py)
+    expert_halves: bool = False  # com.microsoft.MoE handed each expert as halves (ort_support.EXPERT_SLICES)
 
     def as_dict(self) -> dict:
         return {"lowered_to": self.lowered_to, "routing": self.routing, **({"reason": self.reason} if self.reason else {}),
-                **({"prompts_lowered_to": self.prompts_lowered_to} if self.prompts_lowered_to else {})}
+                **({"prompts_lowered_to": self.prompts_lowered_to} if self.prompts_lowered_to else {}),
+                **({"experts": "in halves of their intermediate channels"} if self.expert_halves else {})}
 
 
 def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bool, quantized: bool = False,
-                    sorted_prompts: bool = True) -> Lowering:
-    """`sorted_prompts`: an fp32 export that did not ask `--moe-prompts node` (the default; inspect's)."""
+                    sorted_prompts: bool = True, expert_halves: bool = False) -> Lowering:
+    """`sorted_prompts`: an fp32 export that did not ask `--moe-prompts node` (the default; inspect's).
+    `expert_halves`: an fp32 export that did (`LoweringReport.expert_halves`)."""
     if target == "tensorrt":
         return Lowering("plugin", "in the op")
     if target == "onnx":
@@ -46,7 +50,8 @@ def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bo
     routing = ort_routing_reason(attrs, has_score_bias, quantized)
     return Lowering("com.microsoft.QMoE" if quantized else "com.microsoft.MoE",
                     "standard ops" if routing else "in the op", routing,
-                    SORTED_PROMPTS if sorted_prompts and not quantized else None)
+                    SORTED_PROMPTS if sorted_prompts and not quantized else None,
+                    expert_halves=expert_halves and not quantized)
 
 
 @dataclass
@@ -58,6 +63,7 @@ class LoweringReport:
     layers: list[dict] = field(default_factory=list)
     quantized: bool = False  # export --quantize: the experts become com.microsoft.QMoE
     sorted_prompts: bool = True  # fp32 com.microsoft.MoE layers run prompts as sorted experts
+    expert_halves: bool = False  # fp32 com.microsoft.MoE layers run every token count, experts in halves
     ort_fusions: dict[str, int] = field(default_factory=dict)  # contrib op -> how many (export/ort_fusions.py)
     norm_fusions: dict[str, int] = field(default_factory=dict)  # the default fp32 fusions (ort_fusions.fuse_norms)
     prompt_attention: dict = field(default_factory=dict)  # the attentions long prompts run as a kernel (prompt_attention.py)
@@ -86,36 +92,40 @@ def moe_output_name(layer: int) -> str:
     return f"moe_output.{layer}"
 
 
-def weight_pass(target: str) -> Callable:
+def weight_pass(target: str, expert_halves: bool = False) -> Callable:
     """What the target does to the GroupedMoE weights once the graph is built (in place on a
-    ModelProto): onnxruntime reorders and interleaves com.microsoft.MoE's experts; others nothing."""
+    ModelProto): onnxruntime reorders and interleaves com.microsoft.MoE's experts (and cuts them
+    in halves for an export that asked, `LoweringReport.expert_halves`); others nothing."""
     if target == "onnxruntime":
         from .onnxruntime import prepare_ort_moe_weights
 
-        return prepare_ort_moe_weights
+        return functools.partial(prepare_ort_moe_weights, halves=expert_halves)
     return lambda onnx_model: None
 
 
-def expert_layouts(target: str, nodes) -> dict[str, Callable]:
+def expert_layouts(target: str, nodes, shapes: dict[str, tuple[int, ...]], expert_halves: bool = False) -> dict[str, Callable]:
     """What `weight_pass` does, one tensor at a time, for a streamed export: {expert initializer
     name: its layout (torch [E, ...] -> the experts in the file's order)} among `nodes`
-    ((domain, op_type, input names) each)."""
+    ((domain, op_type, input names) each), whose initializers have `shapes`."""
     if target != "onnxruntime":
         return {}
-    from .onnxruntime import OrtExpertLayout, ort_expert_inputs
+    from .onnxruntime import ort_expert_layouts
 
-    return {name: OrtExpertLayout(fc1) for name, fc1 in ort_expert_inputs(nodes).items()}
+    return ort_expert_layouts(nodes, shapes, expert_halves)
 
 
-def expert_field_layouts(target: str, lowering: Lowering) -> dict[str, Callable]:
-    """The layouts `expert_layouts` will find for a layer lowered as `lowering`, by ExpertWeights
-    field, known before the graph is traced: what a streamed export writes early. (A QMoE layer
-    is traced as com.microsoft.MoE and quantized after: the same layout.)"""
+def expert_field_layouts(target: str, lowering: Lowering, intermediate: int) -> dict[str, Callable]:
+    """The layouts `expert_layouts` will find for a layer lowered as `lowering` whose experts have
+    `intermediate` channels, by ExpertWeights field, known before the graph is traced: what a
+    streamed export writes early. (A QMoE layer is traced as com.microsoft.MoE and quantized
+    after: the same layout.)"""
     if target != "onnxruntime" or lowering.lowered_to not in ("com.microsoft.MoE", "com.microsoft.QMoE"):
         return {}
     from .onnxruntime import ORT_EXPERT_FIELDS, OrtExpertLayout
+    from .ort_support import expert_slices
 
-    return {field: OrtExpertLayout(fc1) for field, fc1 in ORT_EXPERT_FIELDS.items()}
+    slices = expert_slices(lowering.expert_halves, intermediate)
+    return {field: OrtExpertLayout(fc1, slices) for field, fc1 in ORT_EXPERT_FIELDS.items()}
 
 
 def translation(target: str, report: LoweringReport, layers: list[int]) -> Callable:
@@ -134,7 +144,8 @@ def translation(target: str, report: LoweringReport, layers: list[int]) -> Calla
         tensors, attrs = split_op_args(args)
         layer = layers[len(report.layers)]
         lowering = choose_lowering(report.target, attrs, has_score_bias=tensors[6] is not None,
-                                   quantized=report.quantized, sorted_prompts=report.sorted_prompts)
+                                   quantized=report.quantized, sorted_prompts=report.sorted_prompts,
+                                   expert_halves=report.expert_halves)
         report.add(lowering, attrs)
         output = lower(*tensors, attrs=attrs, lowering=lowering)
         report.layers[-1]["layer"] = layer

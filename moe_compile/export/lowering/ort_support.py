@@ -16,6 +16,17 @@ MS_DOMAIN = "com.microsoft"
 # instead (sorted_experts.py: measured faster there; one token is the node's).
 MIN_SORTED_TOKENS = 4
 SORTED_PROMPTS = f"sorted experts from {MIN_SORTED_TOKENS} tokens"  # what the export report and inspect say
+# Where com.microsoft.MoE runs every token count (fp32, `export --moe-prompts node`), each expert is
+# handed to it as this many slices of its intermediate channels, laid out slice-major: the kernel
+# gives each thread a range of expert indices and runs an expert's products on one thread, so this
+# puts one slice of every chosen expert on each of two threads (onnxruntime.py; docs/export.md).
+EXPERT_SLICES = 2
+
+
+def expert_slices(halves: bool, intermediate: int) -> int:
+    """How many slices a layer's experts are cut into: EXPERT_SLICES where halves were asked for
+    and the intermediate size divides, else 1 (whole experts)."""
+    return EXPERT_SLICES if halves and intermediate % EXPERT_SLICES == 0 else 1
 
 
 def ort_unsupported_reason(attrs: GroupedMoEAttributes) -> str | None:
