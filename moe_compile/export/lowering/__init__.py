@@ -48,10 +48,12 @@ def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bo
     if unsupported:
         return Lowering("standard", "standard ops", unsupported)
     routing = ort_routing_reason(attrs, has_score_bias, quantized)
+    halves = expert_halves and not quantized
+    if halves and not routing:
+        routing = "experts in halves (the node's own choice would split tied experts)"
     return Lowering("com.microsoft.QMoE" if quantized else "com.microsoft.MoE",
                     "standard ops" if routing else "in the op", routing,
-                    SORTED_PROMPTS if sorted_prompts and not quantized else None,
-                    expert_halves=expert_halves and not quantized)
+                    SORTED_PROMPTS if sorted_prompts and not quantized else None, expert_halves=halves)
 
 
 @dataclass

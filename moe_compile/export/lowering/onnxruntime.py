@@ -105,7 +105,7 @@ def lower_to_ort_moe(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down
                                     num_experts=num_experts)
     register_ms_schema("MoE")
     slices = expert_slices(lowering.expert_halves, w_down.shape[-1])  # the file's experts: slices x E
-    routed_outside = lowering.routing == "standard ops" or slices > 1
+    routed_outside = lowering.routing == "standard ops"  # always with halves: choose_lowering
     if routed_outside:
         logits, total = selecting_logits(router_logits, score_bias, attrs, num_experts)
         logits = op.CastLike(logits, hidden)
