@@ -76,8 +76,9 @@ def _moe_tensors(skeleton: torch.nn.Module, moe_model: MoEModel, target: str,
         if not isinstance(module, StaticTopKMoE):
             continue
         lowering = choose_lowering(target, module.attributes, has_score_bias=module.score_bias is not None,
-                                   quantized=quantize is not None, expert_halves=expert_halves)
-        layouts = expert_field_layouts(target, lowering, intermediate=module.w_down.shape[-1])
+                                   quantized=quantize is not None, expert_halves=expert_halves,
+                                   intermediate=module.w_down.shape[-1])
+        layouts = expert_field_layouts(target, lowering)
         for attr, field in MOE_FIELDS.items():
             weight = getattr(module, attr, None)
             if field not in _EARLY_FIELDS or weight is None:

@@ -184,7 +184,7 @@ def test_moe_tensors_written_early_but_laid_out_otherwise_are_written_again(quan
     then quantized from the wrong layout)."""
     from moe_compile.quantization.scheme import QuantScheme
 
-    monkeypatch.setattr(early_experts, "expert_field_layouts", lambda target, lowering, intermediate: {})
+    monkeypatch.setattr(early_experts, "expert_field_layouts", lambda target, lowering: {})
     starts = _record_rest_starts(monkeypatch)
     options = {"quantize": QuantScheme(quantize, 16)} if quantize else {}
     _assert_streamed_is_in_memory(load_moe_model(tiny_model_dirs["qwen2_moe"]), "onnxruntime", tmp_path, **options)

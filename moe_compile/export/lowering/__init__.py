@@ -26,7 +26,7 @@ class Lowering:
     routing: str  # "in the op" (the node routes) or "standard ops" (TopK & co. beside the node)
     reason: str | None = None  # why not the target's first choice
     prompts_lowered_to: str | None = None  # what inputs of several tokens run instead (sorted_experts.py)
-    expert_halves: bool = False  # com.microsoft.MoE handed each expert as halves (ort_support.EXPERT_SLICES)
+    expert_halves: bool = False  # com.microsoft.MoE handed each expert as ort_support.EXPERT_SLICES slices
 
     def as_dict(self) -> dict:
         return {"lowered_to": self.lowered_to, "routing": self.routing, **({"reason": self.reason} if self.reason else {}),
@@ -35,20 +35,21 @@ class Lowering:
 
 
 def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bool, quantized: bool = False,
-                    sorted_prompts: bool = True, expert_halves: bool = False) -> Lowering:
+                    sorted_prompts: bool = True, expert_halves: bool = False, intermediate: int | None = None) -> Lowering:
     """`sorted_prompts`: an fp32 export that did not ask `--moe-prompts node` (the default; inspect's).
-    `expert_halves`: an fp32 export that did (`LoweringReport.expert_halves`)."""
+    `expert_halves`: an fp32 export that did (`LoweringReport.expert_halves`); the layer's experts,
+    of `intermediate` channels, are then halved where that size allows (`expert_slices`)."""
     if target == "tensorrt":
         return Lowering("plugin", "in the op")
     if target == "onnx":
         return Lowering("standard", "standard ops")
-    from .ort_support import SORTED_PROMPTS, ort_routing_reason, ort_unsupported_reason
+    from .ort_support import SORTED_PROMPTS, expert_slices, ort_routing_reason, ort_unsupported_reason
 
     unsupported = ort_unsupported_reason(attrs)
     if unsupported:
         return Lowering("standard", "standard ops", unsupported)
     routing = ort_routing_reason(attrs, has_score_bias, quantized)
-    halves = expert_halves and not quantized
+    halves = not quantized and intermediate is not None and expert_slices(expert_halves, intermediate) > 1
     if halves and not routing:
         routing = "experts in halves (the node's own choice would split tied experts)"
     return Lowering("com.microsoft.QMoE" if quantized else "com.microsoft.MoE",
@@ -116,17 +117,16 @@ def expert_layouts(target: str, nodes, shapes: dict[str, tuple[int, ...]], exper
     return ort_expert_layouts(nodes, shapes, expert_halves)
 
 
-def expert_field_layouts(target: str, lowering: Lowering, intermediate: int) -> dict[str, Callable]:
-    """The layouts `expert_layouts` will find for a layer lowered as `lowering` whose experts have
-    `intermediate` channels, by ExpertWeights field, known before the graph is traced: what a
-    streamed export writes early. (A QMoE layer is traced as com.microsoft.MoE and quantized
-    after: the same layout.)"""
+def expert_field_layouts(target: str, lowering: Lowering) -> dict[str, Callable]:
+    """The layouts `expert_layouts` will find for a layer lowered as `lowering`, by ExpertWeights
+    field, known before the graph is traced: what a streamed export writes early. (A QMoE layer
+    is traced as com.microsoft.MoE and quantized after: the same layout.)"""
     if target != "onnxruntime" or lowering.lowered_to not in ("com.microsoft.MoE", "com.microsoft.QMoE"):
         return {}
     from .onnxruntime import ORT_EXPERT_FIELDS, OrtExpertLayout
-    from .ort_support import expert_slices
+    from .ort_support import EXPERT_SLICES
 
-    slices = expert_slices(lowering.expert_halves, intermediate)
+    slices = EXPERT_SLICES if lowering.expert_halves else 1
     return {field: OrtExpertLayout(fc1, slices) for field, fc1 in ORT_EXPERT_FIELDS.items()}
 
 
@@ -147,7 +147,7 @@ def translation(target: str, report: LoweringReport, layers: list[int]) -> Calla
         layer = layers[len(report.layers)]
         lowering = choose_lowering(report.target, attrs, has_score_bias=tensors[6] is not None,
                                    quantized=report.quantized, sorted_prompts=report.sorted_prompts,
-                                   expert_halves=report.expert_halves)
+                                   expert_halves=report.expert_halves, intermediate=tensors[3].shape[-1])
         report.add(lowering, attrs)
         output = lower(*tensors, attrs=attrs, lowering=lowering)
         report.layers[-1]["layer"] = layer

@@ -48,7 +48,7 @@ from onnxscript import opset18 as op
 
 from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
-from .ort_support import MS_DOMAIN, expert_slices
+from .ort_support import EXPERT_SLICES, MS_DOMAIN, expert_slices
 from .standard import FLOAT, grouped_moe_standard, ints, poison_nonfinite_tokens, route
 
 _FC1_INPUTS = (2, 3)  # fc1_experts_weights, fc1_experts_bias
@@ -104,7 +104,7 @@ def lower_to_ort_moe(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down
         return grouped_moe_standard(hidden, router_logits, w_gate_up, w_down, b_gate_up, b_down, score_bias, attrs,
                                     num_experts=num_experts)
     register_ms_schema("MoE")
-    slices = expert_slices(lowering.expert_halves, w_down.shape[-1])  # the file's experts: slices x E
+    slices = EXPERT_SLICES if lowering.expert_halves else 1  # the file's experts: slices x E
     routed_outside = lowering.routing == "standard ops"  # always with halves: choose_lowering
     if routed_outside:
         logits, total = selecting_logits(router_logits, score_bias, attrs, num_experts)
@@ -208,7 +208,7 @@ def prepare_ort_moe_weights(onnx_model, halves: bool = False) -> None:
             raise RuntimeError(f"expert input '{name}' of a com.microsoft.MoE node is not an initializer of its own")
         array = numpy_helper.to_array(initializers[name])
         bits = torch.from_numpy(array.copy().view(f"i{array.itemsize}"))  # data movement only: any dtype
-        laid_out = torch.stack([part.contiguous() for part in layout(bits)]).numpy().view(array.dtype)
+        laid_out = torch.stack(list(layout(bits))).numpy().view(array.dtype)
         initializers[name].CopyFrom(numpy_helper.from_array(laid_out, name))
     # the trace's shapes of those tensors, where it recorded them, are the shapes before the layout
     kept = [info for info in onnx_model.graph.value_info if info.name not in layouts]
