@@ -5,7 +5,9 @@ Model: Qwen2-MoE style, hidden 512, 6 layers, 16 experts, top-4, a shared expert
 weights. Backends: transformers' own model in eager PyTorch (the baseline), our rewritten model in
 PyTorch (GroupedMoE reference op), and ONNX Runtime on the exported graph at the base top-k and
 under a LExI plan at half the budget. Measured by `moe-compile bench`'s own code
-(moe_compile/validate/bench.py). Prints JSON; saves it under benchmarks/results/.
+(moe_compile/validate/bench.py), every backend in each of ROUNDS rounds, the order reversed every
+other round; each speed-up is the median of the rounds' own ratios. Prints JSON; saves it under
+benchmarks/results/.
 
     python benchmarks/onnx_speed.py
 """
@@ -28,8 +30,10 @@ from moe_compile.validate.bench import (
     Workload,
     add_speedups,
     cpu_model,
+    in_rounds,
     machine_description,
     measure,
+    pooled_rounds,
 )
 
 THREADS = 2
@@ -39,6 +43,7 @@ CONFIG = {"vocab_size": 2048, "hidden_size": 512, "intermediate_size": 1024, "mo
           "max_position_embeddings": 4096, "tie_word_embeddings": False}
 # Decode: batch 1 after a 16-token prompt, 64 steps. Prefill: one 512-token prompt.
 DECODE, PREFILL = Workload(1, 16, 64), Workload(1, 512, 1)
+REPEATS, ROUNDS = 5, 3  # every backend timed in each round, the order reversed every other round
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -78,17 +83,20 @@ def main() -> None:
                     TopKSetting("plan", {layer["index"]: layer["top_k"] for layer in plan["layers"]})]
         model = BenchModel(ir, "fp32", THREADS, export=export_for_onnxruntime)
         rows = []
+        runs = [(backend, setting) for backend in select_backends(["transformers", "pytorch", "onnxruntime-cpu"], None)
+                for setting in (settings[:1] if backend.base_only else settings)]
         try:
-            for backend in select_backends(["transformers", "pytorch", "onnxruntime-cpu"], None):
-                for setting in settings[:1] if backend.base_only else settings:
-                    rows += measure(backend, setting, model, [DECODE, PREFILL], repeats=5)
+            for number, (backend, setting) in in_rounds(runs, ROUNDS):
+                rows += measure(backend, setting, model, [DECODE, PREFILL], repeats=REPEATS, round_number=number)
         finally:
             model.close()
     add_speedups(rows)
+    round_rows, rows = rows, pooled_rounds(rows)
 
     def pick(backend: str, setting: str, workload: Workload, phase: str) -> dict:
         (row,) = [r for r in rows if (r["backend"], r["setting"], r["prompt"]) == (backend, setting, workload.prompt)]
         return {"tokens_per_s": row[f"{phase}_tokens_per_s"], "vs_transformers": row["vs_transformers"][phase],
+                "vs_transformers_range": row["vs_transformers_range"][phase],
                 "vs_base_top_k": (row["vs_base_top_k"] or {}).get(phase)}
 
     report = {
@@ -97,12 +105,13 @@ def main() -> None:
         "machine": machine_description(THREADS),
         "model": {"model_type": "qwen2_moe", **CONFIG},
         "workload": {"prefill_tokens": PREFILL.prompt, "decode_batch": DECODE.batch, "decode_prompt": DECODE.prompt,
-                     "decode_steps": DECODE.new_tokens, "repeats": 5},
+                     "decode_steps": DECODE.new_tokens, "repeats": REPEATS,
+                     "rounds": ROUNDS},
         "plan": {"budget": 0.5, "sum_k": plan["predicted"]["sum_k"], "base_sum_k": plan["predicted"]["base_sum_k"],
                  "top_k": [layer["top_k"] for layer in plan["layers"]]},
         "decode": {f"{b}/{s}": pick(b, s, DECODE, "decode") for b, s in _runs(rows)},
         "prefill": {f"{b}/{s}": pick(b, s, PREFILL, "prefill") for b, s in _runs(rows)},
-        "rows": rows,
+        "rows": rows, "round_rows": round_rows,
         "command": "python benchmarks/onnx_speed.py",
     }
     RESULTS.mkdir(exist_ok=True)

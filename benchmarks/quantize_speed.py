@@ -4,7 +4,9 @@ one machine, 2 threads each: benchmarks/onnx_speed.py's model (Qwen2-MoE style, 
 (`export --quantize`, default block size), measured by `moe-compile bench`'s own code.
 
 Workloads: batch 1 with a 128-token prompt then 32 decode steps; batch 8, 128 tokens, 16 steps;
-batch 1, a 512-token and a 2048-token prompt (prefill). Prints JSON; saves it and a plot under benchmarks/results/.
+batch 1, a 512-token and a 2048-token prompt (prefill). Each backend is timed in each of ROUNDS
+rounds, the order reversed every other round, and each speed-up is the median of the rounds' own
+ratios (their range beside it). Prints JSON; saves it and a plot under benchmarks/results/.
 
     python benchmarks/quantize_speed.py
 """
@@ -26,11 +28,19 @@ from moe_compile.compiler.loader import load_moe_model  # noqa: E402
 from moe_compile.export.exporter import export_onnx  # noqa: E402
 from moe_compile.quantization.scheme import quant_scheme  # noqa: E402
 from moe_compile.validate.backends import BenchModel, TopKSetting, select_backends  # noqa: E402
-from moe_compile.validate.bench import Workload, machine_description, measure  # noqa: E402
+from moe_compile.validate.bench import (  # noqa: E402
+    Workload,
+    add_speedups,
+    in_rounds,
+    machine_description,
+    measure,
+    pooled_rounds,
+)
 from moe_compile.validate.bench_plot import plot_bench  # noqa: E402
 
 WORKLOADS = [Workload(1, 128, 32), Workload(8, 128, 16), Workload(1, 512, 4), Workload(1, 2048, 4)]
 REPEATS = 3
+ROUNDS = 3  # every backend timed in each round, the order reversed every other round (bench.in_rounds)
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -51,30 +61,27 @@ def main() -> None:
         rows = []
         (transformers,) = select_backends(["transformers"], None)
         (ort_cpu,) = select_backends(["onnxruntime-cpu"], None)
+        runs = [(transformers, TopKSetting("base", base))] + [(ort_cpu, TopKSetting(scheme, base)) for scheme in files]
         model = BenchModel(ir, "fp32", THREADS, onnx_files=files)
         try:
-            rows += measure(transformers, TopKSetting("base", base), model, WORKLOADS, repeats=REPEATS)
-            for scheme in files:
-                rows += measure(ort_cpu, TopKSetting(scheme, base), model, WORKLOADS, repeats=REPEATS)
+            for number, (backend, setting) in in_rounds(runs, ROUNDS):
+                rows += measure(backend, setting, model, WORKLOADS, repeats=REPEATS, round_number=number)
         finally:
             model.close()
-    eager = {(r["batch"], r["prompt"]): r for r in rows if r["backend"] == "transformers"}
-    for row in rows:
-        other = eager[(row["batch"], row["prompt"])]
-        row["vs_transformers"] = {phase: round(row[f"{phase}_tokens_per_s"]["median"]
-                                               / other[f"{phase}_tokens_per_s"]["median"], 3)
-                                  for phase in ("prefill", "decode")}
+    add_speedups(rows)
+    round_rows, rows = rows, pooled_rounds(rows)
     summary = {f"{r['backend']}/{r['setting']} b{r['batch']} p{r['prompt']}":
                {"prefill_tokens_per_s": r["prefill_tokens_per_s"]["median"],
-                "decode_tokens_per_s": r["decode_tokens_per_s"]["median"], "vs_eager": r["vs_transformers"]}
+                "decode_tokens_per_s": r["decode_tokens_per_s"]["median"], "vs_eager": r["vs_transformers"],
+                "vs_eager_range": r["vs_transformers_range"]}
                for r in rows}
     report = {
         "benchmark": "quantize_speed",
         "machine": machine_description(THREADS),
         "load_average_before_after": [load_before, os.getloadavg()],
         "model": {"model_type": "qwen2_moe", **CONFIG},
-        "workloads": [w.__dict__ for w in WORKLOADS], "repeats": REPEATS,
-        "summary": summary, "rows": rows,
+        "workloads": [w.__dict__ for w in WORKLOADS], "repeats": REPEATS, "rounds": ROUNDS,
+        "summary": summary, "rows": rows, "round_rows": round_rows,
         "command": "python benchmarks/quantize_speed.py",
     }
     RESULTS.mkdir(exist_ok=True)

@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", type=_positive_ints, default=[128], help="prompt lengths, e.g. 128,512")
     p.add_argument("--new-tokens", type=_positive_int, default=32, help="decode steps timed per run")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per measurement (after a warm-up)")
+    p.add_argument("--rounds", type=_positive_int, default=1,
+                   help="time every backend this many times, the order reversed every other round; each speed-up "
+                        "is the median of the rounds' own ratios (for machines whose speed moves between minutes)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch and ONNX Runtime (default: torch's)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--quantize", type=lambda text: [name.strip() for name in text.split(",")], default=[],

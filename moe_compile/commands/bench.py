@@ -75,6 +75,21 @@ def _setting_of(metadata: dict, ir, path, settings: list, precision: str) -> dic
     return {matching[0]: path}
 
 
+def _fitting(runs: list, model, skipped: list, console: Console) -> list:
+    """The runs this machine's memory holds; the others are added to `skipped`, each with why."""
+    from moe_compile.validate.backends import memory_shortfall
+
+    fitting = []
+    for backend, setting in runs:
+        shortfall = memory_shortfall(backend, model, setting)
+        if shortfall:
+            skipped.append({"backend": backend.name, "setting": setting.name, "reason": shortfall})
+            console.print(f"bench: {backend.name} ({setting.name}) not run: it {shortfall}", highlight=False)
+        else:
+            fitting.append((backend, setting))
+    return fitting
+
+
 def export_for_onnxruntime(ir, out: Path, dtype: str, setting) -> None:
     """How bench makes the ONNX a setting needs when --onnx did not give it."""
     from moe_compile.export.exporter import export_onnx
@@ -96,12 +111,14 @@ def _check_workload(ir, args: argparse.Namespace, backends: list) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from moe_compile.validate.backends import BenchModel, memory_shortfall, select_backends
+    from moe_compile.validate.backends import BenchModel, select_backends
     from moe_compile.validate.bench import (
         Workload,
         add_speedups,
+        in_rounds,
         machine_description,
         measure,
+        pooled_rounds,
     )
 
     for output in (args.out, args.plot):
@@ -125,18 +142,14 @@ def run_bench(args: argparse.Namespace) -> int:
     rows, skipped = [], []
     console = Console(stderr=True)
     try:
+        runs = _fitting(runs, model, skipped, console)
         with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-            task = progress.add_task("bench", total=len(runs) * len(workloads))
-            for backend, setting in runs:
-                progress.update(task, description=f"bench: {backend.name} ({setting.name})")
-                shortfall = memory_shortfall(backend, model, setting)
-                if shortfall:
-                    skipped.append({"backend": backend.name, "setting": setting.name, "reason": shortfall})
-                    console.print(f"bench: {backend.name} ({setting.name}) not run: it {shortfall}", highlight=False)
-                    progress.advance(task, len(workloads))
-                    continue
+            task = progress.add_task("bench", total=len(runs) * len(workloads) * args.rounds)
+            for number, (backend, setting) in in_rounds(runs, args.rounds):
+                progress.update(task, description=f"bench: {backend.name} ({setting.name})"
+                                + (f", round {number + 1} of {args.rounds}" if args.rounds > 1 else ""))
                 rows += measure(backend, setting, model, workloads, args.repeats,
-                                progress=lambda: progress.advance(task))
+                                progress=lambda: progress.advance(task), round_number=number)
     finally:
         model.close()
     if not rows:
@@ -150,8 +163,9 @@ def run_bench(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "settings": {s.name: {"sum_k": s.sum_k, "top_k": {str(k): v for k, v in s.top_k.items()}} for s in settings},
         "workload": {"batch": sorted(args.batch), "prompt": sorted(args.prompt), "new_tokens": args.new_tokens,
-                     "repeats": args.repeats, "warmup_runs": 1},
-        "rows": rows,
+                     "repeats": args.repeats, "rounds": args.rounds, "warmup_runs": 1},
+        "rows": pooled_rounds(rows),
+        **({"round_rows": rows} if args.rounds > 1 else {}),
         "skipped": skipped,  # runs that would not fit in memory: backend, setting, why
         "command": args.command_line,
     }
@@ -185,7 +199,9 @@ def bench_table(report: dict) -> Table:
     machine = report["machine"]
     table = Table(title=f"{report['model']['name']} ({report['precision']}), {machine['cpu']}, "
                         f"{machine['threads']} threads" + (f", {machine['gpu']}" if "gpu" in machine else ""),
-                  caption="± : half the min-max range over the runs; speed-ups are prefill / decode" + "".join(
+                  caption="± : half the min-max range over the runs; speed-ups are prefill / decode"
+                          + (f", medians of {report['workload']['rounds']} rounds' own ratios (their range)"
+                             if report["workload"].get("rounds", 1) > 1 else "") + "".join(
                       f"\nnot run: {skip['backend']} ({skip['setting']}), {skip['reason']}"
                       for skip in report.get("skipped", [])))
     for column in ("backend", "top-k", "batch x prompt", "prefill tok/s", "TTFT ms", "decode tok/s",
@@ -199,7 +215,8 @@ def bench_table(report: dict) -> Table:
             _spread(row["prefill_tokens_per_s"], 0), _spread(row["ttft_ms"], 2), _spread(row["decode_tokens_per_s"], 1),
             f"{row['step_ms']['p50']:.2f} / {row['step_ms']['p99']:.2f}", "-" if peak is None else f"{peak:.0f}",
             f"{share['prefill']:.0%} / {share['decode']:.0%}" if share else "-",
-            _ratios(row["vs_transformers"]), _ratios(row["vs_base_top_k"]))
+            _ratios(row["vs_transformers"], row.get("vs_transformers_range")),
+            _ratios(row["vs_base_top_k"], row.get("vs_base_top_k_range")))
     return table
 
 
@@ -208,5 +225,13 @@ def _spread(spread: dict, digits: int) -> str:
     return f"{spread['median']:.{digits}f} ±{half_range:.0%}"
 
 
-def _ratios(ratios: dict | None) -> str:
-    return f"{ratios['prefill']:.2f} / {ratios['decode']:.2f}" if ratios else "-"
+def _ratios(ratios: dict | None, ranges: dict | None = None) -> str:
+    """prefill / decode speed-ups; with rounds, each round's range after it."""
+    if not ratios:
+        return "-"
+
+    def one(phase: str) -> str:
+        low, high = ranges[phase] if ranges else (None, None)
+        return f"{ratios[phase]:.2f}" + (f" ({low:.2f}-{high:.2f})" if low is not None and low != high else "")
+
+    return f"{one('prefill')} / {one('decode')}"

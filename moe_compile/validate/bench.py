@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,8 +138,9 @@ def _named_past(past: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def measure(backend: Backend, setting: TopKSetting, model: BenchModel, workloads: list[Workload],
-            repeats: int, seed: int = 0, progress=None) -> list[dict]:
-    """Build the backend once for `setting`, then time every workload; rows in workload order."""
+            repeats: int, seed: int = 0, progress=None, round_number: int = 0) -> list[dict]:
+    """Build the backend once for `setting`, then time every workload; rows in workload order,
+    each marked with `round_number` (`in_rounds`)."""
     rows = []
     generator = np.random.default_rng(seed)
     vocab = model.ir.config.vocab_size
@@ -156,7 +158,7 @@ def measure(backend: Backend, setting: TopKSetting, model: BenchModel, workloads
                 prefill = time_prefill(runner, prompt, past, repeats=repeats)
                 decode = time_decode(runner, prompt, past, steps=workload.new_tokens, repeats=repeats)
             rows.append({**_row(backend, setting, workload, prefill, decode, memory),
-                         **_moe_fields(runner, model, setting, workload)})
+                         **_moe_fields(runner, model, setting, workload), "round": round_number})
             if progress is not None:
                 progress()
     del runner
@@ -164,11 +166,24 @@ def measure(backend: Backend, setting: TopKSetting, model: BenchModel, workloads
     return rows
 
 
+def in_rounds(runs: list, rounds: int) -> Iterator[tuple[int, object]]:
+    """(round, run): every run once per round, the order reversed every other round.
+
+    A shared machine's speed moves between minutes (on the 2-core VM the benches were run on,
+    eager PyTorch's decode moved from 77 to 102 tokens/s between two runs 47 minutes apart while
+    ONNX Runtime's moved 4 %), so a speed-up is only as good as the pairing of the two timings in
+    time: rounds give each backend the same minutes, and `pooled_rounds` takes each round's own
+    ratio before it takes a median."""
+    for number in range(rounds):
+        for run in runs if number % 2 == 0 else runs[::-1]:
+            yield number, run
+
+
 def add_speedups(rows: list[dict]) -> None:
     """Each row's ratio to the transformers baseline and, for plan rows, to the same backend at
-    the base top-k (prefill and decode tokens/s medians)."""
+    the base top-k (prefill and decode tokens/s medians), both timed in the same round."""
     def key(row: dict) -> tuple:
-        return row["batch"], row["prompt"]
+        return row.get("round", 0), row["batch"], row["prompt"]
 
     def ratios(row: dict, other: dict | None) -> dict | None:
         if other is None:
@@ -181,6 +196,42 @@ def add_speedups(rows: list[dict]) -> None:
     for row in rows:
         row["vs_transformers"] = ratios(row, baseline.get(key(row)))
         row["vs_base_top_k"] = ratios(row, base.get((row["backend"], *key(row)))) if row["setting"] != "base" else None
+
+
+def pooled_rounds(rows: list[dict]) -> list[dict]:
+    """One row per backend x setting x workload from rows timed in rounds (`add_speedups` applied):
+    each rate and time the median of the rounds' medians, its min and max over every run; peak
+    memory the largest; each speed-up the median of the rounds' own ratios, with their range
+    (`vs_transformers_range`, `vs_base_top_k_range`: [min, max]) and `rounds` the count."""
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cells.setdefault((row["backend"], row["setting"], row["batch"], row["prompt"]), []).append(row)
+    return [_pooled(group) for group in cells.values()]
+
+
+def _pooled(group: list[dict]) -> dict:
+    def spread(name: str) -> dict:
+        spreads = [row[name] for row in group]
+        return {"median": round(statistics.median(s["median"] for s in spreads), 3),
+                "min": min(s["min"] for s in spreads), "max": max(s["max"] for s in spreads),
+                "runs": sum(s["runs"] for s in spreads)}
+
+    def largest(name: str) -> float | None:
+        values = [row[name] for row in group if row[name] is not None]
+        return max(values) if values else None
+
+    pooled = {key: value for key, value in group[0].items() if key != "round"}
+    pooled.update({name: spread(name) for name in ("prefill_tokens_per_s", "ttft_ms", "decode_tokens_per_s")})
+    pooled["step_ms"] = {q: round(statistics.median(row["step_ms"][q] for row in group), 3) for q in ("p50", "p99")}
+    pooled.update({name: largest(name) for name in ("peak_host_mb", "peak_host_anon_mb", "peak_device_mb")})
+    for name in ("vs_transformers", "vs_base_top_k"):
+        each = [row[name] for row in group if row.get(name)]
+        pooled[name] = ({phase: round(statistics.median(r[phase] for r in each), 3) for phase in ("prefill", "decode")}
+                        if each else None)
+        pooled[f"{name}_range"] = ({phase: [min(r[phase] for r in each), max(r[phase] for r in each)]
+                                    for phase in ("prefill", "decode")} if each else None)
+    pooled["rounds"] = len(group)
+    return pooled
 
 
 def machine_description(threads: int) -> dict:

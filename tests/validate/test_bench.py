@@ -16,7 +16,7 @@ from moe_compile.compiler.loader import load_moe_model
 from moe_compile.compiler.compiled import compiled_model
 from moe_compile.export.exporter import export_onnx
 from moe_compile.validate.backends import TopKSetting
-from moe_compile.validate.bench import add_speedups, moe_time_share
+from moe_compile.validate.bench import add_speedups, in_rounds, moe_time_share, pooled_rounds
 from moe_compile.validate.generation import decoder_feed
 from moe_compile.validate.memory import PeakMemory
 from moe_compile.validate.runners import TorchRunner
@@ -160,6 +160,37 @@ def test_speedups_are_against_the_baseline_and_the_base_top_k():
     assert rows[2]["vs_base_top_k"] == {"prefill": 1.5, "decode": 1.5}
 
 
+def _timed_row(backend, round_number, prefill, decode, peak):
+    spread = {"median": 0.0, "min": 0.0, "max": 0.0, "runs": 1}
+    return {"backend": backend, "setting": "base", "batch": 1, "prompt": 8, "round": round_number,
+            "prefill_tokens_per_s": {"median": prefill, "min": prefill - 1, "max": prefill + 1, "runs": 3},
+            "decode_tokens_per_s": {"median": decode, "min": decode - 1, "max": decode + 1, "runs": 3},
+            "ttft_ms": spread, "step_ms": {"p50": 1.0, "p99": 2.0},
+            "peak_host_mb": peak, "peak_host_anon_mb": None, "peak_device_mb": None}
+
+
+def test_rounds_alternate_the_order_and_pair_each_ratio_within_its_round():
+    """A slow minute for one backend must not decide a speed-up: each round's ratio is taken
+    against the baseline of the same round, and the pooled speed-up is their median."""
+    assert list(in_rounds(["a", "b", "c"], 3)) == [(0, "a"), (0, "b"), (0, "c"), (1, "c"), (1, "b"), (1, "a"),
+                                                   (2, "a"), (2, "b"), (2, "c")]
+    # eager slow in round 1 (50 tokens/s), ONNX Runtime steady at 200: pooled rates would say 2.0x
+    # (200 over eager's median of 100), the rounds' own ratios say 2.0, 4.0 and 1.9 -> 2.0
+    rows = [_timed_row("transformers", 0, 1000, 100, 300), _timed_row("onnxruntime-cpu", 0, 1500, 200, 200),
+            _timed_row("onnxruntime-cpu", 1, 1500, 200, 250), _timed_row("transformers", 1, 900, 50, 310),
+            _timed_row("transformers", 2, 1100, 105, 290), _timed_row("onnxruntime-cpu", 2, 1650, 199.5, 240)]
+    add_speedups(rows)
+    assert [row["vs_transformers"]["decode"] for row in rows] == [1.0, 2.0, 4.0, 1.0, 1.0, 1.9]
+    eager, ort = pooled_rounds(rows)
+    assert ort["backend"] == "onnxruntime-cpu" and ort["rounds"] == 3 and "round" not in ort
+    assert ort["vs_transformers"] == {"prefill": 1.5, "decode": 2.0}
+    assert ort["vs_transformers_range"] == {"prefill": [1.5, 1.667], "decode": [1.9, 4.0]}
+    assert ort["decode_tokens_per_s"] == {"median": 200, "min": 198.5, "max": 201, "runs": 9}
+    assert ort["peak_host_mb"] == 250 and ort["peak_host_anon_mb"] is None
+    assert eager["vs_transformers"] == {"prefill": 1.0, "decode": 1.0} and eager["vs_base_top_k"] is None
+    assert eager["decode_tokens_per_s"]["median"] == 100
+
+
 @pytest.fixture(scope="module")
 def bench_exports(tmp_path_factory):
     """bench's own export (commands/bench.export_for_onnxruntime), each setting exported once for
@@ -235,6 +266,23 @@ def test_bench_reports_every_backend_and_setting(tiny_model_dirs, half_plan, cac
     assert report["command"].startswith("moe-compile bench ")
     machine = report["machine"]  # which processor ran it: a shared VM's host changes between runs
     assert machine["cpu"] and machine["cores"] >= 1 and machine["threads"] >= 1, machine
+
+
+def test_bench_rounds_time_every_backend_in_each_round_and_pool_the_paired_ratios(tiny_model_dirs, capsys):
+    common = ["bench", str(tiny_model_dirs["qwen2_moe"]), "--backends", "transformers,pytorch", "--batch", "1",
+              "--prompt", "3", "--new-tokens", "1", "--repeats", "1", "--rounds", "2"]
+    assert main([*common, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["workload"]["rounds"] == 2
+    assert [(r["backend"], r["round"]) for r in report["round_rows"]] == [
+        ("transformers", 0), ("pytorch", 0), ("pytorch", 1), ("transformers", 1)]
+    pooled = {row["backend"]: row for row in report["rows"]}
+    assert list(pooled) == ["transformers", "pytorch"] and all(row["rounds"] == 2 for row in pooled.values())
+    each = [row["vs_transformers"]["decode"] for row in report["round_rows"] if row["backend"] == "pytorch"]
+    assert pooled["pytorch"]["vs_transformers_range"]["decode"] == [min(each), max(each)]
+    assert pooled["pytorch"]["decode_tokens_per_s"]["runs"] == 2
+    assert main(common) == 0
+    assert "medians of 2 rounds' own ratios" in capsys.readouterr().out
 
 
 def test_bench_runs_a_given_onnx_file_for_its_setting(tiny_model_dirs, half_plan, cached_exports, tmp_path,
