@@ -1,9 +1,9 @@
 """Greedy decoding through any runner: the prompt once, then one token at a time; and checking
 another runner's greedy tokens against a runner's own choices in one forward pass.
 
-A runner that can keep its outputs where it made them (`infer_keeping`: ONNX Runtime through
-IOBinding) gets its KV cache back as its own values at every step, so the cache is not copied
-out to numpy and in again per token (on a GPU it stays on the device); other runners exchange
+A runner that can keep its outputs where it made them (`infer_keeping`: ONNX Runtime's own
+buffers on the CPU, OrtValues on a GPU) gets its KV cache back as its own values at every step,
+so the cache is not copied per token (on a GPU it stays on the device); other runners exchange
 numpy. The number of positions is bounded by the model's context.
 """
 
