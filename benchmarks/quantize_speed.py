@@ -28,17 +28,11 @@ from moe_compile.compiler.loader import load_moe_model  # noqa: E402
 from moe_compile.export.exporter import export_onnx  # noqa: E402
 from moe_compile.quantization.scheme import quant_scheme  # noqa: E402
 from moe_compile.validate.backends import BenchModel, TopKSetting, select_backends  # noqa: E402
-from moe_compile.validate.bench import (  # noqa: E402
-    Workload,
-    add_speedups,
-    in_rounds,
-    machine_description,
-    measure,
-    pooled_rounds,
-)
+from moe_compile.validate import bench  # noqa: E402
 from moe_compile.validate.bench_plot import plot_bench  # noqa: E402
 
-WORKLOADS = [Workload(1, 128, 32), Workload(8, 128, 16), Workload(1, 512, 4), Workload(1, 2048, 4)]
+WORKLOADS = [bench.Workload(1, 128, 32), bench.Workload(8, 128, 16), bench.Workload(1, 512, 4),
+             bench.Workload(1, 2048, 4)]
 REPEATS = 3
 ROUNDS = 3  # every backend timed in each round, the order reversed every other round (bench.in_rounds)
 RESULTS = Path(__file__).parent / "results"
@@ -64,12 +58,12 @@ def main() -> None:
         runs = [(transformers, TopKSetting("base", base))] + [(ort_cpu, TopKSetting(scheme, base)) for scheme in files]
         model = BenchModel(ir, "fp32", THREADS, onnx_files=files)
         try:
-            for number, (backend, setting) in in_rounds(runs, ROUNDS):
-                rows += measure(backend, setting, model, WORKLOADS, repeats=REPEATS, round_number=number)
+            for number, (backend, setting) in bench.in_rounds(runs, ROUNDS):
+                rows += bench.measure(backend, setting, model, WORKLOADS, repeats=REPEATS, round_number=number)
         finally:
             model.close()
-    add_speedups(rows)
-    round_rows, rows = rows, pooled_rounds(rows)
+    bench.add_speedups(rows)
+    round_rows, rows = rows, bench.pooled_rounds(rows)
     summary = {f"{r['backend']}/{r['setting']} b{r['batch']} p{r['prompt']}":
                {"prefill_tokens_per_s": r["prefill_tokens_per_s"]["median"],
                 "decode_tokens_per_s": r["decode_tokens_per_s"]["median"], "vs_eager": r["vs_transformers"],
@@ -77,7 +71,7 @@ def main() -> None:
                for r in rows}
     report = {
         "benchmark": "quantize_speed",
-        "machine": machine_description(THREADS),
+        "machine": bench.machine_description(THREADS),
         "load_average_before_after": [load_before, os.getloadavg()],
         "model": {"model_type": "qwen2_moe", **CONFIG},
         "workloads": [w.__dict__ for w in WORKLOADS], "repeats": REPEATS, "rounds": ROUNDS,
