@@ -59,7 +59,7 @@ class OnnxRuntimeRunner:
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         typed = {name: self._typed(name, value) for name, value in feed.items()}
-        return {name: out.astype(np.float32) if out.dtype != np.int64 else out
+        return {name: out.astype(np.float32, copy=False) if out.dtype != np.int64 else out
                 for name, out in zip(self.output_names, self.session.run(None, typed))}
 
     def infer_keeping(self, feed: dict, keep: list[str]) -> dict:
