@@ -31,7 +31,7 @@ from onnx_speed import CONFIG, THREADS, write_model  # noqa: E402  (the same mod
 from moe_compile.compiler.loader import load_moe_model  # noqa: E402
 from moe_compile.export.exporter import export_onnx  # noqa: E402
 from moe_compile.quantization.scheme import quant_scheme  # noqa: E402
-from moe_compile.validate.bench import machine_description  # noqa: E402
+from moe_compile.validate.bench import in_rounds, machine_description  # noqa: E402
 from moe_compile.validate.runners import OnnxRuntimeRunner  # noqa: E402
 from moe_compile.validate.timing import time_decode  # noqa: E402
 
@@ -86,9 +86,8 @@ def main() -> None:
             loops = {"iobinding on the cpu": IOBindingOnCpu(runner), "plain run": runner}
             for prompt_length in PROMPTS:
                 rounds = {name: [] for name in loops}
-                for number in range(ROUNDS):
-                    for name in (list(loops) if number % 2 == 0 else list(loops)[::-1]):
-                        rounds[name].append(step_ms(loops[name], runner, prompt_length))
+                for _, name in in_rounds(list(loops), ROUNDS):
+                    rounds[name].append(step_ms(loops[name], runner, prompt_length))
                 ratios = [old / new for old, new in zip(rounds["iobinding on the cpu"], rounds["plain run"])]
                 results[f"{scheme} after {prompt_length}"] = {
                     "step_ms_each_round": rounds,

@@ -36,7 +36,7 @@ def compare_files(ir, files: dict[str, Path], workloads: list, threads: int, rou
     -> the largest logit difference of each file from the first one's, a summary per file and
     workload (tokens/s and peak memory of each round), and bench's rows."""
     from moe_compile.validate.backends import BenchModel, TopKSetting, select_backends
-    from moe_compile.validate.bench import measure
+    from moe_compile.validate.bench import in_rounds, measure
 
     names = list(files)
     reference = prompt_logits(files[names[0]], ir.config.vocab_size)
@@ -47,9 +47,9 @@ def compare_files(ir, files: dict[str, Path], workloads: list, threads: int, rou
     model = BenchModel(ir, "fp32", threads, onnx_files=dict(files))
     rows = []
     try:
-        for round_ in range(rounds):  # the order reversed every other round: a file measured first gains
-            for name in (names if round_ % 2 == 0 else names[::-1]):
-                rows += measure(ort_cpu, TopKSetting(name, base), model, workloads, repeats=repeats)
+        # the order reversed every other round: a file measured first gains
+        for number, name in in_rounds(names, rounds):
+            rows += measure(ort_cpu, TopKSetting(name, base), model, workloads, repeats=repeats, round_number=number)
     finally:
         model.close()
     summary = {}

@@ -57,10 +57,14 @@ class OnnxRuntimeRunner:
     def _typed(self, name: str, value: np.ndarray) -> np.ndarray:
         return value.astype(_NUMPY_TYPES.get(self.input_types[name], value.dtype), copy=False)
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A plain run, inputs cast to the graph's types -> every output as ONNX Runtime made it."""
         typed = {name: self._typed(name, value) for name, value in feed.items()}
+        return dict(zip(self.output_names, self.session.run(self.output_names, typed)))
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: out.astype(np.float32, copy=False) if out.dtype != np.int64 else out
-                for name, out in zip(self.output_names, self.session.run(None, typed))}
+                for name, out in self._run(feed).items()}
 
     def infer_keeping(self, feed: dict, keep: list[str]) -> dict:
         """Run with the outputs named in `keep` left where the session made them, so a generation
@@ -74,8 +78,7 @@ class OnnxRuntimeRunner:
         plain run, the more so the longer the cache: int4 after 2048 tokens 4.6-5.0 against
         3.8-4.1 ms a step (onnx_speed.py's model, 4 rounds alternating, by hand, 2026-12-06)."""
         if self.session.get_providers()[0] != "CUDAExecutionProvider":
-            typed = {name: self._typed(name, value) for name, value in feed.items()}
-            return dict(zip(self.output_names, self.session.run(self.output_names, typed)))
+            return self._run(feed)
         import onnxruntime as ort
 
         binding = self.session.io_binding()
