@@ -170,7 +170,7 @@ def in_rounds(runs: list, rounds: int) -> Iterator[tuple[int, object]]:
     """(round, run): every run once per round, the order reversed every other round.
 
     A shared machine's speed moves between minutes (on the 2-core VM the benches were run on,
-    eager PyTorch's decode moved from 77 to 102 tokens/s between two runs 47 minutes apart while
+    eager PyTorch's decode moved from 102 to 77.5 tokens/s between two runs 47 minutes apart while
     ONNX Runtime's moved 4 %), so a speed-up is only as good as the pairing of the two timings in
     time: rounds give each backend the same minutes, and `pooled_rounds` takes each round's own
     ratio before it takes a median."""
