@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -96,6 +97,16 @@ class ExpertsOnDemand:
         return self._adapter.read_expert(self._checkpoint, self._index, expert, self._field)
 
 
+class ExpertLayout(Protocol):
+    """How a target lays an expert tensor [E, ...] out in its file (lowering.expert_layouts)."""
+
+    def __call__(self, weights: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The tensor in the target's order, one laid-out piece at a time along the first axis."""
+
+    def laid_out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of `shape`'s tensor once laid out (a layout may regroup the experts)."""
+
+
 @dataclass(frozen=True)
 class WeightRecipe:
     """One initializer's values: `read()` the source (as stored), permute, cast, lay out."""
@@ -106,13 +117,12 @@ class WeightRecipe:
     dtype: torch.dtype
     layer: int | None = None  # the MoE layer whose ExpertWeights it comes from
     perm: tuple[int, ...] | None = None
-    expert_layout: Callable[[torch.Tensor], Iterator[torch.Tensor]] | None = None  # per expert, target order
+    expert_layout: ExpertLayout | None = None  # per expert, target order
 
     @property
     def shape(self) -> tuple[int, ...]:
         shape = self.source_shape if self.perm is None else tuple(self.source_shape[axis] for axis in self.perm)
-        laid_out = getattr(self.expert_layout, "laid_out_shape", None)  # a layout that regroups the experts
-        return shape if laid_out is None else laid_out(shape)
+        return shape if self.expert_layout is None else self.expert_layout.laid_out_shape(shape)
 
     def slices(self) -> Iterator[torch.Tensor]:
         """The tensor in its final layout and dtype, in order along its first axis, a slice at a time."""

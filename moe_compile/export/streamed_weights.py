@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -28,7 +28,7 @@ import onnx_ir as ir
 import torch
 
 from moe_compile.compiler.ir import MoEModel
-from moe_compile.compiler.weight_sources import WeightRecipe, WeightSources
+from moe_compile.compiler.weight_sources import ExpertLayout, WeightRecipe, WeightSources
 from moe_compile.direct_file import DirectFile
 from moe_compile.dtypes import element_type
 from moe_compile.read_ahead import read_ahead
@@ -125,7 +125,7 @@ def fold_weight_transposes(graph: ir.Graph) -> None:
         graph.register_initializer(value)
 
 
-def set_expert_layouts(graph: ir.Graph, layouts: dict[str, Callable[[torch.Tensor], Iterator[torch.Tensor]]]) -> None:
+def set_expert_layouts(graph: ir.Graph, layouts: dict[str, ExpertLayout]) -> None:
     """Give the named expert initializers the target's layout (lowering.expert_layouts)."""
     for name, layout in layouts.items():
         value = graph.initializers.get(name)

@@ -11,8 +11,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from moe_compile.grouped_moe_op import GroupedMoEAttributes
+
+if TYPE_CHECKING:
+    from moe_compile.compiler.weight_sources import ExpertLayout
 
 TARGETS = ("tensorrt", "onnxruntime", "onnx")
 
@@ -106,7 +110,7 @@ def weight_pass(target: str, expert_halves: bool = False) -> Callable:
     return lambda onnx_model: None
 
 
-def expert_layouts(target: str, nodes, shapes: dict[str, tuple[int, ...]], expert_halves: bool = False) -> dict[str, Callable]:
+def expert_layouts(target: str, nodes, shapes: dict[str, tuple[int, ...]], expert_halves: bool = False) -> dict[str, ExpertLayout]:
     """What `weight_pass` does, one tensor at a time, for a streamed export: {expert initializer
     name: its layout (torch [E, ...] -> the experts in the file's order)} among `nodes`
     ((domain, op_type, input names) each), whose initializers have `shapes`."""
@@ -117,7 +121,7 @@ def expert_layouts(target: str, nodes, shapes: dict[str, tuple[int, ...]], exper
     return ort_expert_layouts(nodes, shapes, expert_halves)
 
 
-def expert_field_layouts(target: str, lowering: Lowering) -> dict[str, Callable]:
+def expert_field_layouts(target: str, lowering: Lowering) -> dict[str, ExpertLayout]:
     """The layouts `expert_layouts` will find for a layer lowered as `lowering`, by ExpertWeights
     field, known before the graph is traced: what a streamed export writes early. (A QMoE layer
     is traced as com.microsoft.MoE and quantized after: the same layout.)"""
