@@ -41,26 +41,14 @@ RESULTS = Path(__file__).parent / "results"
 
 class IOBindingOnCpu:
     """The runner's former CPU path, kept here as the alternative measured: every output bound
-    to the CPU through an IOBinding, the cache handed on as OrtValues."""
+    to the CPU through an IOBinding (`OnnxRuntimeRunner.infer_bound`), the cache handed on as
+    OrtValues."""
 
     def __init__(self, runner: OnnxRuntimeRunner) -> None:
         self.runner = runner
 
     def infer_keeping(self, feed: dict, keep: list[str]) -> dict:
-        import onnxruntime as ort
-
-        session = self.runner.session
-        binding = session.io_binding()
-        for name, value in feed.items():
-            if isinstance(value, ort.OrtValue):
-                binding.bind_ortvalue_input(name, value)
-            else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(self.runner._typed(name, value)))
-        for name in self.runner.output_names:
-            binding.bind_output(name, "cpu")
-        session.run_with_iobinding(binding)
-        outputs = dict(zip(self.runner.output_names, binding.get_outputs()))
-        return {name: value if name in keep else value.numpy() for name, value in outputs.items()}
+        return self.runner.infer_bound(feed, keep, "cpu")
 
 
 def step_ms(loop, runner: OnnxRuntimeRunner, prompt_length: int) -> float:

@@ -71,29 +71,30 @@ def decode_step_times(files: dict[str, Path], past_lengths: tuple[int, ...], thr
     "median_ms"}}}."""
     import onnxruntime as ort
 
+    from moe_compile.validate.bench import in_rounds
+
     names = list(files)
     generator = np.random.default_rng(0)
     result = {}
     for length in past_lengths:
         feed = None
         times = {name: [] for name in names}
-        for round_ in range(rounds):
-            for name in (names if round_ % 2 == 0 else names[::-1]):
-                options = ort.SessionOptions()
-                options.intra_op_num_threads, options.log_severity_level = threads, 3
-                session = ort.InferenceSession(str(files[name]), options, providers=["CPUExecutionProvider"])
-                if feed is None:
-                    feed = {"input_ids": np.full((1, 1), 5, np.int64), "attention_mask": np.ones((1, length + 1), np.int64),
-                            "position_ids": np.full((1, 1), length, np.int64)}
-                    feed |= {i.name: generator.standard_normal((1, i.shape[1], length, i.shape[3])).astype(np.float32)
-                             for i in session.get_inputs() if i.name.startswith("past_key_values.")}
-                for _ in range(5):
-                    session.run(None, feed)
-                begin = time.perf_counter()
-                for _ in range(steps):
-                    session.run(None, feed)
-                times[name].append(round((time.perf_counter() - begin) / steps * 1e3, 4))
-                del session
+        for _, name in in_rounds(names, rounds):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.log_severity_level = threads, 3
+            session = ort.InferenceSession(str(files[name]), options, providers=["CPUExecutionProvider"])
+            if feed is None:
+                feed = {"input_ids": np.full((1, 1), 5, np.int64), "attention_mask": np.ones((1, length + 1), np.int64),
+                        "position_ids": np.full((1, 1), length, np.int64)}
+                feed |= {i.name: generator.standard_normal((1, i.shape[1], length, i.shape[3])).astype(np.float32)
+                         for i in session.get_inputs() if i.name.startswith("past_key_values.")}
+            for _ in range(5):
+                session.run(None, feed)
+            begin = time.perf_counter()
+            for _ in range(steps):
+                session.run(None, feed)
+            times[name].append(round((time.perf_counter() - begin) / steps * 1e3, 4))
+            del session
         result[str(length)] = {name: {"ms_per_round": t, "median_ms": round(float(np.median(t)), 4)}
                                for name, t in times.items()}
     return result

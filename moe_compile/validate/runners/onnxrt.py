@@ -79,6 +79,12 @@ class OnnxRuntimeRunner:
         3.8-4.1 ms a step (onnx_speed.py's model, 4 rounds alternating, by hand, 2026-12-06)."""
         if self.session.get_providers()[0] != "CUDAExecutionProvider":
             return self._run(feed)
+        return self.infer_bound(feed, keep, "cuda")
+
+    def infer_bound(self, feed: dict, keep: list[str], device: str) -> dict:
+        """Run through an IOBinding with every output bound to `device` ("cuda", "cpu"): the outputs
+        in `keep` come back as OrtValues there, the rest as numpy; OrtValues in `feed` are bound as
+        they are (no copy)."""
         import onnxruntime as ort
 
         binding = self.session.io_binding()
@@ -88,7 +94,7 @@ class OnnxRuntimeRunner:
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(self._typed(name, value)))
         for name in self.output_names:
-            binding.bind_output(name, "cuda")
+            binding.bind_output(name, device)
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         return {name: value if name in keep else value.numpy() for name, value in outputs.items()}
