@@ -19,7 +19,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     moe_model = load_moe_model(args.model)
     summary = model_summary(moe_model, load_plan(args.plan, moe_model) if args.plan else None)
     for layer, spec in zip(summary["layers"], moe_model.layers):
-        layer["lowering"] = {target: choose_lowering(target, spec.attributes, spec.has_score_bias).as_dict()
+        layer["lowering"] = {target: choose_lowering(target, spec.attributes, spec.has_score_bias,
+                                                     intermediate=spec.intermediate).as_dict()
                              for target in TARGETS}
     if args.json:
         print_report(summary)

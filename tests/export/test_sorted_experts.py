@@ -1,6 +1,7 @@
 """com.microsoft.MoE as If(tokens >= 4, sorted experts, the node): the sorted branch computes what
 the node computes (routing, ties, renormalisation, SwiGLU variants, biases), fewer tokens still
-run the node, and per-expert weights of a file with external data are views of its bytes."""
+run the node (on its experts in halves, gathered when the session starts, where the intermediate
+size is even), and per-expert weights of a file with external data are views of its bytes."""
 
 from __future__ import annotations
 
@@ -14,20 +15,21 @@ from onnx import TensorProto, helper, numpy_helper
 
 from moe_compile.export.length_dispatch import FEW_TOKENS, ONE_TOKEN
 from moe_compile.export.lowering.onnxruntime import register_ms_schema
+from moe_compile.export.lowering.ort_support import FEW_TOKEN_HALVES
 from moe_compile.export.lowering.sorted_experts import MIN_SORTED_TOKENS, is_expert_switch, sort_multi_token_experts
-from moe_compile.export.subgraphs import all_nodes
+from moe_compile.export.subgraphs import all_nodes, subgraphs
 from tiny_models import prompt_logits
 
 E, H, I = 6, 16, 8
 
 
-def _moe_model(k: int, biases: bool, **attrs) -> onnx.ModelProto:
+def _moe_model(k: int, biases: bool, intermediate: int = I, **attrs) -> onnx.ModelProto:
     register_ms_schema("MoE")
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((E, 2 * I, H)).astype(np.float32) / 4, "fc1"),
-             numpy_helper.from_array(rng.standard_normal((E, H, I)).astype(np.float32) / 3, "fc2")]
+    inits = [numpy_helper.from_array(rng.standard_normal((E, 2 * intermediate, H)).astype(np.float32) / 4, "fc1"),
+             numpy_helper.from_array(rng.standard_normal((E, H, intermediate)).astype(np.float32) / 3, "fc2")]
     if biases:
-        inits += [numpy_helper.from_array(rng.standard_normal((E, 2 * I)).astype(np.float32) / 5, "b1"),
+        inits += [numpy_helper.from_array(rng.standard_normal((E, 2 * intermediate)).astype(np.float32) / 5, "b1"),
                   numpy_helper.from_array(rng.standard_normal((E, H)).astype(np.float32) / 5, "b2")]
     node = helper.make_node("MoE", ["x", "logits", "fc1", "b1" if biases else "", "fc2", "b2" if biases else ""], ["y"],
                             name="moe", domain="com.microsoft", k=k, activation_type="swiglu", swiglu_fusion=1, **attrs)
@@ -72,26 +74,53 @@ def test_sorted_branch_computes_what_the_node_computes(variant, tokens):
     np.testing.assert_allclose(_run(_switched(model), x, logits), _run(model, x, logits), rtol=1e-5, atol=1e-5)
 
 
-def test_ties_go_where_the_node_sends_them():
-    """Equal logits: the node takes the higher expert index; so must the sorted branch."""
+@pytest.mark.parametrize("tokens", [2, 4])
+def test_ties_go_where_the_node_sends_them(tokens):
+    """Equal logits: the node takes the higher expert index; so must the sorted branch, and the node
+    on its experts in halves (whose own choice would take both halves of the tied experts apart)."""
     model = _moe_model(k=2, biases=False, normalize_routing_weights=0)
-    x = np.random.default_rng(1).standard_normal((4, H)).astype(np.float32)
-    logits = np.zeros((4, E), np.float32)
+    x = np.random.default_rng(1).standard_normal((tokens, H)).astype(np.float32)
+    logits = np.zeros((tokens, E), np.float32)
     logits[1, [0, 2, 4]] = 1.0
     np.testing.assert_allclose(_run(_switched(model), x, logits), _run(model, x, logits), rtol=1e-5, atol=1e-5)
 
 
 def test_few_tokens_run_the_node_and_more_run_the_sorted_branch():
-    """Zero the node's own fc2 in the file: fewer than MIN_SORTED_TOKENS see it, more do not."""
+    """Zero the node's own fc2 (its halves, the few-token node's copy here, inline) in the file: fewer
+    than MIN_SORTED_TOKENS see it, more do not."""
     model = _switched(_moe_model(k=2, biases=False, normalize_routing_weights=0))
     reference = _moe_model(k=2, biases=False, normalize_routing_weights=0)
-    fc2 = next(init for init in model.graph.initializer if init.name == "fc2")
-    fc2.CopyFrom(numpy_helper.from_array(np.zeros((E, H, I), np.float32), "fc2"))
+    fc2 = next(init for init in model.graph.initializer if init.name == "fc2.as_slices")
+    fc2.CopyFrom(numpy_helper.from_array(np.zeros(fc2.dims, np.float32), fc2.name))
     tokens = MIN_SORTED_TOKENS
     x = np.ones((tokens, H), np.float32)
     logits = np.arange(tokens * E, dtype=np.float32).reshape(tokens, E) % 5
     assert not _run(model, x[:tokens - 1], logits[:tokens - 1]).any()  # the node, on the zeroed fc2
     np.testing.assert_allclose(_run(model, x, logits), _run(reference, x, logits), rtol=1e-5, atol=1e-5)
+
+
+def _few_token_nodes(model: onnx.ModelProto) -> list:
+    (switch,) = [node for node in model.graph.node if is_expert_switch(node)]
+    few = next(attr.g for attr in switch.attribute if attr.name == "else_branch")
+    return [node for node in few.node if node.op_type == "MoE"]
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_few_tokens_run_the_node_on_its_experts_in_halves(biases):
+    """Below MIN_SORTED_TOKENS: 2E experts (each expert's halves, gathered from the node's own
+    tensors), 2k chosen, the same output as the node; an odd intermediate size keeps whole experts."""
+    model = _moe_model(k=2, biases=biases, normalize_routing_weights=1)
+    (halved,) = _few_token_nodes(_switched(model))
+    assert next(attr.i for attr in halved.attribute if attr.name == "k") == 4
+    rng = np.random.default_rng(5)
+    for tokens in range(1, MIN_SORTED_TOKENS):
+        x, logits = rng.standard_normal((tokens, H)).astype(np.float32), rng.standard_normal((tokens, E)).astype(np.float32)
+        np.testing.assert_allclose(_run(_switched(model), x, logits), _run(model, x, logits), rtol=1e-5, atol=1e-5)
+    odd = _moe_model(k=2, biases=biases, normalize_routing_weights=1, intermediate=I - 1)
+    (whole,) = _few_token_nodes(_switched(odd))
+    assert list(whole.input) == list(odd.graph.node[0].input)
+    x, logits = rng.standard_normal((2, H)).astype(np.float32), rng.standard_normal((2, E)).astype(np.float32)
+    np.testing.assert_allclose(_run(_switched(odd), x, logits), _run(odd, x, logits), rtol=1e-5, atol=1e-5)
 
 
 def test_external_weights_are_views_of_the_same_bytes(tmp_path):
@@ -105,14 +134,30 @@ def test_external_weights_are_views_of_the_same_bytes(tmp_path):
     assert len(views) == 4 * E and all(init.data_location == TensorProto.EXTERNAL for init in views)
     onnx.save_model(on_disk, path)
     assert (tmp_path / "moe.onnx.data").stat().st_size == data_size  # nothing appended
-    loaded = onnx.load(path)
-    arrays = {init.name: numpy_helper.to_array(init) for init in loaded.graph.initializer}
+    originals = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    arrays = {init.name: numpy_helper.to_array(init) for init in onnx.load(path).graph.initializer}
     for name in ("fc1", "fc2", "b1", "b2"):
         for e in range(E):
-            np.testing.assert_array_equal(arrays[f"{name}.expert{e}"], arrays[name][e])
+            np.testing.assert_array_equal(arrays[f"{name}.expert{e}"], originals[name][e])
+    for name in ("fc1", "fc2", "b1"):  # the halves' sources: the same bytes seen in another shape, read in their place
+        (source,) = [init for init in on_disk.graph.initializer if init.name == f"{name}.as_slices"]
+        np.testing.assert_array_equal(arrays[f"{name}.as_slices"].reshape(-1), originals[name].reshape(-1))
+        assert source.data_location == TensorProto.EXTERNAL and name not in arrays
     rng = np.random.default_rng(3)
-    x, logits = rng.standard_normal((9, H)).astype(np.float32), rng.standard_normal((9, E)).astype(np.float32)
-    np.testing.assert_allclose(_run(str(path), x, logits), _run(model, x, logits), rtol=1e-5, atol=1e-5)
+    for tokens in (2, 9):  # the node on halves, the sorted experts
+        x, logits = rng.standard_normal((tokens, H)).astype(np.float32), rng.standard_normal((tokens, E)).astype(np.float32)
+        np.testing.assert_allclose(_run(str(path), x, logits), _run(model, x, logits), rtol=1e-5, atol=1e-5)
+    # ONNX Runtime gathers the halves once, when the session starts: no Gather of them is left to run
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(tmp_path / "optimized.onnx", load_external_data=False)
+    sources = {f"{name}.as_slices" for name in ("fc1", "fc2", "b1")}
+    assert not [node for node in all_nodes(optimized.graph.node) if sources & set(node.input)]
+    (halved,) = [node for node in all_nodes(optimized.graph.node) if node.op_type == "MoE"]
+    graphs = [optimized.graph, *(graph for node in all_nodes(optimized.graph.node) for graph in subgraphs(node))]
+    initializers = {init.name for graph in graphs for init in graph.initializer}
+    assert {halved.input[2], halved.input[3], halved.input[4], halved.input[5]} <= initializers
 
 
 def test_fp16_nodes_are_left_alone():
@@ -142,9 +187,12 @@ def test_export_sorts_prompts_by_default_and_node_keeps_the_node(tiny_model_dirs
         sorted_layers = [layer for layer in report["moe_layers"] if "prompts_lowered_to" in layer]
         assert not [node for node in all_nodes(model.graph.node) if is_expert_switch(node)]  # each resolved in its body
         if mode == "sorted":
-            # few tokens run the node, more the sorted experts
+            # few tokens run the node (on the experts in halves), more the sorted experts
             assert len(moe_nodes["then_branch"]) == len(report["moe_layers"]) == len(sorted_layers) > 0
             assert moe_nodes["else_branch"] == []
+            assert all(layer["experts"] == FEW_TOKEN_HALVES for layer in report["moe_layers"])
+            for node, layer in zip(moe_nodes["then_branch"], report["moe_layers"]):
+                assert next(attr.i for attr in node.attribute if attr.name == "k") == 2 * layer["top_k"]
             assert metadata["moe_compile.moe_prompts"] == "sorted"
             assert metadata["moe_compile.split_by_length"] == report["split_by_length"] == FEW_TOKENS
         else:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
+from .ort_support import EXPERT_HALVES, FEW_TOKEN_HALVES
+
 if TYPE_CHECKING:
     from moe_compile.compiler.weight_sources import ExpertLayout
 
@@ -31,18 +33,21 @@ class Lowering:
     reason: str | None = None  # why not the target's first choice
     prompts_lowered_to: str | None = None  # what inputs of several tokens run instead (sorted_experts.py)
     expert_halves: bool = False  # com.microsoft.MoE handed each expert as ort_support.EXPERT_SLICES slices
+    few_token_halves: bool = False  # only below the sorted experts' token count, gathered when the session starts
 
     def as_dict(self) -> dict:
+        halves = ({"experts": EXPERT_HALVES} if self.expert_halves else
+                  {"experts": FEW_TOKEN_HALVES} if self.few_token_halves else {})
         return {"lowered_to": self.lowered_to, "routing": self.routing, **({"reason": self.reason} if self.reason else {}),
-                **({"prompts_lowered_to": self.prompts_lowered_to} if self.prompts_lowered_to else {}),
-                **({"experts": "in halves of their intermediate channels"} if self.expert_halves else {})}
+                **({"prompts_lowered_to": self.prompts_lowered_to} if self.prompts_lowered_to else {}), **halves}
 
 
 def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bool, quantized: bool = False,
                     sorted_prompts: bool = True, expert_halves: bool = False, intermediate: int | None = None) -> Lowering:
     """`sorted_prompts`: an fp32 export that did not ask `--moe-prompts node` (the default; inspect's).
     `expert_halves`: an fp32 export that did (`LoweringReport.expert_halves`); the layer's experts,
-    of `intermediate` channels, are then halved where that size allows (`expert_slices`)."""
+    of `intermediate` channels, are then halved where that size allows (`expert_slices`), as they
+    are for the few tokens that still run the node in a sorted export (sorted_experts.py)."""
     if target == "tensorrt":
         return Lowering("plugin", "in the op")
     if target == "onnx":
@@ -56,9 +61,11 @@ def choose_lowering(target: str, attrs: GroupedMoEAttributes, has_score_bias: bo
     halves = not quantized and intermediate is not None and expert_slices(expert_halves, intermediate) > 1
     if halves and not routing:
         routing = "experts in halves (the node's own choice would split tied experts)"
+    sorted_experts = sorted_prompts and not quantized
     return Lowering("com.microsoft.QMoE" if quantized else "com.microsoft.MoE",
                     "standard ops" if routing else "in the op", routing,
-                    SORTED_PROMPTS if sorted_prompts and not quantized else None, expert_halves=halves)
+                    SORTED_PROMPTS if sorted_experts else None, expert_halves=halves,
+                    few_token_halves=sorted_experts and intermediate is not None and expert_slices(True, intermediate) > 1)
 
 
 @dataclass

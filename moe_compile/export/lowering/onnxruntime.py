@@ -16,7 +16,8 @@ reversed by a Gather, weights reversed in the file), which turns its tie rule in
 Its CPU kernel gives each thread a contiguous range of expert indices and runs an expert's
 products on one thread: with 4 of 16 experts chosen, one of two threads gets 3 or 4 of them for
 57 % of tokens. Where the node runs every token count (fp32, `export --moe-prompts node`), each
-expert is therefore handed to it as two experts, the halves of its intermediate channels (an
+expert is therefore handed to it as two experts (the default's few-token node gets the same from
+the file's whole experts when the session starts: sorted_experts.py), the halves of its intermediate channels (an
 expert's SwiGLU MLP is the sum of the same MLP over any partition of its channels), laid out
 slice-major (the first halves of all experts, then the second halves), so each thread runs one
 half of every chosen expert (decode steps measured in docs/export.md). The node then takes 2k of
@@ -48,12 +49,11 @@ from onnxscript import opset18 as op
 
 from moe_compile.grouped_moe_op import GroupedMoEAttributes
 
-from .ort_support import EXPERT_SLICES, MS_DOMAIN, expert_slices
+from .ort_support import EXPERT_SLICES, MS_DOMAIN, SMALLEST_WEIGHT, expert_slices
 from .standard import FLOAT, grouped_moe_standard, ints, poison_nonfinite_tokens, route
 
 _FC1_INPUTS = (2, 3)  # fc1_experts_weights, fc1_experts_bias
 _FC2_INPUTS = (4, 5)  # fc2_experts_weights, fc2_experts_bias
-_SMALLEST_WEIGHT = 1e-30  # a chosen expert's weight is at least this inside the log: never -inf
 
 
 @functools.cache
@@ -92,7 +92,7 @@ def selecting_logits(router_logits, score_bias, attrs: GroupedMoEAttributes, num
     """
     weights, experts = route(router_logits, score_bias, attrs, num_experts)  # [T, k] fp32, [T, k]
     total = op.ReduceSum(weights, ints(-1), keepdims=1)  # [T, 1]
-    log_weights = op.Log(op.Max(weights, op.Constant(value_float=_SMALLEST_WEIGHT)))  # [T, k], finite
+    log_weights = op.Log(op.Max(weights, op.Constant(value_float=SMALLEST_WEIGHT)))  # [T, k], finite
     unchosen = op.Expand(op.Constant(value_float=-math.inf), op.Shape(router_logits))  # [T, E]
     return op.ScatterElements(unchosen, experts, log_weights, axis=1), total
 

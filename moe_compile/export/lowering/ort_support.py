@@ -21,6 +21,12 @@ SORTED_PROMPTS = f"sorted experts from {MIN_SORTED_TOKENS} tokens"  # what the e
 # gives each thread a range of expert indices and runs an expert's products on one thread, so this
 # puts one slice of every chosen expert on each of two threads (onnxruntime.py; docs/export.md).
 EXPERT_SLICES = 2
+EXPERT_HALVES = "in halves of their intermediate channels"  # what the export report says (`export --moe-prompts node`)
+# ... and for a sorted export, whose few-token node gets them so from the file's whole experts (sorted_experts.py)
+FEW_TOKEN_HALVES = f"{EXPERT_HALVES} below {MIN_SORTED_TOKENS} tokens (gathered from the file's when the session starts)"
+# Where the choice of experts is handed to the node as log-weights, a chosen expert's weight is at
+# least this inside the log, so never -inf (onnxruntime.selecting_logits, sorted_experts._HalvedNode).
+SMALLEST_WEIGHT = 1e-30
 
 
 def expert_slices(halves: bool, intermediate: int) -> int:

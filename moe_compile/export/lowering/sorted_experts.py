@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from .ort_support import MIN_SORTED_TOKENS, MS_DOMAIN
+from ..subgraphs import outer_reads
+from .ort_support import EXPERT_SLICES, MIN_SORTED_TOKENS, MS_DOMAIN, SMALLEST_WEIGHT, expert_slices
 
 METADATA_KEY = "moe_compile.moe_prompts"  # SORTED: the file holds the If above
 SORTED, NODE = "sorted", "node"  # `export --moe-prompts`
@@ -37,15 +38,21 @@ def sort_multi_token_experts(onnx_model, min_tokens: int = MIN_SORTED_TOKENS) ->
     -> how many nodes were switched."""
     graph = onnx_model.graph
     initializers = {init.name: init for init in graph.initializer}
-    switched, nodes = 0, []
+    switched, nodes, stacked = 0, [], set()
     for node in graph.node:
         if node.domain == MS_DOMAIN and node.op_type == "MoE" and initializers[node.input[_FC1]].data_type == TensorProto.FLOAT:
             nodes.extend(_switch(node, initializers, graph.initializer, min_tokens))
+            stacked.update(name for name in node.input[_FC1:] if name)
             switched += 1
         else:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
+    # a stacked tensor the halved node no longer reads (its bytes are the views'): not left unused
+    unread = stacked - outer_reads(graph.node)
+    kept = [init for init in graph.initializer if init.name not in unread]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     return switched
 
 
@@ -58,12 +65,17 @@ def _switch(node, initializers: dict, new_initializers, min_tokens: int) -> list
     """The nodes that replace `node`: its token count, the condition, the If."""
     out = node.output[0]
     prefix = f"{out}.sorted"
-    fused = helper.make_node(node.op_type, node.input, [f"{out}.fused"], name=f"{node.name}.fused", domain=MS_DOMAIN)
-    fused.attribute.extend(node.attribute)
-    experts = {position: _per_expert(initializers[node.input[position]], new_initializers)
+    stacked = {position: initializers[node.input[position]]
                for position in (_FC1, _FC1_BIAS, _FC2, _FC2_BIAS) if position < len(node.input) and node.input[position]}
-    sorted_branch = _SortedExperts(prefix, node, experts, list(initializers[node.input[_FC2]].dims)).graph()
-    fused_branch = helper.make_graph([fused], f"{prefix}.fused_branch", [], [helper.make_tensor_value_info(f"{out}.fused", TensorProto.FLOAT, None)])
+    experts = {position: _per_expert(tensor, new_initializers) for position, tensor in stacked.items()}
+    sorted_branch = _SortedExperts(prefix, node, experts, list(stacked[_FC2].dims)).graph()
+    if expert_slices(True, stacked[_FC2].dims[-1]) > 1:
+        fused_branch = _HalvedNode(f"{out}.halves", node, stacked, new_initializers).graph()
+    else:
+        fused = helper.make_node(node.op_type, node.input, [f"{out}.fused"], name=f"{node.name}.fused", domain=MS_DOMAIN)
+        fused.attribute.extend(node.attribute)
+        fused_branch = helper.make_graph([fused], f"{prefix}.fused_branch", [],
+                                         [helper.make_tensor_value_info(f"{out}.fused", TensorProto.FLOAT, None)])
     return [
         helper.make_node("Shape", [node.input[0]], [f"{prefix}.tokens"], name=f"{prefix}.tokens", start=0, end=1),
         helper.make_node("Constant", [], [f"{prefix}.min_tokens"], name=f"{prefix}.min_tokens",
@@ -80,36 +92,41 @@ def _per_expert(stacked, new_initializers) -> list[str]:
     has them (same file, offset + e·size), else copies. -> their names, by expert."""
     names = [f"{stacked.name}.expert{e}" for e in range(stacked.dims[0])]
     if stacked.data_location == TensorProto.EXTERNAL:
-        info = {entry.key: entry.value for entry in stacked.external_data}
-        size = int(info["length"]) // stacked.dims[0]
+        size = _external_length(stacked) // stacked.dims[0]
         for e, name in enumerate(names):
-            view = TensorProto(name=name, data_type=stacked.data_type, dims=stacked.dims[1:],
-                               data_location=TensorProto.EXTERNAL)
-            for key, value in (("location", info["location"]), ("offset", str(int(info.get("offset", 0)) + e * size)),
-                               ("length", str(size))):
-                view.external_data.add(key=key, value=value)
-            new_initializers.append(view)
+            new_initializers.append(_view(stacked, name, stacked.dims[1:], e * size, size))
     else:
         array = numpy_helper.to_array(stacked)
         new_initializers.extend(numpy_helper.from_array(np.ascontiguousarray(array[e]), name) for e, name in enumerate(names))
     return names
 
 
-class _SortedExperts:
-    """The sorted branch of one MoE node: the node's routing and experts, in standard ops."""
+def _external_length(tensor) -> int:
+    return int(next(entry.value for entry in tensor.external_data if entry.key == "length"))
 
-    def __init__(self, prefix: str, node, experts: dict[int, list[str]], fc2_dims: list[int]):
+
+def _view(stacked, name: str, dims, start: int, length: int):
+    """An initializer `name` of shape `dims` reading `length` bytes of `stacked`'s external data
+    from `start` on (relative to its own offset)."""
+    info = {entry.key: entry.value for entry in stacked.external_data}
+    view = TensorProto(name=name, data_type=stacked.data_type, dims=dims, data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", info["location"]), ("offset", str(int(info.get("offset", 0)) + start)),
+                       ("length", str(length))):
+        view.external_data.add(key=key, value=value)
+    return view
+
+
+class _Branch:
+    """One branch of a switch, built from its MoE node: nodes and constants of its own, and the
+    node's routing in standard ops."""
+
+    def __init__(self, prefix: str, node, output: str):
         attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
         self.prefix, self.nodes, self.constants = prefix, [], []
         self.hidden, self.logits = node.input[0], node.input[1]
-        self.experts = experts
         self.k = attrs["k"]
         self.normalize = bool(attrs.get("normalize_routing_weights", 0))
-        self.alpha, self.beta = attrs.get("activation_alpha", 1.0), attrs.get("activation_beta", 0.0)
-        self.limit = attrs.get("swiglu_limit")
-        self.count = len(experts[_FC1])
-        self.intermediate = fc2_dims[-1]  # fc2 [E, H, I]
-        self.output = f"{node.output[0]}.sorted"
+        self.output = output
 
     def add(self, op: str, inputs: list[str], outputs: int | list[str] = 1, **attrs) -> str | list[str]:
         index = len(self.nodes)
@@ -121,6 +138,35 @@ class _SortedExperts:
         name = f"{self.prefix}.c{len(self.constants)}"
         self.constants.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
+
+    def graph(self):
+        return helper.make_graph(self.nodes, self.prefix, [], [helper.make_tensor_value_info(self.output, TensorProto.FLOAT, None)],
+                                 initializer=self.constants)
+
+    def route(self) -> tuple[str, str]:
+        """The node's routing: softmax, top-k, optional renormalisation. Its kernel breaks ties
+        towards the higher expert index, ONNX's TopK towards the lower: rank the experts in
+        reverse and map the indices back. -> (weights [T, k], experts [T, k] in the node's order)."""
+        last = self.count - 1
+        reversed_logits = self.add("Gather", [self.logits, self.const(np.arange(last, -1, -1))], axis=1)
+        weights, ranked = self.add("TopK", [self.add("Softmax", [reversed_logits], axis=-1), self.const([self.k])], 2,
+                                   axis=-1, largest=1, sorted=1)
+        if self.normalize:
+            weights = self.add("Div", [weights, self.add("ReduceSum", [weights, self.const([-1])], keepdims=1)])
+        return weights, self.add("Sub", [self.const(last), ranked])
+
+
+class _SortedExperts(_Branch):
+    """The sorted branch of one MoE node: the node's routing and experts, in standard ops."""
+
+    def __init__(self, prefix: str, node, experts: dict[int, list[str]], fc2_dims: list[int]):
+        super().__init__(prefix, node, f"{node.output[0]}.sorted")
+        attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+        self.experts = experts
+        self.alpha, self.beta = attrs.get("activation_alpha", 1.0), attrs.get("activation_beta", 0.0)
+        self.limit = attrs.get("swiglu_limit")
+        self.count = len(experts[_FC1])
+        self.intermediate = fc2_dims[-1]  # fc2 [E, H, I]
 
     def graph(self):
         weights, experts = self.route()
@@ -144,20 +190,7 @@ class _SortedExperts:
         per_slot = self.add("Reshape", [self.add("Gather", [by_expert, inverse], axis=0),
                                         self.add("Concat", [self.const([-1, self.k]), self.add("Shape", [self.hidden], start=1)], axis=0)])
         self.add("ReduceSum", [per_slot, self.const([1])], [self.output], keepdims=0)
-        return helper.make_graph(self.nodes, self.prefix, [], [helper.make_tensor_value_info(self.output, TensorProto.FLOAT, None)],
-                                 initializer=self.constants)
-
-    def route(self) -> tuple[str, str]:
-        """The node's routing: softmax, top-k, optional renormalisation. Its kernel breaks ties
-        towards the higher expert index, ONNX's TopK towards the lower: rank the experts in
-        reverse and map the indices back. -> (weights [T, k], experts [T, k] in the node's order)."""
-        last = self.count - 1
-        reversed_logits = self.add("Gather", [self.logits, self.const(np.arange(last, -1, -1))], axis=1)
-        weights, ranked = self.add("TopK", [self.add("Softmax", [reversed_logits], axis=-1), self.const([self.k])], 2,
-                                   axis=-1, largest=1, sorted=1)
-        if self.normalize:
-            weights = self.add("Div", [weights, self.add("ReduceSum", [weights, self.const([-1])], keepdims=1)])
-        return weights, self.add("Sub", [self.const(last), ranked])
+        return super().graph()
 
     def expert(self, e: int, rows: str, scale: str) -> str:
         """Expert e on its rows [n, H], each weighted by its routing weight `scale` [n, 1]: fc1 (gate/up
@@ -181,3 +214,58 @@ class _SortedExperts:
 
     def bias(self, position: int, e: int) -> list[str]:
         return [self.experts[position][e]] if position in self.experts else []
+
+
+class _HalvedNode(_Branch):
+    """The few-token branch of one MoE node: the node on its experts in EXPERT_SLICES slices of their
+    intermediate channels, slice-major (`onnxruntime.ort_expert_layout`'s order), gathered from a view
+    of each of the node's own tensors (constant indices: folded when the session starts); the
+    choice made here and handed to the node as logits that select it (log w at the chosen experts,
+    -inf elsewhere), given once per slice. Its output times slices·Σw is the node's."""
+
+    def __init__(self, prefix: str, node, stacked: dict, new_initializers):
+        super().__init__(prefix, node, f"{node.output[0]}.fused")
+        self.node, self.stacked, self.new_initializers = node, stacked, new_initializers
+        self.count = stacked[_FC1].dims[0]
+
+    def graph(self):
+        weights, experts = self.route()  # the node's own choice, in its order
+        total = self.add("ReduceSum", [weights, self.const([-1])], keepdims=1)  # [T, 1]
+        log_weights = self.add("Log", [self.add("Max", [weights, self.const(SMALLEST_WEIGHT, np.float32)])])
+        unchosen = self.add("Expand", [self.const(-np.inf, np.float32), self.add("Shape", [self.logits])])
+        selecting = self.add("ScatterElements", [unchosen, experts, log_weights], axis=1)  # [T, E]
+        inputs = [self.hidden, self.add("Concat", [selecting] * EXPERT_SLICES, axis=1), *self.weights()]
+        attrs = {attr.name: helper.get_attribute_value(attr) for attr in self.node.attribute}
+        attrs.update(k=self.k * EXPERT_SLICES, normalize_routing_weights=0)
+        self.nodes.append(helper.make_node("MoE", inputs, [f"{self.prefix}.node"], name=f"{self.node.name}.halves",
+                                           domain=MS_DOMAIN, **attrs))
+        scale = self.add("Mul", [total, self.const(float(EXPERT_SLICES), np.float32)])
+        self.add("Mul", [f"{self.prefix}.node", scale], [self.output])
+        return super().graph()
+
+    def weights(self) -> list[str]:
+        """fc1, its bias, fc2, its bias in slices, as the node's inputs ('' where it has none)."""
+        count, slices = self.count, EXPERT_SLICES
+        by_slice = self.const([e * slices + part for part in range(slices) for e in range(count)])  # [slices·E]
+        fc1, *_ = self.stacked[_FC1].dims[1:]  # [E, 2I, H]: each slice a run of rows
+        hidden, width = self.stacked[_FC2].dims[1:]  # [E, H, I]: each slice a run of columns
+        fc2 = self.reshaped(_FC2, [count, hidden, slices, width // slices])
+        inputs = [self.add("Gather", [self.reshaped(_FC1, [count * slices, fc1 // slices, *self.stacked[_FC1].dims[2:]]),
+                                      by_slice], axis=0), "",
+                  self.add("Concat", [self.add("Gather", [fc2, self.const(part)], axis=2) for part in range(slices)], axis=0), ""]
+        if _FC1_BIAS in self.stacked:
+            inputs[1] = self.add("Gather", [self.reshaped(_FC1_BIAS, [count * slices, fc1 // slices]), by_slice], axis=0)
+        if _FC2_BIAS in self.stacked:  # on the first slice only, so that it is added once
+            zeros = self.const(np.zeros((count * (slices - 1), hidden), np.float32), np.float32)
+            inputs[3] = self.add("Concat", [self.stacked[_FC2_BIAS].name, zeros], axis=0)
+        return inputs
+
+    def reshaped(self, position: int, dims: list[int]) -> str:
+        """The node's tensor at `position` seen as `dims`: a view of its bytes where they are
+        external (nothing written), else a copy (as `_per_expert` makes)."""
+        stacked, name = self.stacked[position], f"{self.stacked[position].name}.as_slices"
+        if stacked.data_location == TensorProto.EXTERNAL:
+            self.new_initializers.append(_view(stacked, name, dims, 0, _external_length(stacked)))
+        else:
+            self.new_initializers.append(numpy_helper.from_array(numpy_helper.to_array(stacked).reshape(dims), name))
+        return name
