@@ -17,7 +17,7 @@ from moe_compile.cli import main
 from moe_compile.compiler.checkpoint import SafetensorsCheckpoint
 from moe_compile.compiler.loader import load_moe_model
 from moe_compile.errors import InvalidInput
-from moe_compile.export.subgraphs import all_nodes, subgraphs
+from moe_compile.export.subgraphs import all_nodes, outer_reads, subgraphs
 from moe_compile.direct_file import DirectFile
 from moe_compile.export import early_experts, streamed_weights
 from moe_compile.compiler.compiled import skeleton_model
@@ -238,6 +238,8 @@ def _assert_streamed_is_in_memory(ir, target, tmp_path, **options):
     assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == ["model.onnx", "model.onnx.data"]
     nodes, weights, metadata, signature = _graph_and_weights(tmp_path / "streamed" / "model.onnx")
     nodes_ref, weights_ref, metadata_ref, signature_ref = _graph_and_weights(tmp_path / "in_memory" / "model.onnx")
+    graph = onnx.load(tmp_path / "streamed" / "model.onnx", load_external_data=False).graph
+    assert {init.name for init in graph.initializer} <= outer_reads(graph.node)  # none left for ONNX Runtime to drop
     assert nodes == nodes_ref and metadata == metadata_ref and signature == signature_ref
     assert sorted(weights) == sorted(weights_ref)
     for name, value in weights.items():
