@@ -120,9 +120,11 @@ def _drop_unread_initializers(graph) -> None:
     epsilon, once the norms are fused), which ONNX Runtime would otherwise announce, with a warning
     each, every time a session starts."""
     read = outer_reads(graph.node) | {output.name for output in graph.output}
-    kept = [init for init in graph.initializer if init.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    dropped = {init.name for init in graph.initializer} - read
+    for kind in (graph.initializer, graph.value_info):  # the trace's type of a dropped one goes too
+        kept = [entry for entry in kind if entry.name not in dropped]
+        del kind[:]
+        kind.extend(kept)
 
 
 def _strip_trace_metadata(onnx_model) -> None:
