@@ -150,16 +150,21 @@ class Backend:
 # holds a prepacked copy of the matrix products' ones. On Qwen3-30B-A3B-shaped exports (2026-12-05), after loading
 # and a 16-token prefill: 10.9 GB anonymous for a 12.5 GB fp32 file, 3.5 GB for a 3.0 GB int4 one;
 # bench's own rows (resident set growth, file pages included) 13.7 and 4.8-5.3 GB for the same files.
+# Since then, an fp32 default export's few-token nodes also hold their experts' halves, gathered
+# when the session starts (export/lowering/sorted_experts.py): counted as they are.
 ORT_SESSION_PER_FILE_BYTE = 1.2
 ORT_SESSION_EXTRA_BYTES = 1 << 30
 
 
 def _onnx_session_bytes(model: BenchModel, setting: TopKSetting) -> int:
+    from moe_compile.export.lowering.sorted_experts import gathered_halves_bytes
     from moe_compile.onnx_files import external_data_files, read_onnx_graph
 
     path = model.onnx_for(setting)
-    files = [path, *(path.parent / name for name in external_data_files(read_onnx_graph(path), path))]
-    return int(ORT_SESSION_PER_FILE_BYTE * sum(file.stat().st_size for file in files)) + ORT_SESSION_EXTRA_BYTES
+    graph = read_onnx_graph(path)
+    files = [path, *(path.parent / name for name in external_data_files(graph, path))]
+    return (int(ORT_SESSION_PER_FILE_BYTE * sum(file.stat().st_size for file in files)) + gathered_halves_bytes(graph)
+            + ORT_SESSION_EXTRA_BYTES)
 
 
 def _weight_bytes(model: BenchModel, setting: TopKSetting) -> int:

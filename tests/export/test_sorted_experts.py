@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from moe_compile.export.length_dispatch import FEW_TOKENS, ONE_TOKEN
 from moe_compile.export.lowering.onnxruntime import register_ms_schema
 from moe_compile.export.lowering.ort_support import FEW_TOKEN_HALVES
-from moe_compile.export.lowering.sorted_experts import MIN_SORTED_TOKENS, is_expert_switch, sort_multi_token_experts
+from moe_compile.export.lowering.sorted_experts import (MIN_SORTED_TOKENS, gathered_halves_bytes, is_expert_switch,
+                                                        sort_multi_token_experts)
 from moe_compile.export.subgraphs import all_nodes, subgraphs
 from tiny_models import prompt_logits
 
@@ -116,8 +117,11 @@ def test_few_tokens_run_the_node_on_its_experts_in_halves(biases):
     for tokens in range(1, MIN_SORTED_TOKENS):
         x, logits = rng.standard_normal((tokens, H)).astype(np.float32), rng.standard_normal((tokens, E)).astype(np.float32)
         np.testing.assert_allclose(_run(_switched(model), x, logits), _run(model, x, logits), rtol=1e-5, atol=1e-5)
+    # what a session gathers, as bench counts it: the node's fc1 (and its bias) and fc2, once
+    assert gathered_halves_bytes(_switched(model)) == 4 * E * (2 * I * H + H * I + (2 * I if biases else 0))
     odd = _moe_model(k=2, biases=biases, normalize_routing_weights=1, intermediate=I - 1)
     (whole,) = _few_token_nodes(_switched(odd))
+    assert gathered_halves_bytes(_switched(odd)) == 0
     assert list(whole.input) == list(odd.graph.node[0].input)
     x, logits = rng.standard_normal((2, H)).astype(np.float32), rng.standard_normal((2, E)).astype(np.float32)
     np.testing.assert_allclose(_run(_switched(odd), x, logits), _run(odd, x, logits), rtol=1e-5, atol=1e-5)

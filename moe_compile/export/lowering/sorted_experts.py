@@ -31,6 +31,7 @@ SORTED, NODE = "sorted", "node"  # `export --moe-prompts`
 MOE_PROMPTS = (SORTED, NODE)
 _FC1, _FC1_BIAS, _FC2, _FC2_BIAS = 2, 3, 4, 5
 _SWITCH = ".by_tokens"  # the end of each switch's name
+_HALVES_SOURCE = ".as_slices"  # the end of each view the few-token node's halves are gathered from
 
 
 def sort_multi_token_experts(onnx_model, min_tokens: int = MIN_SORTED_TOKENS) -> int:
@@ -54,6 +55,14 @@ def sort_multi_token_experts(onnx_model, min_tokens: int = MIN_SORTED_TOKENS) ->
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return switched
+
+
+def gathered_halves_bytes(onnx_model) -> int:
+    """What ONNX Runtime gathers into the few-token nodes' halves when a session starts (`_HalvedNode`:
+    a copy in anonymous memory beside the mapped file), from the graph alone: the bytes of the views
+    they are gathered from."""
+    return sum(int(np.prod(init.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+               for init in onnx_model.graph.initializer if init.name.endswith(_HALVES_SOURCE))
 
 
 def is_expert_switch(node) -> bool:
@@ -263,7 +272,7 @@ class _HalvedNode(_Branch):
     def reshaped(self, position: int, dims: list[int]) -> str:
         """The node's tensor at `position` seen as `dims`: a view of its bytes where they are
         external (nothing written), else a copy (as `_per_expert` makes)."""
-        stacked, name = self.stacked[position], f"{self.stacked[position].name}.as_slices"
+        stacked, name = self.stacked[position], f"{self.stacked[position].name}{_HALVES_SOURCE}"
         if stacked.data_location == TensorProto.EXTERNAL:
             self.new_initializers.append(_view(stacked, name, dims, 0, _external_length(stacked)))
         else:
