@@ -50,7 +50,7 @@ from .hoisted_attention import hoist_grouped_attention
 from .length_dispatch import DECODE_COMPUTE_KEY, long_body, split_by_length
 from .length_dispatch import METADATA_KEY as SPLIT_KEY
 from .narrow_tables import checkpoint_dtypes, narrow_lookup_tables
-from .subgraphs import all_nodes, outer_reads, subgraphs
+from .subgraphs import all_nodes, drop_unread_initializers, subgraphs
 from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
 from .lowering.prompt_attention import METADATA_KEY as PROMPT_ATTENTION_KEY
 from .lowering.prompt_attention import count_prompt_kernels, lower_to_group_query_attention
@@ -113,18 +113,6 @@ def _name_moe_outputs(onnx_model, layers: list[int]) -> None:
         node.output[:] = [renames.get(name, name) for name in node.output]
     for info in onnx_model.graph.value_info:
         info.name = renames.get(info.name, info.name)
-
-
-def _drop_unread_initializers(graph) -> None:
-    """Initializers no node reads: constants the rewrites left behind (the RMS norms' exponent and
-    epsilon, once the norms are fused), which ONNX Runtime would otherwise announce, with a warning
-    each, every time a session starts."""
-    read = outer_reads(graph.node) | {output.name for output in graph.output}
-    dropped = {init.name for init in graph.initializer} - read
-    for kind in (graph.initializer, graph.value_info):  # the trace's type of a dropped one goes too
-        kept = [entry for entry in kind if entry.name not in dropped]
-        del kind[:]
-        kind.extend(kept)
 
 
 def _strip_trace_metadata(onnx_model) -> None:
@@ -268,7 +256,7 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
         report.prompt_attention = {"op": "com.microsoft.GroupQueryAttention", "from_tokens": attention.MIN_PROMPT_KERNEL_TOKENS,
                                    "attention_layers": kernels}
     _strip_trace_metadata(onnx_model)
-    _drop_unread_initializers(onnx_model.graph)
+    drop_unread_initializers(onnx_model.graph)  # the RMS norms' exponent and epsilon, once fused
     int8_steps = split is not None and split.int8
     if int8_steps:
         quantized["decode_compute"] = "int8"

@@ -74,6 +74,18 @@ def outer_reads(nodes: Iterable) -> set[str]:
     return reads
 
 
+def drop_unread_initializers(graph) -> None:
+    """Drop the initializers no node of `graph` (branches included) reads and no output names, with
+    their value_info: what a rewrite left behind, which ONNX Runtime would otherwise announce, with
+    a warning each, every time a session starts."""
+    read = outer_reads(graph.node) | {output.name for output in graph.output}
+    dropped = {init.name for init in graph.initializer} - read
+    for kind in (graph.initializer, graph.value_info):  # the trace's type of a dropped one goes too
+        kept = [entry for entry in kind if entry.name not in dropped]
+        del kind[:]
+        kind.extend(kept)
+
+
 def live(nodes: list, outputs: Iterable[str]) -> list:
     """The nodes of `nodes` (in order) that `outputs` depend on; a branch's reads of the graphs
     around it count as its If's inputs."""

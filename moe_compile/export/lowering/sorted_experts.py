@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from ..subgraphs import outer_reads
+from ..subgraphs import drop_unread_initializers
 from .ort_support import EXPERT_SLICES, MIN_SORTED_TOKENS, MS_DOMAIN, SMALLEST_WEIGHT, expert_slices
 
 METADATA_KEY = "moe_compile.moe_prompts"  # SORTED: the file holds the If above
@@ -39,21 +39,16 @@ def sort_multi_token_experts(onnx_model, min_tokens: int = MIN_SORTED_TOKENS) ->
     -> how many nodes were switched."""
     graph = onnx_model.graph
     initializers = {init.name: init for init in graph.initializer}
-    switched, nodes, stacked = 0, [], set()
+    switched, nodes = 0, []
     for node in graph.node:
         if node.domain == MS_DOMAIN and node.op_type == "MoE" and initializers[node.input[_FC1]].data_type == TensorProto.FLOAT:
             nodes.extend(_switch(node, initializers, graph.initializer, min_tokens))
-            stacked.update(name for name in node.input[_FC1:] if name)
             switched += 1
         else:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    # a stacked tensor the halved node no longer reads (its bytes are the views'): not left unused
-    unread = stacked - outer_reads(graph.node)
-    kept = [init for init in graph.initializer if init.name not in unread]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unread_initializers(graph)  # the stacked tensors a halved node no longer reads (its bytes are the views')
     return switched
 
 
@@ -129,12 +124,13 @@ class _Branch:
     """One branch of a switch, built from its MoE node: nodes and constants of its own, and the
     node's routing in standard ops."""
 
-    def __init__(self, prefix: str, node, output: str):
-        attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+    def __init__(self, prefix: str, node, output: str, count: int):
+        self.attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
         self.prefix, self.nodes, self.constants = prefix, [], []
         self.hidden, self.logits = node.input[0], node.input[1]
-        self.k = attrs["k"]
-        self.normalize = bool(attrs.get("normalize_routing_weights", 0))
+        self.k = self.attrs["k"]
+        self.normalize = bool(self.attrs.get("normalize_routing_weights", 0))
+        self.count = count  # the node's experts
         self.output = output
 
     def add(self, op: str, inputs: list[str], outputs: int | list[str] = 1, **attrs) -> str | list[str]:
@@ -169,12 +165,10 @@ class _SortedExperts(_Branch):
     """The sorted branch of one MoE node: the node's routing and experts, in standard ops."""
 
     def __init__(self, prefix: str, node, experts: dict[int, list[str]], fc2_dims: list[int]):
-        super().__init__(prefix, node, f"{node.output[0]}.sorted")
-        attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+        super().__init__(prefix, node, f"{node.output[0]}.sorted", len(experts[_FC1]))
         self.experts = experts
-        self.alpha, self.beta = attrs.get("activation_alpha", 1.0), attrs.get("activation_beta", 0.0)
-        self.limit = attrs.get("swiglu_limit")
-        self.count = len(experts[_FC1])
+        self.alpha, self.beta = self.attrs.get("activation_alpha", 1.0), self.attrs.get("activation_beta", 0.0)
+        self.limit = self.attrs.get("swiglu_limit")
         self.intermediate = fc2_dims[-1]  # fc2 [E, H, I]
 
     def graph(self):
@@ -233,9 +227,8 @@ class _HalvedNode(_Branch):
     -inf elsewhere), given once per slice. Its output times slices·Σw is the node's."""
 
     def __init__(self, prefix: str, node, stacked: dict, new_initializers):
-        super().__init__(prefix, node, f"{node.output[0]}.fused")
-        self.node, self.stacked, self.new_initializers = node, stacked, new_initializers
-        self.count = stacked[_FC1].dims[0]
+        super().__init__(prefix, node, f"{node.output[0]}.fused", stacked[_FC1].dims[0])
+        self.name, self.stacked, self.new_initializers = node.name, stacked, new_initializers
 
     def graph(self):
         weights, experts = self.route()  # the node's own choice, in its order
@@ -244,9 +237,8 @@ class _HalvedNode(_Branch):
         unchosen = self.add("Expand", [self.const(-np.inf, np.float32), self.add("Shape", [self.logits])])
         selecting = self.add("ScatterElements", [unchosen, experts, log_weights], axis=1)  # [T, E]
         inputs = [self.hidden, self.add("Concat", [selecting] * EXPERT_SLICES, axis=1), *self.weights()]
-        attrs = {attr.name: helper.get_attribute_value(attr) for attr in self.node.attribute}
-        attrs.update(k=self.k * EXPERT_SLICES, normalize_routing_weights=0)
-        self.nodes.append(helper.make_node("MoE", inputs, [f"{self.prefix}.node"], name=f"{self.node.name}.halves",
+        attrs = {**self.attrs, "k": self.k * EXPERT_SLICES, "normalize_routing_weights": 0}
+        self.nodes.append(helper.make_node("MoE", inputs, [f"{self.prefix}.node"], name=f"{self.name}.halves",
                                            domain=MS_DOMAIN, **attrs))
         scale = self.add("Mul", [total, self.const(float(EXPERT_SLICES), np.float32)])
         self.add("Mul", [f"{self.prefix}.node", scale], [self.output])
