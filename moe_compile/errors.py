@@ -21,6 +21,10 @@ class BackendUnavailable(MoeCompileError):
     """A backend (TensorRT, a GPU, ONNX Runtime) the command needs is not installed."""
 
 
+class NotEnoughMemory(MoeCompileError):
+    """What the command must hold in memory is more than this machine has available now."""
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message folded onto one line (for wrapping third-party errors)."""
     return " ".join(str(exc).split()) or exc.__class__.__name__

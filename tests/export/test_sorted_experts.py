@@ -213,3 +213,26 @@ def test_export_sorts_prompts_by_default_and_node_keeps_the_node(tiny_model_dirs
     assert main(["inspect", str(tiny_model_dirs["qwen2_moe"]), "--json"]) == 0
     inspected = json.loads(capsys.readouterr().out)["layers"]
     assert all("prompts_lowered_to" in layer["lowering"]["onnxruntime"] for layer in inspected)
+
+
+def test_a_session_whose_gathered_halves_cannot_fit_is_refused_in_one_line(tmp_path, monkeypatch):
+    """ONNX Runtime copies the few-token halves when a session starts: with less memory available
+    than that copy, the runner refuses before loading (NotEnoughMemory: one line, exit 2) instead of
+    the process being killed; with enough, or without halves, it opens."""
+    from moe_compile.errors import NotEnoughMemory
+    from moe_compile.validate import memory
+    from moe_compile.validate.runners import OnnxRuntimeRunner
+
+    halved, whole = tmp_path / "halved.onnx", tmp_path / "whole.onnx"
+    onnx.save(_switched(_moe_model(k=2, biases=False, normalize_routing_weights=0)), halved)
+    onnx.save(_switched(_moe_model(k=2, biases=False, normalize_routing_weights=0, intermediate=I - 1)), whole)
+    needed = gathered_halves_bytes(onnx.load(halved))
+    assert needed > 0
+    for prepack in (True, False):
+        monkeypatch.setattr(memory, "available_bytes", lambda: needed - 1)
+        with pytest.raises(NotEnoughMemory, match=r"halved.onnx: ONNX Runtime would copy .* --moe-prompts node") as refused:
+            OnnxRuntimeRunner(halved, prepack=prepack)
+        assert refused.value.exit_code == 2 and "\n" not in str(refused.value)
+        OnnxRuntimeRunner(whole, prepack=prepack)  # nothing gathered: nothing to refuse
+        monkeypatch.setattr(memory, "available_bytes", lambda: needed)
+        OnnxRuntimeRunner(halved, prepack=prepack)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from moe_compile.dtypes import ELEMENT_TYPES
-from moe_compile.errors import BackendUnavailable, InvalidInput, one_line
+from moe_compile.errors import BackendUnavailable, InvalidInput, NotEnoughMemory, one_line
 
 
 class OnnxRuntimeRunner:
@@ -34,6 +34,7 @@ class OnnxRuntimeRunner:
         if not prepack:
             options.add_session_config_entry("session.disable_prepacking", "1")
         source = str(path)
+        check_gathered_copy_fits(Path(path), graph)
         if prepack and graph is None:
             read_ahead_weights(Path(path))
         if graph is not None:
@@ -98,6 +99,30 @@ class OnnxRuntimeRunner:
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         return {name: value if name in keep else value.numpy() for name, value in outputs.items()}
+
+
+def check_gathered_copy_fits(path: Path, graph=None) -> None:
+    """Refuse, in one line, a session that cannot hold what ONNX Runtime copies when it starts
+    whatever else it does: the few-token experts of an fp32 default export, gathered into halves
+    (export/lowering/sorted_experts.py), in anonymous memory: a copy larger than the memory
+    available would leave the process to the kernel's out-of-memory handling after ONNX Runtime has
+    read the file. `graph`: the file's graph
+    where the caller has it, else read from `path` (a file that is not ONNX is left to the session
+    to refuse)."""
+    from moe_compile.export.lowering.sorted_experts import gathered_halves_bytes
+    from moe_compile.onnx_files import read_onnx_graph
+    from moe_compile.validate.memory import available_bytes
+
+    try:
+        needed = gathered_halves_bytes(graph if graph is not None else read_onnx_graph(path))
+    except (InvalidInput, OSError):
+        return
+    available = available_bytes()
+    if needed and available is not None and needed > available:
+        raise NotEnoughMemory(
+            f"{path}: ONNX Runtime would copy {needed / 2**20:,.0f} MiB of this export's experts when the session "
+            f"starts (the few-token node's halves) and {available / 2**20:,.0f} MiB of memory is available: "
+            "export with --moe-prompts node, which reads them from the file, or run where there is more memory")
 
 
 def read_ahead_weights(path: Path, chunk_bytes: int = 16 << 20) -> int:
