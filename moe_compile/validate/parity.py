@@ -133,6 +133,7 @@ def validate_onnx(moe_model: MoEModel, onnx_path: str | Path, plan: str | Path |
     model = reference_model(moe_model, metadata, top_k)
     runner = OnnxRuntimeRunner(path, prepack=False)
     report, prefill_feed = _compare_runners(model, runner, path, metadata, new_tokens, seed)
+    del runner  # a per-layer look opens a session of its own: never two at once
     if not report.passed:
         tolerance = tolerance_of(metadata)
         report.layer_diffs = _layer_diffs(moe_model, model, path, prefill_feed, tolerance)
