@@ -102,13 +102,12 @@ class OnnxRuntimeRunner:
 
 
 def check_gathered_copy_fits(path: Path, graph=None) -> None:
-    """Refuse, in one line, a session that cannot hold what ONNX Runtime copies when it starts
+    """Refuse, in one line, a session that cannot hold what ONNX Runtime copies when it starts,
     whatever else it does: the few-token experts of an fp32 default export, gathered into halves
-    (export/lowering/sorted_experts.py), in anonymous memory: a copy larger than the memory
-    available would leave the process to the kernel's out-of-memory handling after ONNX Runtime has
-    read the file. `graph`: the file's graph
-    where the caller has it, else read from `path` (a file that is not ONNX is left to the session
-    to refuse)."""
+    (export/lowering/sorted_experts.py) in anonymous memory. A copy larger than the memory available
+    would leave the process to the kernel's out-of-memory handling after ONNX Runtime has read the
+    file. `graph`: the file's graph where the caller has it, else read from `path` (a file that is
+    not ONNX is left to the session to refuse)."""
     from moe_compile.export.lowering.sorted_experts import gathered_halves_bytes
     from moe_compile.onnx_files import read_onnx_graph
     from moe_compile.validate.memory import available_bytes
