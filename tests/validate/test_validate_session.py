@@ -43,7 +43,7 @@ def test_a_speed_session_reads_its_weights_file_ahead_and_validate_does_not(tiny
     size = tiny_onnx.with_name(f"{tiny_onnx.name}.data").stat().st_size
     assert size > 0 and onnxrt.read_ahead_weights(tiny_onnx) == size
     reads = []
-    monkeypatch.setattr(onnxrt, "read_ahead_weights", lambda path: reads.append(path) or 0)
+    monkeypatch.setattr(onnxrt, "read_ahead_weights", lambda path, graph=None: reads.append(path) or 0)
     OnnxRuntimeRunner(tiny_onnx)
     OnnxRuntimeRunner(tiny_onnx, prepack=False)
     assert reads == [tiny_onnx]

@@ -34,9 +34,11 @@ class OnnxRuntimeRunner:
         if not prepack:
             options.add_session_config_entry("session.disable_prepacking", "1")
         source = str(path)
-        check_gathered_copy_fits(Path(path), graph)
-        if prepack and graph is None:
-            read_ahead_weights(Path(path))
+        on_disk = graph if graph is not None else _graph_on_disk(Path(path))  # read once, for both below
+        if on_disk is not None:
+            check_gathered_copy_fits(Path(path), on_disk)
+            if prepack and graph is None:
+                read_ahead_weights(Path(path), on_disk)
         if graph is not None:
             options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                              str(Path(path).parent))
@@ -101,21 +103,27 @@ class OnnxRuntimeRunner:
         return {name: value if name in keep else value.numpy() for name, value in outputs.items()}
 
 
-def check_gathered_copy_fits(path: Path, graph=None) -> None:
+def _graph_on_disk(path: Path):
+    """The ONNX file's graph without its weights, or None where it cannot be read as one (the
+    session then says why)."""
+    from moe_compile.onnx_files import read_onnx_graph
+
+    try:
+        return read_onnx_graph(path)
+    except (InvalidInput, OSError):
+        return None
+
+
+def check_gathered_copy_fits(path: Path, graph) -> None:
     """Refuse, in one line, a session that cannot hold what ONNX Runtime copies when it starts,
     whatever else it does: the few-token experts of an fp32 default export, gathered into halves
     (export/lowering/sorted_experts.py) in anonymous memory. A copy larger than the memory available
     would leave the process to the kernel's out-of-memory handling after ONNX Runtime has read the
-    file. `graph`: the file's graph where the caller has it, else read from `path` (a file that is
-    not ONNX is left to the session to refuse)."""
+    file. `graph`: the graph the session will run, read from `path` or changed from it."""
     from moe_compile.export.lowering.sorted_experts import gathered_halves_bytes
-    from moe_compile.onnx_files import read_onnx_graph
     from moe_compile.validate.memory import available_bytes
 
-    try:
-        needed = gathered_halves_bytes(graph if graph is not None else read_onnx_graph(path))
-    except (InvalidInput, OSError):
-        return
+    needed = gathered_halves_bytes(graph)
     available = available_bytes()
     if needed and available is not None and needed > available:
         raise NotEnoughMemory(
@@ -124,9 +132,10 @@ def check_gathered_copy_fits(path: Path, graph=None) -> None:
             "export with --moe-prompts node, which reads them from the file, or run where there is more memory")
 
 
-def read_ahead_weights(path: Path, chunk_bytes: int = 16 << 20) -> int:
+def read_ahead_weights(path: Path, graph=None, chunk_bytes: int = 16 << 20) -> int:
     """Read the external-data files the ONNX file at `path` names (moe-compile's: `path.data`) once,
-    through the page cache, before a session maps them -> the bytes read (0: none read).
+    through the page cache, before a session maps them -> the bytes read (0: none read). `graph`:
+    the file's graph where the caller has read it already.
 
     The export writes that file past the page cache (direct_file.py), and ONNX Runtime maps it:
     weights it reads where they are mapped (com.microsoft.MoE's experts) were then faulted in as
@@ -140,7 +149,8 @@ def read_ahead_weights(path: Path, chunk_bytes: int = 16 << 20) -> int:
     from moe_compile.validate.memory import available_bytes
 
     try:
-        files = [path.parent / name for name in external_data_files(read_onnx_graph(path), path)]
+        graph = graph if graph is not None else read_onnx_graph(path)
+        files = [path.parent / name for name in external_data_files(graph, path)]
         size = sum(file.stat().st_size for file in files)
     except (InvalidInput, OSError):
         return 0
