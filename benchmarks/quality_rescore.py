@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quality import RESULTS, routed_top_k_model, verdict
+from quality import RESULTS, memoised, routed_top_k_model, verdict
 
 from moe_compile.compiler.lexi.options import ESTIMATORS
 from moe_compile.compiler.loader import load_moe_model
@@ -54,13 +54,13 @@ def main() -> None:
         path.write_text(text, encoding="utf-8")
         windows = eval_windows(moe_model.path, path)
     vocab_size = int(moe_model.config.vocab_size)
-    scores: dict[tuple[int, ...], float] = {}
 
-    def score(ks: list[int]) -> float:
-        if tuple(ks) not in scores:
-            scores[tuple(ks)] = perplexity(module_logits(routed_top_k_model(moe_model, ks)), windows, vocab_size).perplexity
-            print(f"  {len(scores)}: k {ks} -> {scores[tuple(ks)]:.4f}", flush=True)
-        return scores[tuple(ks)]
+    def evaluate(ks: list[int]) -> float:
+        value = perplexity(module_logits(routed_top_k_model(moe_model, ks)), windows, vocab_size).perplexity
+        print(f"  k {ks} -> {value:.4f}", flush=True)
+        return value
+
+    score = memoised(evaluate)  # a plan shared by estimators, or by uniform and one, is scored once
 
     base = score([spec.base_top_k for spec in moe_model.layers])
     points = []
