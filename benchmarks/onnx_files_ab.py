@@ -30,17 +30,17 @@ def prompt_logits(path: Path, vocab_size: int, tokens: int = 64) -> np.ndarray:
 
 
 def compare_files(ir, files: dict[str, Path], workloads: list, threads: int, rounds: int = 2,
-                  repeats: int = 3) -> dict:
+                  repeats: int = 3, logit_tokens: int = 64) -> dict:
     """{name: file} of one model (its base top-k), each measured `rounds` times, alternating (the
     order reversed every other round: on this VM the file measured first decoded up to 20 % faster).
-    -> the largest logit difference of each file from the first one's, a summary per file and
-    workload (tokens/s and peak memory of each round), and bench's rows."""
+    -> the largest logit difference of each file from the first one's (a prompt of `logit_tokens`),
+    a summary per file and workload (tokens/s and peak memory of each round), and bench's rows."""
     from moe_compile.validate.backends import BenchModel, TopKSetting, select_backends
     from moe_compile.validate.bench import in_rounds, measure
 
     names = list(files)
-    reference = prompt_logits(files[names[0]], ir.config.vocab_size)
-    differences = {name: float(np.abs(prompt_logits(files[name], ir.config.vocab_size) - reference).max())
+    reference = prompt_logits(files[names[0]], ir.config.vocab_size, logit_tokens)
+    differences = {name: float(np.abs(prompt_logits(files[name], ir.config.vocab_size, logit_tokens) - reference).max())
                    for name in names[1:]}
     base = {spec.index: spec.base_top_k for spec in ir.layers}
     (ort_cpu,) = select_backends(["onnxruntime-cpu"], None)
@@ -100,11 +100,13 @@ def decode_step_times(files: dict[str, Path], past_lengths: tuple[int, ...], thr
     return result
 
 
-def run_file_ab(benchmark: str, export_files, workloads: list, decode_steps: tuple[int, ...] = (), rounds: int = 2) -> dict:
+def run_file_ab(benchmark: str, export_files, workloads: list, decode_steps: tuple[int, ...] = (), rounds: int = 2,
+                logit_tokens: int = 64, extra=None) -> dict:
     """onnx_speed.py's model (its seeds), exported by `export_files(ir, folder)` -> ({name: file},
     what to record of the exports), then `compare_files` at onnx_speed.py's threads, `rounds` times (and
-    `decode_step_times` after caches of `decode_steps` positions); the result, with the machine,
-    versions, load and time, saved as results/`benchmark`.json and its summary printed."""
+    `decode_step_times` after caches of `decode_steps` positions; `extra(files)`, a dict recorded
+    as it is); the result, with the machine, versions, load and time, saved as
+    results/`benchmark`.json and its summary printed."""
     import onnxruntime as ort
     import torch
 
@@ -119,8 +121,9 @@ def run_file_ab(benchmark: str, export_files, workloads: list, decode_steps: tup
         write_model(tmp / "model")
         ir = load_moe_model(tmp / "model")
         files, exports = export_files(ir, tmp)
-        model = compare_files(ir, files, workloads, THREADS, rounds=rounds)
+        model = compare_files(ir, files, workloads, THREADS, rounds=rounds, logit_tokens=logit_tokens)
         steps = decode_step_times(files, decode_steps, THREADS) if decode_steps else None
+        exports |= extra(files) if extra else {}
     result = {"benchmark": benchmark, "command": f"python benchmarks/{benchmark}.py",
               "machine": machine_description(THREADS), "onnxruntime": ort.__version__, **exports,
               "load_average_before_after": [load_before, os.getloadavg()],

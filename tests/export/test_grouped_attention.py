@@ -123,11 +123,13 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
     DeepSeek's attention (MLA: values narrower than queries and keys) never takes the kernel."""
     from moe_compile.compiler.loader import load_moe_model
     from moe_compile.export import grouped_attention as module
+    from moe_compile.export import prompt_chunks
     from moe_compile.export.exporter import export_onnx
     from moe_compile.export.lowering.prompt_attention import count_prompt_kernels
     from tiny_models import save_tiny_model
 
     monkeypatch.setattr(module, "MIN_PROMPT_KERNEL_TOKENS", 6)  # the tiny model's context is short
+    monkeypatch.setattr(prompt_chunks, "CHUNK_ROWS", 4)  # a 9-token prompt runs in three chunks, the last padded
     model = save_tiny_model(model_type, tmp_path / "model")
     path = tmp_path / "model.onnx"
     report = export_onnx(load_moe_model(tmp_path / "model"), path, target="onnxruntime").to_json()
@@ -137,7 +139,10 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
     metadata = {entry.key: entry.value for entry in onnx_model.metadata_props}
     if kernel:
         assert len(kernels) == layers == report["prompt_attention"]["attention_layers"]
-        assert metadata["moe_compile.prompt_attention"] == "GroupQueryAttention from 6 tokens"
+        assert metadata["moe_compile.prompt_attention"] == "GroupQueryAttention from 6 tokens, 4 rows a call"
+        assert report["prompt_attention"]["chunk_rows"] == 4
+        loops = [node for node in all_nodes(onnx_model.graph.node) if node.op_type == "Loop"]
+        assert len(loops) == 2 * layers  # each kernel in a Loop over the chunks, inside one over the sequences
         # decode steps run a body without switches (export/length_dispatch.py); in the prompts' body the
         # grouped form runs outside the If (export/hoisted_attention.py), which holds the kernel alone
         assert metadata["moe_compile.split_by_length"] == report["split_by_length"]
@@ -177,11 +182,13 @@ def test_fp16_whole_prompts_run_group_query_attention(tmp_path, monkeypatch):
     its logits stay within fp16's tolerance of the fp32 model, with and without the kernel."""
     from moe_compile.compiler.loader import load_moe_model
     from moe_compile.export import grouped_attention as module
+    from moe_compile.export import prompt_chunks
     from moe_compile.export.exporter import export_onnx
     from moe_compile.validate.tolerances import TOLERANCES
     from tiny_models import save_tiny_model
 
     monkeypatch.setattr(module, "MIN_PROMPT_KERNEL_TOKENS", 6)
+    monkeypatch.setattr(prompt_chunks, "CHUNK_ROWS", 4)
     model = save_tiny_model("qwen2_moe", tmp_path / "model")
     path = tmp_path / "model.onnx"
     report = export_onnx(load_moe_model(tmp_path / "model"), path, target="onnxruntime", dtype="fp16").to_json()

@@ -1,0 +1,77 @@
+"""A long prompt's GroupQueryAttention in chunks of query rows (moe_compile/export/prompt_chunks.py)
+against one call per prompt, on onnx_speed.py's model (8 query heads over 4 key/value heads,
+dimension 64) exported fp32 for onnxruntime: one call per prompt (as exported before the chunks),
+and 64, 128 (the default) and 256 rows a call.
+
+Timed by `moe-compile bench`'s own code at 2 threads: prefill of 512, 1024, 2048 and 4000 tokens
+(and a few decode steps after each, which never run the kernel), each file three times, the order
+reversed every other round (onnx_files_ab.py). The logits compared are of a 600-token prompt
+(through the kernel). Then each file's peak resident memory in a fresh process that loads it and
+runs one 4000-token prompt (`peak_rss_mb_4000_tokens`: the one number here that is not a growth).
+Prints JSON; saves it under benchmarks/results/prompt_chunks_ab.json.
+
+    python benchmarks/prompt_chunks_ab.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).parent))
+from onnx_files_ab import run_file_ab  # noqa: E402
+
+LONGEST = 4000  # the model's context is 4096 positions: the prompt and its decode steps fit
+
+_PEAK_SCRIPT = """
+import sys, numpy as np, onnxruntime as ort
+options = ort.SessionOptions(); options.intra_op_num_threads = 2; options.log_severity_level = 3
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+n = int(sys.argv[2])
+feed = {"input_ids": np.arange(n, dtype=np.int64)[None] % 2048, "attention_mask": np.ones((1, n), np.int64),
+        "position_ids": np.arange(n, dtype=np.int64)[None]}
+feed |= {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in session.get_inputs()
+         if i.name.startswith("past_key_values.")}
+session.run(None, feed)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+"""
+
+
+def export_all(ir, folder: Path) -> tuple[dict[str, Path], dict]:
+    from moe_compile.export import exporter, prompt_chunks
+    from moe_compile.export.lowering.prompt_attention import count_prompt_kernels
+
+    default = f"{prompt_chunks.CHUNK_ROWS} rows a call (default)"
+    files = {"one call per prompt": folder / "whole.onnx", "64 rows a call": folder / "rows64.onnx",
+             default: folder / "default.onnx", "256 rows a call": folder / "rows256.onnx"}
+    with mock.patch.object(prompt_chunks, "chunk_prompt_attention",
+                           lambda graph, elem_type, rows=None: count_prompt_kernels(graph.node)):
+        exporter.export_onnx(ir, files["one call per prompt"], target="onnxruntime")
+    for rows in (64, 256):
+        with mock.patch.object(prompt_chunks, "CHUNK_ROWS", rows):
+            exporter.export_onnx(ir, files[f"{rows} rows a call"], target="onnxruntime")
+    exporter.export_onnx(ir, files[default], target="onnxruntime")
+    return files, {}
+
+
+def peak_memory(files: dict[str, Path]) -> dict:
+    """Peak resident memory (VmHWM, MB) of a fresh process that runs one LONGEST-token prompt."""
+    peaks = {}
+    for name, path in files.items():
+        done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path), str(LONGEST)], capture_output=True,
+                              text=True, check=True)
+        peaks[name] = round(int(done.stdout.split()[-1]) / 1024, 1)
+    return {f"peak_rss_mb_{LONGEST}_tokens": peaks}
+
+
+def main() -> None:
+    from moe_compile.validate.bench import Workload
+
+    workloads = [Workload(1, 512, 8), Workload(1, 1024, 8), Workload(1, 2048, 8), Workload(1, LONGEST, 4)]
+    run_file_ab("prompt_chunks_ab", export_all, workloads, rounds=3, logit_tokens=600, extra=peak_memory)
+
+
+if __name__ == "__main__":
+    main()
