@@ -16,13 +16,15 @@ def test_the_files_differ_in_rows_a_call_and_the_probe_runs_them(tmp_path, monke
     save_tiny_model("qwen2_moe", tmp_path / "model")
     with benchmark_module("prompt_chunks_ab") as ab:
         monkeypatch.setattr(ab, "LONGEST", 40)
-        files, _ = ab.export_all(load_moe_model(tmp_path / "model"), tmp_path)
+        monkeypatch.setattr(ab, "ROWS", (4,))
+        files, exports = ab.export_all(load_moe_model(tmp_path / "model"), tmp_path)
         peaks = ab.peak_memory(files)["peak_rss_mb_40_tokens"]
     metadata = {name: {entry.key: entry.value for entry in onnx.load(path, load_external_data=False).metadata_props}
                 for name, path in files.items()}
     loops = {name: sum(node.op_type == "Loop" for node in all_nodes(onnx.load(path, load_external_data=False).graph.node))
              for name, path in files.items()}
-    assert loops["one call per prompt"] == 0 and len(set(loops.values())) == 2  # the chunked files alike
-    assert metadata["64 rows a call"]["moe_compile.prompt_attention"].endswith("64 rows a call")
-    assert metadata["128 rows a call (default)"]["moe_compile.prompt_attention"].endswith("128 rows a call")
+    layers = load_moe_model(tmp_path / "model").config.num_hidden_layers
+    assert loops == {"one call per prompt": 0, "4 rows a call": 2 * layers}  # per layer, sequences around chunks
+    assert metadata["4 rows a call"]["moe_compile.prompt_attention"].endswith("4 rows a call")
+    assert exports == {"default_rows": 128}
     assert set(peaks) == set(files) and all(peak > 0 for peak in peaks.values())
