@@ -1,4 +1,4 @@
-"""A long prompt's GroupQueryAttention run over chunks of query rows: an ONNX Loop, one node per chunk.
+"""A long prompt's GroupQueryAttention run over chunks of query rows: ONNX Loops, one call per chunk.
 
 ONNX Runtime's CPU GroupQueryAttention (export/lowering/prompt_attention.py) computes only the
 causal half of a prompt's scores, but into a probabilities buffer of [heads, S, S] that it
@@ -7,18 +7,19 @@ the whole model, with the layers' other buffers around it, the node ran slower t
 tokens 50-66 ms a layer under ONNX Runtime's profiler against 35 ms for the same node alone,
 onnx_speed.py's model).
 
-So each such node becomes a Loop over chunks of CHUNK_ROWS query rows. Chunk i is the same node
-on rows [i·C, (i+1)·C) of the query, key and value, with the keys and values of the chunks
-before it as its past: the node's own "subsequent prompt" case, whose present (past and chunk
-together) the next chunk takes as its past. Each call's buffer is [heads, C, ≤ S]; the scores are
-the same ones, the masked half still skipped. The prompt is padded to whole chunks with zero rows
-at its end, which no real row attends to (they come after it), and the padded rows' outputs are
-cut off. Measured: benchmarks/prompt_chunks_ab.py, docs/export.md.
+So each such node is run on chunks of CHUNK_ROWS query rows. Chunk i is the same node on rows
+[i·C, (i+1)·C) of the query, key and value, with the keys and values of the chunks before it as
+its past: the node's own "subsequent prompt" case, whose present (past and chunk together) the
+next chunk takes as its past. Each call's buffer is [heads, C, ≤ S]; the scores are the same
+ones, the masked half still skipped. The node takes a past with several new rows only at batch
+1, so an outer Loop takes the batch's sequences one at a time. The prompt is padded to whole
+chunks with zero rows at its end, which no real row attends to (they come after it), and the
+padded rows' outputs are cut off. Measured: benchmarks/prompt_chunks_ab.py, docs/export.md.
 
-    pads     = the rows up to a whole number of chunks
-    past     = an empty [B, KV, 0, D]
-    Loop i < chunks:  output_i, past = GroupQueryAttention(rows i of Pad(q, k, v), past, i·C + C)
-    output   = the outputs_i joined along the sequence, cut to S rows
+    pads, past = the rows up to a whole number of chunks, an empty [1, KV, 0, D]
+    Loop over the sequences b:
+        Loop over the chunks i:  output_b_i, past = GroupQueryAttention(rows i of Pad(q, k, v)[b], past)
+    output     = the outputs joined along the sequence, cut to S rows
 
 Only a node with nothing cached is rewritten (the export's prompt kernel); its present outputs
 must be unread (the kernel's are: the grouped branch computes the cache).
@@ -42,19 +43,18 @@ def chunk_prompt_attention(graph, elem_type: int, rows: int | None = None) -> in
     rows = rows or CHUNK_ROWS
     read = {name for node in all_nodes(graph.node) for name in node.input} | {output.name for output in graph.output}
     count = 0
-    for holder in list(_graphs(graph)):
-        nodes = []
-        for node in holder.node:
-            if not _whole_prompt_kernel(node):
-                nodes.append(node)
-                continue
+    for holder in list(_graphs(graph)):  # listed first: the Loops written below hold the node again
+        kernels = [node for node in holder.node if _whole_prompt_kernel(node)]
+        if not kernels:
+            continue
+        for node in kernels:
             if read.intersection(node.output[1:]):
                 raise RuntimeError(f"{node.name}: its present key and value are read; only the output can be chunked")
-            nodes += _chunked(node, elem_type, rows)
-            count += 1
-        if len(nodes) != len(holder.node):
-            del holder.node[:]
-            holder.node.extend(nodes)
+        nodes = [new for node in holder.node
+                 for new in (_chunked(node, elem_type, rows) if _whole_prompt_kernel(node) else [node])]
+        del holder.node[:]
+        holder.node.extend(nodes)
+        count += len(kernels)
     return count
 
 
