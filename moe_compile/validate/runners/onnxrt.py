@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,15 @@ def read_ahead_weights(path: Path, graph=None, chunk_bytes: int = 16 << 20) -> i
     onnx_speed.py's fp32 model took 5.47 against 6.00 ms (medians of 4 fresh sessions each, the
     file dropped from the cache before each, by hand, 2026-12-06; docs/export.md). Skipped for
     files larger than half the memory available (reading them would push out what the session
-    needs), and for a file the session will refuse anyway (it says why)."""
+    needs), and for a file the session will refuse anyway (it says why).
+
+    The chunks are read into one anonymous mapping, not into bytes objects: freeing a malloc'd
+    block of 16 MiB raises glibc's mmap threshold to that size, and sessions started after it ran
+    a 512-token prefill of onnx_speed.py's model in 188-200 ms instead of 156-163 (their
+    memory-bound ops, Split, Gather, norms, 2-3x slower under ONNX Runtime's profiler): 12 of 15
+    such sessions slow, 0 of 12 with this buffer (a session started right after the read-ahead;
+    by hand, 2026-12-06 22:35, AMD host). Sessions started through this runner still land either
+    way (6 of 12 slow after the change): something else moves the heap too (docs/export.md)."""
     from moe_compile.onnx_files import external_data_files, read_onnx_graph
     from moe_compile.validate.memory import available_bytes
 
@@ -158,10 +167,11 @@ def read_ahead_weights(path: Path, graph=None, chunk_bytes: int = 16 << 20) -> i
     if available is not None and size > available // 2:
         return 0
     read = 0
-    for name in files:
-        with open(name, "rb", buffering=0) as file:
-            while chunk := file.read(chunk_bytes):
-                read += len(chunk)
+    with mmap.mmap(-1, chunk_bytes) as buffer:  # not malloc's: see the docstring
+        for name in files:
+            with open(name, "rb", buffering=0) as file:
+                while count := file.readinto(buffer):
+                    read += count
     return read
 
 
