@@ -152,7 +152,7 @@ def read_ahead_weights(path: Path, graph=None, chunk_bytes: int = 16 << 20) -> i
     a 512-token prefill of onnx_speed.py's model in 188-200 ms instead of 156-163 (their
     memory-bound ops, Split, Gather, norms, 2-3x slower under ONNX Runtime's profiler): 12 of 15
     such sessions slow, 0 of 12 with this buffer (a session started right after the read-ahead;
-    by hand, 2026-12-06 22:35, AMD host). Sessions started through this runner still land either
+    by hand, 2026-12-06 22:20, AMD host). Sessions started through this runner still land either
     way (6 of 12 slow after the change): something else moves the heap too (docs/export.md)."""
     from moe_compile.onnx_files import external_data_files, read_onnx_graph
     from moe_compile.validate.memory import available_bytes
