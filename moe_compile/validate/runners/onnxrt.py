@@ -153,7 +153,7 @@ def read_ahead_weights(path: Path, graph=None, chunk_bytes: int = 16 << 20) -> i
     memory-bound ops, Split, Gather, norms, 2-3x slower under ONNX Runtime's profiler): 12 of 15
     such sessions slow, 0 of 12 with this buffer (a session started right after the read-ahead;
     by hand, 2026-12-06 22:20, AMD host). Sessions started through this runner still land either
-    way (6 of 12 slow after the change): something else moves the heap too (docs/export.md)."""
+    way (7 of 12 slow after the change): something else moves the heap too (docs/export.md)."""
     from moe_compile.onnx_files import external_data_files, read_onnx_graph
     from moe_compile.validate.memory import available_bytes
 
