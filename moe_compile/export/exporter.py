@@ -35,7 +35,7 @@ from moe_compile.atomic import check_writable
 from moe_compile.compiler.compiled import compiled_model, skeleton_model
 from moe_compile.compiler.ir import MoEModel
 from moe_compile.compiler.lexi.plan import load_plan
-from moe_compile.dtypes import PRECISIONS, element_type, torch_dtype
+from moe_compile.dtypes import PRECISIONS, torch_dtype
 from moe_compile.errors import InvalidInput, MoeCompileError, one_line
 from moe_compile.quantization.scheme import METADATA_KEY as QUANTIZE_METADATA_KEY
 from moe_compile.quantization.scheme import QuantScheme
@@ -50,11 +50,10 @@ from .hoisted_attention import hoist_grouped_attention
 from .length_dispatch import DECODE_COMPUTE_KEY, long_body, split_by_length
 from .length_dispatch import METADATA_KEY as SPLIT_KEY
 from .narrow_tables import checkpoint_dtypes, narrow_lookup_tables
-from . import prompt_chunks
 from .subgraphs import all_nodes, drop_unread_initializers, subgraphs
 from .lowering import TARGETS, LoweringReport, expert_layouts, moe_output_name, translation, weight_pass
 from .lowering.prompt_attention import METADATA_KEY as PROMPT_ATTENTION_KEY
-from .lowering.prompt_attention import count_prompt_kernels, lower_to_group_query_attention
+from .lowering.prompt_attention import count_prompt_kernels, drop_score_outputs, lower_to_group_query_attention
 from .lowering.rotary_embedding import lower_to_rotary_embedding
 from .lowering.sorted_experts import METADATA_KEY as MOE_PROMPTS_KEY
 from .lowering.sorted_experts import MOE_PROMPTS, NODE, SORTED, sort_multi_token_experts
@@ -237,15 +236,18 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
             layers: list[int], quantized: dict | None = None) -> None:
     """The graph-level steps both paths share, on the ModelProto: MoE output names, fp32
     com.microsoft.MoE nodes switched by token count (lowering/sorted_experts.py; the report says so
-    per layer), the attentions that run long prompts as GroupQueryAttention counted, the graph split
+    per layer), the attentions that run long prompts as GroupQueryAttention counted (their unread
+    scores output dropped), the graph split
     by input length where it has switches or is quantized (`quantized`: the quantize pass's summary;
-    export/length_dispatch.py), the attention switches hoisted and their kernels run in chunks of
-    rows (export/prompt_chunks.py), no trace metadata, moe_compile metadata."""
+    export/length_dispatch.py) and the attention switches hoisted, no trace metadata, moe_compile
+    metadata."""
     target = report.target
     _name_moe_outputs(onnx_model, layers)
     sorted_experts = report.sorted_layers > 0
     if sorted_experts and sort_multi_token_experts(onnx_model) != report.sorted_layers:
         raise RuntimeError(f"expected {report.sorted_layers} fp32 com.microsoft.MoE nodes to sort by expert")
+    if drop_score_outputs(onnx_model.graph) != count_prompt_kernels(onnx_model.graph.node):
+        raise RuntimeError("expected each GroupQueryAttention to lose its unread scores output")
     kernels = count_prompt_kernels(onnx_model.graph.node)
     split = split_by_length(onnx_model, int8_steps=quantized is not None)
     if split:
@@ -253,11 +255,9 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
     outer = frozenset(init.name for init in onnx_model.graph.initializer)
     if hoist_grouped_attention(long_body(onnx_model) if split else onnx_model.graph, outer) != kernels:
         raise RuntimeError(f"expected {kernels} attention switches to take the grouped form out of")
-    if prompt_chunks.chunk_prompt_attention(onnx_model.graph, element_type(short=dtype).onnx) != kernels:
-        raise RuntimeError(f"expected {kernels} prompt attentions to run in chunks")
     if kernels:
         report.prompt_attention = {"op": "com.microsoft.GroupQueryAttention", "from_tokens": attention.MIN_PROMPT_KERNEL_TOKENS,
-                                   "attention_layers": kernels, "chunk_rows": prompt_chunks.CHUNK_ROWS}
+                                   "attention_layers": kernels}
     _strip_trace_metadata(onnx_model)
     drop_unread_initializers(onnx_model.graph)  # the RMS norms' exponent and epsilon, once fused
     int8_steps = split is not None and split.int8
@@ -274,8 +274,8 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
                 **({MOE_PROMPTS_KEY: SORTED} if sorted_experts else {}),
                 **({ORT_FUSIONS_KEY: json.dumps(report.ort_fusions)} if report.ort_fusions else {}),
                 **({NORM_FUSIONS_KEY: json.dumps(report.norm_fusions)} if report.norm_fusions else {}),
-                **({PROMPT_ATTENTION_KEY: f"GroupQueryAttention from {attention.MIN_PROMPT_KERNEL_TOKENS} tokens, "
-                                          f"{prompt_chunks.CHUNK_ROWS} rows a call"} if kernels else {})}
+                **({PROMPT_ATTENTION_KEY: f"GroupQueryAttention from {attention.MIN_PROMPT_KERNEL_TOKENS} tokens"}
+                   if kernels else {})}
     for key, value in metadata.items():
         onnx_model.metadata_props.add(key=key, value=value)
 

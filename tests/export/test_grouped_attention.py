@@ -123,13 +123,11 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
     DeepSeek's attention (MLA: values narrower than queries and keys) never takes the kernel."""
     from moe_compile.compiler.loader import load_moe_model
     from moe_compile.export import grouped_attention as module
-    from moe_compile.export import prompt_chunks
     from moe_compile.export.exporter import export_onnx
     from moe_compile.export.lowering.prompt_attention import count_prompt_kernels
     from tiny_models import save_tiny_model
 
     monkeypatch.setattr(module, "MIN_PROMPT_KERNEL_TOKENS", 6)  # the tiny model's context is short
-    monkeypatch.setattr(prompt_chunks, "CHUNK_ROWS", 4)  # a 9-token prompt runs in three chunks, the last padded
     model = save_tiny_model(model_type, tmp_path / "model")
     path = tmp_path / "model.onnx"
     report = export_onnx(load_moe_model(tmp_path / "model"), path, target="onnxruntime").to_json()
@@ -139,10 +137,8 @@ def test_whole_causal_prompts_run_group_query_attention(model_type, kernel, tmp_
     metadata = {entry.key: entry.value for entry in onnx_model.metadata_props}
     if kernel:
         assert len(kernels) == layers == report["prompt_attention"]["attention_layers"]
-        assert metadata["moe_compile.prompt_attention"] == "GroupQueryAttention from 6 tokens, 4 rows a call"
-        assert report["prompt_attention"]["chunk_rows"] == 4
-        loops = [node for node in all_nodes(onnx_model.graph.node) if node.op_type == "Loop"]
-        assert len(loops) == 2 * layers  # each kernel in a Loop over the chunks, inside one over the sequences
+        assert metadata["moe_compile.prompt_attention"] == "GroupQueryAttention from 6 tokens"
+        assert all(len(node.output) == 3 for node in kernels)  # no scores output for ONNX Runtime to fill
         # decode steps run a body without switches (export/length_dispatch.py); in the prompts' body the
         # grouped form runs outside the If (export/hoisted_attention.py), which holds the kernel alone
         assert metadata["moe_compile.split_by_length"] == report["split_by_length"]
@@ -182,13 +178,11 @@ def test_fp16_whole_prompts_run_group_query_attention(tmp_path, monkeypatch):
     its logits stay within fp16's tolerance of the fp32 model, with and without the kernel."""
     from moe_compile.compiler.loader import load_moe_model
     from moe_compile.export import grouped_attention as module
-    from moe_compile.export import prompt_chunks
     from moe_compile.export.exporter import export_onnx
     from moe_compile.validate.tolerances import TOLERANCES
     from tiny_models import save_tiny_model
 
     monkeypatch.setattr(module, "MIN_PROMPT_KERNEL_TOKENS", 6)
-    monkeypatch.setattr(prompt_chunks, "CHUNK_ROWS", 4)
     model = save_tiny_model("qwen2_moe", tmp_path / "model")
     path = tmp_path / "model.onnx"
     report = export_onnx(load_moe_model(tmp_path / "model"), path, target="onnxruntime", dtype="fp16").to_json()
@@ -206,3 +200,30 @@ def test_fp16_whole_prompts_run_group_query_attention(tmp_path, monkeypatch):
             want = wrapper(*args)[0].numpy()
         np.testing.assert_allclose(logits.astype(np.float32), want, rtol=tolerance.rtol, atol=tolerance.atol,
                                    err_msg=f"{sequence} tokens")
+
+
+def test_the_scores_output_is_dropped_where_nothing_reads_it():
+    """drop_score_outputs: GroupQueryAttention's fourth output (and its value_info) goes, inside
+    branches too; a read one stays."""
+    from onnx import TensorProto, helper
+
+    from moe_compile.export.lowering.prompt_attention import drop_score_outputs
+
+    def attention(scores_read: bool):
+        node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "", "", "seqlens", "total"],
+                                ["out", "key", "value", "scores"], domain="com.microsoft", num_heads=2, kv_num_heads=1)
+        kernel = helper.make_graph([node], "kernel", [], [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                                   value_info=[helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)])
+        other = helper.make_graph([helper.make_node("Identity", ["q"], ["other"])], "other", [],
+                                  [helper.make_tensor_value_info("other", TensorProto.FLOAT, None)])
+        switch = helper.make_node("If", ["flag"], ["result"], then_branch=kernel, else_branch=other)
+        outputs = [helper.make_tensor_value_info("result", TensorProto.FLOAT, None)]
+        nodes = [switch] + ([helper.make_node("Identity", ["scores"], ["seen"])] if scores_read else [])
+        return helper.make_graph(nodes, "main", [], outputs), node
+
+    graph, _ = attention(scores_read=False)
+    assert drop_score_outputs(graph) == 1
+    (kernel,) = [attr.g for attr in graph.node[0].attribute if attr.name == "then_branch"]
+    assert list(kernel.node[0].output) == ["out", "key", "value"] and list(kernel.value_info) == []
+    graph, _ = attention(scores_read=True)
+    assert drop_score_outputs(graph) == 0

@@ -3,9 +3,7 @@
 The export's attention (export/grouped_attention.py) computes every score of a prompt against
 every key, the masked half included, and keeps the whole [heads, S, S] score matrix for the
 softmax: at long prompts that matrix, not the products, is the cost. ONNX Runtime's CPU
-GroupQueryAttention computes only the causal half of the scores and builds no mask (it still
-allocates a [heads, S, S] buffer for the probabilities: export/prompt_chunks.py then runs it on
-chunks of query rows). Measured (one attention,
+GroupQueryAttention computes only the causal half of the scores and builds no mask. Measured (one attention,
 8 query heads over 4 key/value heads, dimension 64, fp32, 2 threads; docs/export.md): the same
 at 128 and 512 tokens, 1.19x at 768, 1.25x at 1024, 2.1x at 2048; and slower than the grouped
 form at decode (the node copies the cache into its present outputs). So only a whole causal
@@ -22,13 +20,14 @@ from __future__ import annotations
 import onnxscript
 from onnxscript import opset18 as op
 
-from ..subgraphs import THEN, all_nodes, branch
+from ..subgraphs import THEN, all_nodes, branch, subgraphs
 from .onnxruntime import register_ms_schema
 from .ort_support import MS_DOMAIN
 from .standard import ints
 
 METADATA_KEY = "moe_compile.prompt_attention"  # "GroupQueryAttention from N tokens": the file holds the If
 _INT32 = 6  # onnx.TensorProto.INT32
+_SCORES = 3  # GroupQueryAttention's outputs: output, present key, present value, then the scores
 
 
 def lower_to_group_query_attention(query, key, value, scale: float):
@@ -47,6 +46,36 @@ def lower_to_group_query_attention(query, key, value, scale: float):
         packed(query), packed(key), packed(value), None, None, seqlens, length,
         num_heads=heads, kv_num_heads=kv_heads, scale=scale, _outputs=3)  # output, present key and value
     return op.Reshape(outputs[0], ints(0, 0, heads, dim))
+
+
+def drop_score_outputs(graph) -> int:
+    """In place, in `graph` (a GraphProto) and its branches: each GroupQueryAttention's fourth
+    output, the attention scores ([B, H, S, T], `output_qk` in ONNX Runtime 1.32's schema), removed
+    with its value_info where nothing reads it -> how many. The trace writes every output the schema
+    has, and ONNX Runtime fills an output that is there: at a 4000-token prompt of onnx_speed.py's
+    model, 8 x 4000 x 4000 floats per layer, a prefill 1.31x slower and a process peak of 1608
+    against 739 MB (benchmarks/prompt_qk_output_ab.py, docs/export.md)."""
+    read = {name for node in all_nodes(graph.node) for name in node.input} | {output.name for output in graph.output}
+    dropped = 0
+    for holder in _graphs(graph):
+        for node in holder.node:
+            if (node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN and len(node.output) > _SCORES
+                    and not read.intersection(node.output[_SCORES:])):
+                gone = set(node.output[_SCORES:])
+                del node.output[_SCORES:]
+                kept = [info for info in holder.value_info if info.name not in gone]
+                del holder.value_info[:]
+                holder.value_info.extend(kept)
+                dropped += 1
+    return dropped
+
+
+def _graphs(graph):
+    """`graph` and every graph inside its nodes, depth first."""
+    yield graph
+    for node in graph.node:
+        for inner in subgraphs(node):
+            yield from _graphs(inner)
 
 
 def count_prompt_kernels(nodes) -> int:

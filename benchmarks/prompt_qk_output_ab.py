@@ -1,17 +1,17 @@
-"""A long prompt's GroupQueryAttention in chunks of query rows (moe_compile/export/prompt_chunks.py)
-against one call per prompt, on onnx_speed.py's model (8 query heads over 4 key/value heads,
-dimension 64) exported fp32 for onnxruntime: one call per prompt (as exported before the chunks),
-128 and 256 rows a call (`default_rows` says which the export takes).
+"""GroupQueryAttention without its scores output (lowering/prompt_attention.py: drop_score_outputs)
+against the node as the trace writes it, with its fourth output `output_qk`, which ONNX Runtime
+fills with the [B, heads, S, S] attention scores at every call; onnx_speed.py's model (8 query heads
+over 4 key/value heads, dimension 64) exported fp32 for onnxruntime both ways.
 
 Timed by `moe-compile bench`'s own code at 2 threads: prefill of 512, 2048 and 4000 tokens (and a
-few decode steps after each, which never run the kernel), each file in six rounds, the order
-reversed every other round (onnx_files_ab.py): this VM has slow spells of about a fifth of its
-speed that last a round or two. The logits compared are of a 600-token prompt (through the
-kernel). Then each file's peak resident memory in a fresh process that loads it and runs one
-4000-token prompt (`peak_rss_mb_4000_tokens`: the one number here that is not a growth).
-Prints JSON; saves it under benchmarks/results/prompt_chunks_ab.json.
+few decode steps after each, which never run the node), each file in six rounds, the order
+reversed every other round (onnx_files_ab.py): this VM has slow spells that last a round or two.
+The logits compared are of a 600-token prompt (through the node). Then each file's peak resident
+memory in a fresh process that loads it and runs one 4000-token prompt (`peak_rss_mb_4000_tokens`:
+the one number here that is not a growth). Prints JSON; saves it under
+benchmarks/results/prompt_qk_output_ab.json.
 
-    python benchmarks/prompt_chunks_ab.py
+    python benchmarks/prompt_qk_output_ab.py
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from onnx_files_ab import run_file_ab  # noqa: E402
 
 LONGEST = 4000  # the model's context is 4096 positions: the prompt and its decode steps fit
-ROWS = (128, 256)
+WRITTEN, DROPPED = "scores output written (as before)", "scores output dropped (default)"
 
 _PEAK_SCRIPT = """
 import sys, numpy as np, onnxruntime as ort
@@ -42,18 +42,14 @@ print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.st
 
 
 def export_all(ir, folder: Path) -> tuple[dict[str, Path], dict]:
-    from moe_compile.export import exporter, prompt_chunks
+    from moe_compile.export import exporter
     from moe_compile.export.lowering.prompt_attention import count_prompt_kernels
 
-    files = {"one call per prompt": folder / "whole.onnx"}
-    with mock.patch.object(prompt_chunks, "chunk_prompt_attention",
-                           lambda graph, elem_type, rows=None: count_prompt_kernels(graph.node)):
-        exporter.export_onnx(ir, files["one call per prompt"], target="onnxruntime")
-    for rows in ROWS:
-        files[f"{rows} rows a call"] = folder / f"rows{rows}.onnx"
-        with mock.patch.object(prompt_chunks, "CHUNK_ROWS", rows):
-            exporter.export_onnx(ir, files[f"{rows} rows a call"], target="onnxruntime")
-    return files, {"default_rows": prompt_chunks.CHUNK_ROWS}
+    files = {WRITTEN: folder / "written.onnx", DROPPED: folder / "dropped.onnx"}
+    with mock.patch.object(exporter, "drop_score_outputs", lambda graph: count_prompt_kernels(graph.node)):
+        exporter.export_onnx(ir, files[WRITTEN], target="onnxruntime")
+    exporter.export_onnx(ir, files[DROPPED], target="onnxruntime")
+    return files, {}
 
 
 def peak_memory(files: dict[str, Path]) -> dict:
@@ -70,7 +66,7 @@ def main() -> None:
     from moe_compile.validate.bench import Workload
 
     workloads = [Workload(1, 512, 8), Workload(1, 2048, 8), Workload(1, LONGEST, 4)]
-    run_file_ab("prompt_chunks_ab", export_all, workloads, rounds=6, logit_tokens=600, extra=peak_memory)
+    run_file_ab("prompt_qk_output_ab", export_all, workloads, rounds=6, logit_tokens=600, extra=peak_memory)
 
 
 if __name__ == "__main__":
