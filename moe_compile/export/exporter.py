@@ -237,10 +237,9 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
     """The graph-level steps both paths share, on the ModelProto: MoE output names, fp32
     com.microsoft.MoE nodes switched by token count (lowering/sorted_experts.py; the report says so
     per layer), the attentions that run long prompts as GroupQueryAttention counted (their unread
-    scores output dropped), the graph split
-    by input length where it has switches or is quantized (`quantized`: the quantize pass's summary;
-    export/length_dispatch.py) and the attention switches hoisted, no trace metadata, moe_compile
-    metadata."""
+    scores output dropped), the graph split by input length where it has switches or is quantized
+    (`quantized`: the quantize pass's summary; export/length_dispatch.py) and the attention switches
+    hoisted, no trace metadata, moe_compile metadata."""
     target = report.target
     _name_moe_outputs(onnx_model, layers)
     sorted_experts = report.sorted_layers > 0

@@ -38,6 +38,14 @@ def all_nodes(nodes: Iterable) -> Iterator:
             yield from all_nodes(graph.node)
 
 
+def all_graphs(graph) -> Iterator:
+    """`graph` and every graph inside its nodes, depth first."""
+    yield graph
+    for node in graph.node:
+        for inner in subgraphs(node):
+            yield from all_graphs(inner)
+
+
 def renamed(nodes: Iterable, names: Mapping[str, str]) -> list:
     """Copies of `nodes` with the values in `names` renamed wherever they are read or written, in
     their subgraphs too (a branch reads the values of the graphs around it by name)."""

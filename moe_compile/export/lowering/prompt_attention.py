@@ -3,8 +3,8 @@
 The export's attention (export/grouped_attention.py) computes every score of a prompt against
 every key, the masked half included, and keeps the whole [heads, S, S] score matrix for the
 softmax: at long prompts that matrix, not the products, is the cost. ONNX Runtime's CPU
-GroupQueryAttention computes only the causal half of the scores and builds no mask. Measured (one attention,
-8 query heads over 4 key/value heads, dimension 64, fp32, 2 threads; docs/export.md): the same
+GroupQueryAttention computes only the causal half of the scores and builds no mask. Measured (one
+attention, 8 query heads over 4 key/value heads, dimension 64, fp32, 2 threads; docs/export.md): the same
 at 128 and 512 tokens, 1.19x at 768, 1.25x at 1024, 2.1x at 2048; and slower than the grouped
 form at decode (the node copies the cache into its present outputs). So only a whole causal
 prompt with nothing cached takes it, from MIN_PROMPT_KERNEL_TOKENS tokens on; the graph decides
@@ -20,7 +20,7 @@ from __future__ import annotations
 import onnxscript
 from onnxscript import opset18 as op
 
-from ..subgraphs import THEN, all_nodes, branch, subgraphs
+from ..subgraphs import THEN, all_graphs, all_nodes, branch
 from .onnxruntime import register_ms_schema
 from .ort_support import MS_DOMAIN
 from .standard import ints
@@ -52,12 +52,12 @@ def drop_score_outputs(graph) -> int:
     """In place, in `graph` (a GraphProto) and its branches: each GroupQueryAttention's fourth
     output, the attention scores ([B, H, S, T], `output_qk` in ONNX Runtime 1.32's schema), removed
     with its value_info where nothing reads it -> how many. The trace writes every output the schema
-    has, and ONNX Runtime fills an output that is there: at a 4000-token prompt of onnx_speed.py's
-    model, 8 x 4000 x 4000 floats per layer, a prefill 1.31x slower and a process peak of 1608
-    against 739 MB (benchmarks/prompt_qk_output_ab.py, docs/export.md)."""
+    has, and ONNX Runtime fills an output that is there: 8 x 4000 x 4000 floats a layer at a
+    4000-token prompt of onnx_speed.py's model, whose prefill is 1.25x faster without it and peaks
+    at 739 against 1609 MB (benchmarks/prompt_qk_output_ab.py, docs/export.md)."""
     read = {name for node in all_nodes(graph.node) for name in node.input} | {output.name for output in graph.output}
     dropped = 0
-    for holder in _graphs(graph):
+    for holder in all_graphs(graph):
         for node in holder.node:
             if (node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN and len(node.output) > _SCORES
                     and not read.intersection(node.output[_SCORES:])):
@@ -68,14 +68,6 @@ def drop_score_outputs(graph) -> int:
                 holder.value_info.extend(kept)
                 dropped += 1
     return dropped
-
-
-def _graphs(graph):
-    """`graph` and every graph inside its nodes, depth first."""
-    yield graph
-    for node in graph.node:
-        for inner in subgraphs(node):
-            yield from _graphs(inner)
 
 
 def count_prompt_kernels(nodes) -> int:
