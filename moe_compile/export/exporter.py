@@ -245,9 +245,9 @@ def _finish(onnx_model, moe_model: MoEModel, report: LoweringReport, dtype: str,
     sorted_experts = report.sorted_layers > 0
     if sorted_experts and sort_multi_token_experts(onnx_model) != report.sorted_layers:
         raise RuntimeError(f"expected {report.sorted_layers} fp32 com.microsoft.MoE nodes to sort by expert")
-    if drop_score_outputs(onnx_model.graph) != count_prompt_kernels(onnx_model.graph.node):
-        raise RuntimeError("expected each GroupQueryAttention to lose its unread scores output")
     kernels = count_prompt_kernels(onnx_model.graph.node)
+    if drop_score_outputs(onnx_model.graph) != kernels:
+        raise RuntimeError("expected each GroupQueryAttention to lose its unread scores output")
     split = split_by_length(onnx_model, int8_steps=quantized is not None)
     if split:
         report.split_by_length = split.condition

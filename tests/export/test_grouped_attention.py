@@ -227,3 +227,7 @@ def test_the_scores_output_is_dropped_where_nothing_reads_it():
     assert list(kernel.node[0].output) == ["out", "key", "value"] and list(kernel.value_info) == []
     graph, _ = attention(scores_read=True)
     assert drop_score_outputs(graph) == 0
+    graph, node = attention(scores_read=False)  # handed out of its branch: the If reads it
+    (kernel,) = [attr.g for attr in graph.node[0].attribute if attr.name == "then_branch"]
+    kernel.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, None))
+    assert drop_score_outputs(graph) == 0

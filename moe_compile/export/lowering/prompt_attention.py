@@ -55,7 +55,8 @@ def drop_score_outputs(graph) -> int:
     has, and ONNX Runtime fills an output that is there: 8 x 4000 x 4000 floats a layer at a
     4000-token prompt of onnx_speed.py's model, whose prefill is 1.25x faster without it and peaks
     at 739 against 1609 MB (benchmarks/prompt_qk_output_ab.py, docs/export.md)."""
-    read = {name for node in all_nodes(graph.node) for name in node.input} | {output.name for output in graph.output}
+    read = {name for node in all_nodes(graph.node) for name in node.input}
+    read |= {output.name for holder in all_graphs(graph) for output in holder.output}  # a branch's outputs are its If's
     dropped = 0
     for holder in all_graphs(graph):
         for node in holder.node:
