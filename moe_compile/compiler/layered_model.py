@@ -5,10 +5,11 @@ The model is a skeleton (`skeleton_model`: shapes, no values read). Its weights 
 units, each decoder layer one unit and every other module that holds weights (embeddings, the
 final norm, lm_head) one each. A unit's weights are read from the checkpoint through
 `WeightSources` when its forward starts and dropped when it returns, so a forward pass holds
-the activations, the KV cache and one unit's weights (two while a layer's experts are being
-converted), never the model. Each forward reads the whole checkpoint once: the same numbers
-as the loaded model (tests/compiler/test_layered_model.py), but slower where the model fits
-(the demo's self-sampled calibration tokens: 88 s against 17 s), hence `reference_lm`.
+the activations, the KV cache and one unit's weights (plus the expert being converted: an MoE
+layer's experts are read one at a time where the architecture stores them so), never the
+model. Each forward reads the whole checkpoint once: the same numbers as the loaded model
+(tests/compiler/test_layered_model.py), but slower where the model fits (the demo's
+self-sampled calibration tokens: 88 s against 17 s), hence `reference_lm`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def layered_model(moe_model: MoEModel, dtype: str = "fp32", top_k: dict[int, int
     by unit during each forward; `on_fill(unit)` runs on each unit once its weights are in (the
     reference of a quantized file dequantizes them there)."""
     model, top_k = skeleton_model(moe_model, dtype, top_k)
-    sources = WeightSources(model, moe_model)
+    sources = WeightSources(model, moe_model, experts_one_at_a_time=True)
     for prefix, module, names in _units(model, moe_model):
         _WeightsOnEntry(prefix, module, names, sources, on_fill).attach()
     return model, top_k

@@ -63,7 +63,7 @@ def windows(token_ids: list[int], window: int = WINDOW) -> torch.Tensor:
 def module_logits(model: torch.nn.Module) -> Logits:
     """A PyTorch causal LM (transformers' interface) as `Logits`, in eval mode."""
     model.eval()
-    return lambda input_ids: model(input_ids=input_ids).logits
+    return lambda input_ids: model(input_ids=input_ids, use_cache=False).logits
 
 
 @torch.no_grad()

@@ -78,7 +78,7 @@ class OutputObjective:
 
     @torch.no_grad()
     def _log_probs(self) -> torch.Tensor:
-        return F.log_softmax(self.lm(input_ids=self.tokens).logits.float(), dim=-1)  # [S, L, V]
+        return F.log_softmax(self.lm(input_ids=self.tokens, use_cache=False).logits.float(), dim=-1)  # [S, L, V]
 
     def _set(self, top_k: Mapping[int, int]) -> None:
         for spec in self.moe_model.layers:
