@@ -130,7 +130,8 @@ class WeightRecipe:
         if tuple(tensor.shape) != self.source_shape:
             raise InvalidInput(f"checkpoint tensor '{self.source}' has shape {tuple(tensor.shape)}, "
                                f"the model expects {self.source_shape}")
-        if isinstance(tensor, ExpertsOnDemand) and self.expert_layout is None:  # an expert per slice
+        if isinstance(tensor, ExpertsOnDemand) and self.expert_layout is None and self.perm is None:
+            # a slice per expert, each read when its turn comes (the loader checked their shapes)
             for expert in range(tensor.shape[0]):
                 yield tensor[expert].to(self.dtype).unsqueeze(0)
             return

@@ -18,7 +18,7 @@ class _Uniform(torch.nn.Module):
         super().__init__()
         self.vocab = vocab
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, use_cache=None):  # transformers' causal-LM interface, as module_logits calls it
         return type("Out", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)})()
 
 
