@@ -28,31 +28,26 @@ from pathlib import Path
 
 import torch
 
-from quality import RESULTS, UNSEEN, routed_top_k_model, spearman
+from quality import RESULTS, UNSEEN, routed_perplexity, spearman
 from quality_rescore import joined_text
 
 from moe_compile.atomic import write_text_atomic
 from moe_compile.compiler.loader import load_moe_model
-from moe_compile.validate.perplexity import eval_windows, module_logits, perplexity
+from moe_compile.validate.perplexity import eval_windows
 
 SAMPLED = "sampled (self-kl profile, KL)"
 
 
 def single_layer_increases(moe_model, windows: torch.Tensor, name: str) -> dict[tuple[int, int], float]:
     """{(position, k): perplexity / base perplexity - 1} on `windows`, one layer lowered at a time."""
-    vocab_size = int(moe_model.config.vocab_size)
     base = [spec.base_top_k for spec in moe_model.layers]
-
-    def score(ks: list[int]) -> float:
-        return perplexity(module_logits(routed_top_k_model(moe_model, ks)), windows, vocab_size).perplexity
-
-    reference = score(base)
+    reference = routed_perplexity(moe_model, base, windows)
     rows = {}
     for position, top in enumerate(base):
         for k in range(1, top):
             ks = list(base)
             ks[position] = k
-            rows[(position, k)] = score(ks) / reference - 1
+            rows[(position, k)] = routed_perplexity(moe_model, ks, windows) / reference - 1
             print(f"  {name}: layer {position} at k {k}: {100 * rows[(position, k)]:+.3f} %", flush=True)
     return rows
 

@@ -132,6 +132,12 @@ def routed_top_k_model(moe_model, ks: list[int], kept: list[list[int]] | None = 
     return model
 
 
+def routed_perplexity(moe_model, ks: list[int], token_windows: torch.Tensor, kept: list[list[int]] | None = None) -> float:
+    """Perplexity on `token_windows` of the model at per-layer top-k `ks` (`routed_top_k_model`)."""
+    return perplexity(module_logits(routed_top_k_model(moe_model, ks, kept)), token_windows,
+                      int(moe_model.config.vocab_size)).perplexity
+
+
 class Study:
     """The demo, its held-out windows, and ways to score it under a per-layer k or a pruning."""
 
@@ -163,14 +169,13 @@ class Study:
         rewritten = rewrite_model(load_causal_lm(self.moe_model), self.moe_model, top_k)
         return {"top_k": ks,
                 "rewritten": perplexity(module_logits(rewritten), sample, self.vocab_size).perplexity,
-                "router_top_k": perplexity(module_logits(self.model(ks)), sample, self.vocab_size).perplexity}
+                "router_top_k": routed_perplexity(self.moe_model, ks, sample)}
 
     def perplexity(self, ks: list[int], kept: list[list[int]] | None = None, text: str = "held_out") -> float:
         key = (tuple(ks), None if kept is None else tuple(map(tuple, kept)), text)
         if key not in self.scores:
             self.evaluations += 1
-            self.scores[key] = perplexity(module_logits(self.model(ks, kept)), self.texts[text],
-                                          self.vocab_size).perplexity
+            self.scores[key] = routed_perplexity(self.moe_model, ks, self.texts[text], kept)
             print(f"  eval {self.evaluations}: {text} k {ks}{' (pruned)' if kept else ''} -> "
                   f"{self.scores[key]:.4f}", flush=True)
         return self.scores[key]

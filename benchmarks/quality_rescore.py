@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quality import RESULTS, memoised, routed_top_k_model, verdict
+from quality import RESULTS, memoised, routed_perplexity, verdict
 
 from moe_compile.compiler.lexi.options import ESTIMATORS
 from moe_compile.compiler.loader import load_moe_model
-from moe_compile.validate.perplexity import eval_windows, module_logits, perplexity
+from moe_compile.validate.perplexity import eval_windows
 
 
 def joined_text(files: list[Path]) -> str:
@@ -53,10 +53,9 @@ def main() -> None:
         path = Path(scratch) / "text.txt"
         path.write_text(text, encoding="utf-8")
         windows = eval_windows(moe_model.path, path)
-    vocab_size = int(moe_model.config.vocab_size)
 
     def evaluate(ks: list[int]) -> float:
-        value = perplexity(module_logits(routed_top_k_model(moe_model, ks)), windows, vocab_size).perplexity
+        value = routed_perplexity(moe_model, ks, windows)
         print(f"  k {ks} -> {value:.4f}", flush=True)
         return value
 
